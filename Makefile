@@ -1,0 +1,42 @@
+# podnet: two entry points for a fresh Debian 12 machine, as root.
+#   make demo   installs what podnet needs, then runs the live demonstration
+#   make test   installs what the tests need, then runs the whole suite
+# Every install step is idempotent and quick when nothing is missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# System packages: the kernel tools, the Go reference plugins for interop, and Go + libcni
+# sources for the libcni interop driver (built offline in GOPATH mode).
+RUN_PKGS := iproute2 nftables iputils-ping containernetworking-plugins python3 python3-venv procps
+TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git
+
+.PHONY: demo test bench lint typecheck install-run install-test clean
+
+demo: install-run
+	$(VENV)/bin/podnet demo
+
+test: install-test
+	bash scripts/run-tests.sh
+
+bench: install-test
+	$(PY) -m bench
+
+lint: install-test
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+typecheck: install-test
+	$(VENV)/bin/mypy
+
+install-run:
+	bash scripts/install-system-packages.sh $(RUN_PKGS)
+	bash scripts/install-venv.sh "$(PYTHON)" "$(VENV)" .
+
+install-test:
+	bash scripts/install-system-packages.sh $(TEST_PKGS)
+	bash scripts/install-venv.sh "$(PYTHON)" "$(VENV)" ".[test]"
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
