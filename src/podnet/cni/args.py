@@ -1,0 +1,81 @@
+"""Validation of the per-invocation parameters: container ID, interface name, CNI_ARGS, names."""
+
+from __future__ import annotations
+
+import re
+
+from podnet.cni.errors import InvalidEnvironment, InvalidNetworkConfig
+
+# Spec: starts with an alphanumeric, then alphanumerics, '_', '.', '-'. The same rule names networks.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Kernel limit for an interface name is IFNAMSIZ (16) including the NUL byte.
+IFNAME_MAX = 15
+# Names end up in file names (result cache, IPAM files); NAME_MAX on Linux is 255 bytes.
+ID_MAX = 255
+
+
+def validate_container_id(container_id: str) -> str:
+    if not container_id:
+        raise InvalidEnvironment("container ID (CNI_CONTAINERID) is empty")
+    if len(container_id) > ID_MAX:
+        raise InvalidEnvironment(
+            f"container ID is {len(container_id)} characters long, the limit is {ID_MAX}"
+        )
+    if not _ID.match(container_id):
+        raise InvalidEnvironment(
+            f"invalid container ID {container_id!r}: must start with a letter or digit and contain "
+            "only letters, digits, '_', '.' and '-'"
+        )
+    return container_id
+
+
+def validate_ifname(ifname: str) -> str:
+    if not ifname:
+        raise InvalidEnvironment("interface name (CNI_IFNAME) is empty")
+    if len(ifname.encode()) > IFNAME_MAX:
+        raise InvalidEnvironment(f"interface name {ifname!r} is longer than {IFNAME_MAX} characters")
+    if ifname in (".", ".."):
+        raise InvalidEnvironment(f"interface name {ifname!r} is not allowed")
+    for ch in ifname:
+        if ch in "/:" or ch.isspace():
+            raise InvalidEnvironment(f"interface name {ifname!r} contains invalid character {ch!r}")
+    return ifname
+
+
+def validate_network_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidNetworkConfig("network configuration has no name")
+    if len(name) > ID_MAX or not _ID.match(name):
+        raise InvalidNetworkConfig(
+            f"invalid network name {name!r}: must start with a letter or digit and contain only "
+            "letters, digits, '_', '.' and '-'"
+        )
+    return name
+
+
+def validate_plugin_type(plugin_type: object) -> str:
+    """A plugin type is an executable's file name: no path separators, no '.' or '..'."""
+    if not isinstance(plugin_type, str) or not plugin_type:
+        raise InvalidNetworkConfig("plugin configuration has no 'type'")
+    if "/" in plugin_type or "\\" in plugin_type or plugin_type in (".", ".."):
+        raise InvalidNetworkConfig(f"invalid plugin type {plugin_type!r}: must be a file name, not a path")
+    return plugin_type
+
+
+def parse_cni_args(raw: str) -> list[tuple[str, str]]:
+    """``"K1=V1;K2=V2"`` -> pairs. An item without '=' or with an empty key is an error (code 4)."""
+    pairs: list[tuple[str, str]] = []
+    if not raw:
+        return pairs
+    for item in raw.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidEnvironment(f"invalid CNI_ARGS item {item!r}: expected KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def format_cni_args(pairs: list[tuple[str, str]]) -> str:
+    return ";".join(f"{k}={v}" for k, v in pairs)

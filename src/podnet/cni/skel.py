@@ -1,0 +1,222 @@
+"""The plugin skeleton: the only code that reads a plugin's environment and stdin.
+
+A plugin is a set of plain functions (``add(args) -> Result``, ``delete(args)``, ``check(args)``,
+``status(args)``, ``gc(args)``). ``run`` validates the invocation, checks versions, dispatches, prints
+the result or the error JSON and returns the exit code. No traceback ever reaches stdout: an
+unexpected exception becomes error 999 with a one-line message (the traceback goes to stderr only
+when ``PODNET_DEBUG`` is set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from podnet.cni import version as ver
+from podnet.cni.args import parse_cni_args, validate_container_id, validate_ifname
+from podnet.cni.config import VALID_ATTACHMENTS_KEY
+from podnet.cni.errors import (
+    CNIError,
+    DecodingFailure,
+    IncompatibleVersion,
+    InvalidEnvironment,
+    InvalidNetworkConfig,
+)
+from podnet.cni.result import Result
+
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+# Which variables each command requires (CNI_NETNS is optional for DEL: the pod may be gone).
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "STATUS": ("CNI_PATH",),
+    "GC": ("CNI_PATH",),
+    "VERSION": (),
+}
+MAX_STDIN = 4 * 1024 * 1024
+
+
+@dataclass
+class CmdArgs:
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: list[tuple[str, str]]
+    path: list[str]
+    stdin_data: bytes
+    conf: dict[str, Any]
+    cni_version: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def prev_result(self) -> Result | None:
+        raw = self.conf.get("prevResult")
+        if raw is None:
+            return None
+        return Result.from_json(raw, default_version=self.cni_version)
+
+    @property
+    def valid_attachments(self) -> list[tuple[str, str]]:
+        """GC's list of (containerID, ifname) pairs that must be kept."""
+        raw = self.conf.get(VALID_ATTACHMENTS_KEY) or []
+        if not isinstance(raw, list):
+            raise InvalidNetworkConfig(f"'{VALID_ATTACHMENTS_KEY}' must be a list")
+        out = []
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+                raise InvalidNetworkConfig(f"'{VALID_ATTACHMENTS_KEY}' items need a containerID string")
+            out.append((item["containerID"], str(item.get("ifname", ""))))
+        return out
+
+    def arg(self, key: str, default: str = "") -> str:
+        """A CNI_ARGS value (last one wins)."""
+        value = default
+        for k, v in self.args:
+            if k == key:
+                value = v
+        return value
+
+
+@dataclass
+class Plugin:
+    add: Callable[[CmdArgs], Result]
+    delete: Callable[[CmdArgs], None]
+    check: Callable[[CmdArgs], None] | None = None
+    status: Callable[[CmdArgs], None] | None = None
+    gc: Callable[[CmdArgs], None] | None = None
+    supported_versions: tuple[str, ...] = ver.SUPPORTED
+    about: str = ""
+
+
+def _require_env(env: Mapping[str, str], command: str) -> None:
+    missing = [k for k in _REQUIRED[command] if not env.get(k)]
+    if missing:
+        raise InvalidEnvironment(f"required environment variables missing: {', '.join(missing)}")
+
+
+def _read_conf(stdin_data: bytes) -> dict[str, Any]:
+    if len(stdin_data) > MAX_STDIN:
+        raise DecodingFailure(f"network configuration on stdin is larger than {MAX_STDIN} bytes")
+    try:
+        conf = json.loads(stdin_data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodingFailure("cannot parse network configuration on stdin", str(exc)) from None
+    if not isinstance(conf, dict):
+        raise DecodingFailure("network configuration on stdin is not a JSON object")
+    return conf
+
+
+def _conf_version(conf: dict[str, Any], plugin: Plugin) -> str:
+    raw = conf.get("cniVersion")
+    if raw is None or raw == "":
+        raw = ver.IMPLICIT
+    if not isinstance(raw, str):
+        raise InvalidNetworkConfig("'cniVersion' must be a string")
+    version = ver.require_supported(raw, plugin.supported_versions)
+    return version
+
+
+def _check_command_version(command: str, version: str) -> None:
+    if command == "CHECK" and not ver.allows_check(version):
+        raise IncompatibleVersion(f"config version {version} does not allow CHECK (needs 0.4.0 or later)")
+    if command in ("STATUS", "GC") and not ver.allows_status_and_gc(version):
+        raise IncompatibleVersion(f"config version {version} does not allow {command} (needs 1.1.0 or later)")
+
+
+def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin) -> CmdArgs:
+    command = env.get("CNI_COMMAND", "")
+    if not command:
+        raise InvalidEnvironment("required environment variables missing: CNI_COMMAND")
+    if command not in COMMANDS:
+        raise InvalidEnvironment(f"unknown CNI_COMMAND {command!r}; expected one of {', '.join(COMMANDS)}")
+    _require_env(env, command)
+    container_id = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    if command in ("ADD", "DEL", "CHECK"):
+        validate_container_id(container_id)
+        validate_ifname(ifname)
+    conf = _read_conf(stdin_data)
+    version = _conf_version(conf, plugin)
+    _check_command_version(command, version)
+    return CmdArgs(
+        command=command,
+        container_id=container_id,
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        path=[p for p in env.get("CNI_PATH", "").split(os.pathsep) if p],
+        stdin_data=stdin_data,
+        conf=conf,
+        cni_version=version,
+        env=env,
+    )
+
+
+def _emit(stream: IO[str], obj: dict[str, Any]) -> None:
+    stream.write(json.dumps(obj))
+    stream.write("\n")
+    stream.flush()
+
+
+def _dispatch(plugin: Plugin, args: CmdArgs, stdout: IO[str]) -> None:
+    if args.command == "ADD":
+        result = plugin.add(args)
+        _emit(stdout, result.to_json(args.cni_version))
+        return
+    handlers = {"DEL": plugin.delete, "CHECK": plugin.check, "STATUS": plugin.status, "GC": plugin.gc}
+    handler = handlers[args.command]
+    if handler is not None:
+        handler(args)
+
+
+def _guess_version(stdin_data: bytes) -> str:
+    """The version to write an error in: the config's, when it can be read at all."""
+    try:
+        raw = json.loads(stdin_data).get("cniVersion")
+        if isinstance(raw, str) and ver.is_supported(raw):
+            return ver.normalize(raw)
+    except Exception:
+        pass
+    return ver.CURRENT
+
+
+def run(
+    plugin: Plugin,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """Run one invocation; returns the process exit code (0 on success, 1 on a CNI error)."""
+    env = os.environ if env is None else env
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    stdin_data = b""
+    try:
+        if env.get("CNI_COMMAND") == "VERSION":
+            _emit(stdout, ver.version_info(plugin.supported_versions))
+            return 0
+        stdin_data = (sys.stdin.buffer if stdin is None else stdin).read(MAX_STDIN + 1)
+        _dispatch(plugin, build_args(env, stdin_data, plugin), stdout)
+        return 0
+    except CNIError as err:
+        _emit(stdout, err.to_dict(_guess_version(stdin_data)))
+        return 1
+    except Exception as exc:
+        if env.get("PODNET_DEBUG"):
+            traceback.print_exc(file=stderr)
+        internal = CNIError(f"internal error: {type(exc).__name__}: {exc}")
+        _emit(stdout, internal.to_dict(_guess_version(stdin_data)))
+        return 1
+
+
+def main(plugin: Plugin) -> None:
+    sys.exit(run(plugin))

@@ -1,0 +1,83 @@
+"""CNI spec versions: parsing, comparison and the feature gates that depend on them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from podnet.cni.errors import DecodingFailure, IncompatibleVersion
+
+CURRENT = "1.1.0"
+SUPPORTED: tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# A config without cniVersion is a pre-0.2 config (libcni treats it the same way).
+IMPLICIT = "0.1.0"
+
+_SEMVER = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+
+
+def parse(version: str) -> tuple[int, int, int]:
+    """``"0.3.1"`` -> ``(0, 3, 1)``; ``"1.0"`` is ``(1, 0, 0)``. Anything else is a decoding error."""
+    m = _SEMVER.match(version) if isinstance(version, str) else None
+    if m is None:
+        raise DecodingFailure(f"invalid CNI version {version!r}", "expected MAJOR.MINOR.PATCH")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def normalize(version: str) -> str:
+    major, minor, patch = parse(version)
+    return f"{major}.{minor}.{patch}"
+
+
+def compare(a: str, b: str) -> int:
+    pa, pb = parse(a), parse(b)
+    return (pa > pb) - (pa < pb)
+
+
+def at_least(version: str, minimum: str) -> bool:
+    return compare(version, minimum) >= 0
+
+
+def is_supported(version: str, supported: Iterable[str] = SUPPORTED) -> bool:
+    try:
+        norm = normalize(version)
+    except DecodingFailure:
+        return False
+    return norm in supported
+
+
+def require_supported(version: str, supported: Iterable[str] = SUPPORTED) -> str:
+    """Return the normalized version or raise error 1 naming what is supported."""
+    supported = tuple(supported)
+    norm = normalize(version)
+    if norm not in supported:
+        raise IncompatibleVersion(
+            f"incompatible CNI versions: config is {version!r}, supported versions are {list(supported)}"
+        )
+    return norm
+
+
+def highest(candidates: Iterable[str], supported: Iterable[str] = SUPPORTED) -> str | None:
+    """The highest of ``candidates`` that is also supported (for ``cniVersions``)."""
+    supported = tuple(supported)
+    best: str | None = None
+    for cand in candidates:
+        if not is_supported(cand, supported):
+            continue
+        norm = normalize(cand)
+        if best is None or compare(norm, best) > 0:
+            best = norm
+    return best
+
+
+def allows_check(version: str) -> bool:
+    return at_least(version, "0.4.0")
+
+
+def allows_status_and_gc(version: str) -> bool:
+    return at_least(version, "1.1.0")
+
+
+def version_info(supported: Iterable[str] = SUPPORTED) -> dict[str, Any]:
+    """The body a plugin prints for the VERSION command."""
+    return {"cniVersion": CURRENT, "supportedVersions": list(supported)}
