@@ -1,0 +1,44 @@
+"""The ``podnet`` command. Subcommands import their modules lazily so ``podnet --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+podnet: pod networking for a Kubernetes node, in Python.
+
+  podnet cni add|del|check|status|gc NETWORK [NETNS]
+      Attach a network namespace to a CNI network, detach it, check it, ask the network's
+      plugins whether they are ready, or garbage-collect attachments (like cnitool).
+  podnet demo
+      Build throw-away namespaces on this machine, wire them as pods, show a ping matrix, and
+      remove everything again.
+
+Run 'podnet SUBCOMMAND --help' for the options of each.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="podnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    from podnet.cli import cni_cmd, demo_cmd
+
+    cni_cmd.register(sub)
+    demo_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    sys.exit(ns.func(ns))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Loading network configurations from a directory, as libcni does.
+
+Files are read in name order. ``.conflist`` files are searched first, then single-plugin ``.conf`` and
+``.json`` files (turned into a list of one). A conflist that does not set ``loadOnlyInlinedPlugins``
+may also take drop-in plugin configs from ``<dir>/<network name>/*.conf`` (spec 1.1.0), appended after
+its inline plugins. A file that cannot be parsed does not hide the others: it is skipped, and named
+in the error if the network is not found.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from podnet.cni.config import NetConfList, PluginConf, parse_conf, parse_conflist
+from podnet.cni.errors import CNIError, InvalidNetworkConfig
+
+LIST_EXTENSIONS = (".conflist",)
+SINGLE_EXTENSIONS = (".conf", ".json")
+MAX_FILE = 1024 * 1024
+
+
+class NetworkNotFound(InvalidNetworkConfig):
+    """No configuration in the directory has the requested network name."""
+
+
+def conf_files(directory: Path, extensions: tuple[str, ...]) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix in extensions and p.is_file())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise InvalidNetworkConfig(f"cannot read {path}", exc.strerror or str(exc)) from None
+    if len(data) > MAX_FILE:
+        raise InvalidNetworkConfig(f"{path} is larger than {MAX_FILE} bytes")
+    return data
+
+
+def _name_of(data: bytes) -> object:
+    """The network name without full validation, to find the file before parsing it strictly."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj.get("name") if isinstance(obj, dict) else None
+
+
+def _drop_in_plugins(directory: Path, name: str) -> list[PluginConf]:
+    plugins = []
+    for path in conf_files(directory / name, (".conf",)):
+        single = parse_conf(_read(path), str(path))
+        plugins.extend(single.plugins)
+    return plugins
+
+
+def load_network(directory: str | Path, name: str) -> NetConfList:
+    """The network called ``name`` from ``directory``; raises ``NetworkNotFound`` naming bad files."""
+    directory = Path(directory)
+    broken: list[str] = []
+    for path in conf_files(directory, LIST_EXTENSIONS):
+        try:
+            data = _read(path)
+        except CNIError as err:
+            broken.append(str(err))
+            continue
+        if _name_of(data) != name:
+            continue
+        conf = parse_conflist(data, str(path), allow_empty=True)
+        if not conf.load_only_inlined_plugins:
+            conf.plugins.extend(_drop_in_plugins(directory, name))
+        if not conf.plugins:
+            raise InvalidNetworkConfig(f"{path}: network {name!r} has no plugins")
+        return conf
+    for path in conf_files(directory, SINGLE_EXTENSIONS):
+        try:
+            data = _read(path)
+        except CNIError as err:
+            broken.append(str(err))
+            continue
+        if _name_of(data) == name:
+            return parse_conf(data, str(path))
+    detail = f"; unreadable files: {'; '.join(broken)}" if broken else ""
+    if not directory.is_dir():
+        raise NetworkNotFound(f"network {name!r} not found: config directory {directory} does not exist")
+    raise NetworkNotFound(f"network {name!r} not found in {directory}{detail}")
+
+
+def load_file(path: str | Path) -> NetConfList:
+    """A network from an explicit file: ``.conflist`` as a list, anything else as a single config."""
+    path = Path(path)
+    data = _read(path)
+    if path.suffix in LIST_EXTENSIONS:
+        return parse_conflist(data, str(path))
+    return parse_conf(data, str(path))
+
+
+def network_names(directory: str | Path) -> list[str]:
+    """Names of every readable network in ``directory`` (GC uses them to tell prefixes apart)."""
+    names = []
+    for path in conf_files(Path(directory), LIST_EXTENSIONS + SINGLE_EXTENSIONS):
+        try:
+            name = _name_of(_read(path))
+        except CNIError:
+            continue
+        if isinstance(name, str):
+            names.append(name)
+    return names
