@@ -60,6 +60,7 @@ def build_godriver(go: str) -> Path:
     if res.returncode != 0:
         raise RuntimeError(f"building the libcni driver failed:\n{res.stderr}")
     os.rename(partial, binary)  # atomic: a concurrent session sees either no binary or a whole one
+    shutil.rmtree(env["GOCACHE"], ignore_errors=True)  # only the binary is reused
     return binary
 
 
