@@ -7,7 +7,8 @@ import re
 from podnet.cni.errors import InvalidEnvironment, InvalidNetworkConfig
 
 # Spec: starts with an alphanumeric, then alphanumerics, '_', '.', '-'. The same rule names networks.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Always used with fullmatch: a "$" anchor would accept a trailing newline ("abc\n").
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # Kernel limit for an interface name is IFNAMSIZ (16) including the NUL byte.
 IFNAME_MAX = 15
 # Names end up in file names (result cache, IPAM files); NAME_MAX on Linux is 255 bytes.
@@ -21,7 +22,7 @@ def validate_container_id(container_id: str) -> str:
         raise InvalidEnvironment(
             f"container ID is {len(container_id)} characters long, the limit is {ID_MAX}"
         )
-    if not _ID.match(container_id):
+    if not _ID.fullmatch(container_id):
         raise InvalidEnvironment(
             f"invalid container ID {container_id!r}: must start with a letter or digit and contain "
             "only letters, digits, '_', '.' and '-'"
@@ -37,7 +38,7 @@ def validate_ifname(ifname: str) -> str:
     if ifname in (".", ".."):
         raise InvalidEnvironment(f"interface name {ifname!r} is not allowed")
     for ch in ifname:
-        if ch in "/:" or ch.isspace():
+        if ch in "/:\x00" or ch.isspace():
             raise InvalidEnvironment(f"interface name {ifname!r} contains invalid character {ch!r}")
     return ifname
 
@@ -45,7 +46,7 @@ def validate_ifname(ifname: str) -> str:
 def validate_network_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidNetworkConfig("network configuration has no name")
-    if len(name) > ID_MAX or not _ID.match(name):
+    if len(name) > ID_MAX or not _ID.fullmatch(name):
         raise InvalidNetworkConfig(
             f"invalid network name {name!r}: must start with a letter or digit and contain only "
             "letters, digits, '_', '.' and '-'"
@@ -57,8 +58,11 @@ def validate_plugin_type(plugin_type: object) -> str:
     """A plugin type is an executable's file name: no path separators, no '.' or '..'."""
     if not isinstance(plugin_type, str) or not plugin_type:
         raise InvalidNetworkConfig("plugin configuration has no 'type'")
-    if "/" in plugin_type or "\\" in plugin_type or plugin_type in (".", ".."):
+    if any(c in plugin_type for c in "/\\\x00") or plugin_type in (".", ".."):
         raise InvalidNetworkConfig(f"invalid plugin type {plugin_type!r}: must be a file name, not a path")
+    if len(plugin_type.encode()) > ID_MAX:
+        raise InvalidNetworkConfig(
+            f"plugin type is {len(plugin_type)} characters long, the limit for a file name is {ID_MAX}")
     return plugin_type
 
 

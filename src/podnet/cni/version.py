@@ -13,12 +13,13 @@ SUPPORTED: tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.
 # A config without cniVersion is a pre-0.2 config (libcni treats it the same way).
 IMPLICIT = "0.1.0"
 
-_SEMVER = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+# ASCII digits only, and the whole string: "$" alone would let "1.0.0\n" through.
+_SEMVER = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
 
 
 def parse(version: str) -> tuple[int, int, int]:
     """``"0.3.1"`` -> ``(0, 3, 1)``; ``"1.0"`` is ``(1, 0, 0)``. Anything else is a decoding error."""
-    m = _SEMVER.match(version) if isinstance(version, str) else None
+    m = _SEMVER.fullmatch(version) if isinstance(version, str) else None
     if m is None:
         raise DecodingFailure(f"invalid CNI version {version!r}", "expected MAJOR.MINOR.PATCH")
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
@@ -47,10 +48,12 @@ def is_supported(version: str, supported: Iterable[str] = SUPPORTED) -> bool:
 
 
 def require_supported(version: str, supported: Iterable[str] = SUPPORTED) -> str:
-    """Return the normalized version or raise error 1 naming what is supported."""
+    """Return the normalized version or raise error 1 naming what is supported.
+
+    A version that does not even parse is also "incompatible" (code 1), as in the Go skel."""
     supported = tuple(supported)
-    norm = normalize(version)
-    if norm not in supported:
+    norm = normalize(version) if is_supported(version, supported) else None
+    if norm is None:
         raise IncompatibleVersion(
             f"incompatible CNI versions: config is {version!r}, supported versions are {list(supported)}"
         )
