@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nsutil import Netns, NetnsFactory, namespaces  # noqa: E402
+from nsutil import Netns, NetnsFactory, namespaces
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"

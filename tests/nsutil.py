@@ -6,6 +6,7 @@ and runtimes/plugins are executed inside it with ``ip netns exec``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -72,10 +73,8 @@ def create(name: str) -> Netns:
 def destroy(ns: Netns) -> None:
     for proc in ns.procs:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)
     # Deleting the namespace file drops the last reference; veths inside go with it.
     subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
