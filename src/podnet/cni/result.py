@@ -82,8 +82,10 @@ class Result:
         if not isinstance(data, dict):
             raise DecodingFailure("result is not a JSON object")
         raw_version = data.get("cniVersion") or default_version
-        if not isinstance(raw_version, str):
+        if raw_version is None:
             raise DecodingFailure("result has no cniVersion")
+        if not isinstance(raw_version, str):
+            raise DecodingFailure("result.cniVersion must be a string", f"got {raw_version!r}")
         version = ver.require_supported(raw_version)
         if ver.compare(version, "0.3.0") < 0:
             return _parse_legacy(data, version)
@@ -104,13 +106,30 @@ class Result:
 # ---- parsing helpers -------------------------------------------------------------------------
 
 
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
 def _get(obj: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
     value = obj.get(key, default)
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DecodingFailure(f"{where}.{key} must be a {kind.__name__}", f"got {value!r}")
+        raise DecodingFailure(f"{where}.{key} must be {_JSON_NAMES.get(kind, kind.__name__)}",
+                              f"got {value!r}")
     return value
+
+
+def _uint(obj: dict[str, Any], key: str, where: str, default: int | None = 0) -> Any:
+    """The spec's uint fields (interface index, mtu, advmss, priority, table, scope)."""
+    value = _get(obj, key, int, where, default)
+    if value is not None and value < 0:
+        raise DecodingFailure(f"{where}.{key} must not be negative", f"got {value}")
+    return value
+
+
+def _present(value: object) -> bool:
+    """Optional string fields: absent, null and "" all mean "not set"."""
+    return value is not None and value != ""
 
 
 def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
@@ -120,10 +139,20 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
     return list(items)
 
 
+def _check_cidr(text: object, where: str, what: str) -> str:
+    """Go's net.ParseCIDR form only: a plain address, '/', a decimal prefix length. Python would also
+    take a netmask ("/255.255.0.0") or an IPv6 zone ("fe80::1%eth0"), which no CNI peer can read."""
+    if not isinstance(text, str) or "/" not in text:
+        raise DecodingFailure(f"{where} must be {what} in CIDR form", f"got {text!r}")
+    addr, _, prefix = text.partition("/")
+    if not (prefix.isascii() and prefix.isdigit()) or "%" in addr:
+        raise DecodingFailure(f"{where} is not a valid CIDR {what}", f"got {text!r}")
+    return text
+
+
 def parse_interface_addr(text: object, where: str) -> IPInterface:
     """A CIDR with host bits kept ("10.1.0.5/16")."""
-    if not isinstance(text, str) or "/" not in text:
-        raise DecodingFailure(f"{where} must be an address in CIDR form", f"got {text!r}")
+    text = _check_cidr(text, where, "address")
     try:
         return ipaddress.ip_interface(text)
     except ValueError as exc:
@@ -131,7 +160,7 @@ def parse_interface_addr(text: object, where: str) -> IPInterface:
 
 
 def parse_addr(text: object, where: str) -> IPAddress:
-    if not isinstance(text, str):
+    if not isinstance(text, str) or "%" in text:
         raise DecodingFailure(f"{where} must be an IP address string", f"got {text!r}")
     try:
         return ipaddress.ip_address(text)
@@ -141,8 +170,7 @@ def parse_addr(text: object, where: str) -> IPAddress:
 
 def parse_network(text: object, where: str) -> IPNetwork:
     """A route destination; host bits are masked off as Go's net.ParseCIDR does."""
-    if not isinstance(text, str) or "/" not in text:
-        raise DecodingFailure(f"{where} must be a subnet in CIDR form", f"got {text!r}")
+    text = _check_cidr(text, where, "subnet")
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
@@ -155,12 +183,12 @@ def _parse_route(obj: object, where: str) -> Route:
     gw = obj.get("gw")
     return Route(
         dst=parse_network(obj.get("dst"), f"{where}.dst"),
-        gw=parse_addr(gw, f"{where}.gw") if gw else None,
-        mtu=_get(obj, "mtu", int, where, 0),
-        advmss=_get(obj, "advmss", int, where, 0),
-        priority=_get(obj, "priority", int, where, 0),
-        table=_get(obj, "table", int, where),
-        scope=_get(obj, "scope", int, where),
+        gw=parse_addr(gw, f"{where}.gw") if _present(gw) else None,
+        mtu=_uint(obj, "mtu", where),
+        advmss=_uint(obj, "advmss", where),
+        priority=_uint(obj, "priority", where),
+        table=_uint(obj, "table", where, None),
+        scope=_uint(obj, "scope", where, None),
     )
 
 
@@ -181,27 +209,32 @@ def _parse_interface(obj: object, where: str) -> Interface:
         name=_get(obj, "name", str, where, ""),
         mac=_get(obj, "mac", str, where, ""),
         sandbox=_get(obj, "sandbox", str, where, ""),
-        mtu=_get(obj, "mtu", int, where, 0),
+        mtu=_uint(obj, "mtu", where),
         socket_path=_get(obj, "socketPath", str, where, ""),
         pci_id=_get(obj, "pciID", str, where, ""),
     )
+
+
+def _gateway(obj: dict[str, Any], address: IPInterface, where: str) -> IPAddress | None:
+    gw = obj.get("gateway")
+    if not _present(gw):
+        return None
+    gateway = parse_addr(gw, f"{where}.gateway")
+    if gateway.version != address.version:
+        raise DecodingFailure(f"{where}.gateway {gateway} is not of the address family of {address}")
+    return gateway
 
 
 def _parse_ip(obj: object, where: str, version: str) -> IPConfig:
     if not isinstance(obj, dict):
         raise DecodingFailure(f"{where} must be an object")
     address = parse_interface_addr(obj.get("address"), f"{where}.address")
-    gw = obj.get("gateway")
-    gateway = parse_addr(gw, f"{where}.gateway") if gw else None
-    if gateway is not None and gateway.version != address.version:
-        raise DecodingFailure(f"{where}: gateway {gateway} is not of the address family of {address}")
+    gateway = _gateway(obj, address, where)
     # 0.3.x/0.4.0 carry the family explicitly; it must agree with the address.
-    fam = obj.get("version")
-    if fam not in (None, "") and fam != str(address.version):
+    fam = _get(obj, "version", str, where, "")
+    if fam and fam != str(address.version):
         raise DecodingFailure(f"{where}.version is {fam!r} but the address is IPv{address.version}")
-    iface = _get(obj, "interface", int, where)
-    if iface is not None and iface < 0:
-        raise DecodingFailure(f"{where}.interface must not be negative")
+    iface = _uint(obj, "interface", where, None)
     return IPConfig(address=address, gateway=gateway, interface=iface)
 
 
@@ -226,8 +259,7 @@ def _parse_legacy(data: dict[str, Any], version: str) -> Result:
         address = parse_interface_addr(block.get("ip"), f"{key}.ip")
         if address.version != family:
             raise DecodingFailure(f"{key}.ip {address} is not an IPv{family} address")
-        gw = block.get("gateway")
-        result.ips.append(IPConfig(address=address, gateway=parse_addr(gw, f"{key}.gateway") if gw else None))
+        result.ips.append(IPConfig(address=address, gateway=_gateway(block, address, key)))
         result.routes.extend(_parse_route(r, f"{key}.routes[{i}]")
                              for i, r in enumerate(_get(block, "routes", list, key, [])))
     return result
