@@ -24,7 +24,7 @@ bench: install-test
 	$(PY) -m bench
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 typecheck: install-test

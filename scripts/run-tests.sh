@@ -3,7 +3,7 @@
 # is a failure here: a suite that silently collects nothing must not pass.
 set -uo pipefail
 venv=.venv
-"$venv/bin/ruff" check src tests bench || exit 1
+"$venv/bin/ruff" check . || exit 1
 "$venv/bin/mypy" || exit 1
 "$venv/bin/python" -m pytest "$@"
 rc=$?
