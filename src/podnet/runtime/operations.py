@@ -101,6 +101,10 @@ class CNIRuntime:
 
     def add(self, conf: NetConfList, rt: RuntimeConf) -> Result:
         self._validate(conf, rt, need_netns=True)
+        # Every plugin must be there before anything runs: a plugin that cannot be found cannot be
+        # sent the DEL that rolls the others back, and the pending marker would stay for nothing.
+        for plugin in conf.plugins:
+            self.exec.find(plugin.type, self.path)
         self.pending.write(self._entry(conf, rt, None))
         prev: Result | None = None
         try:
@@ -118,9 +122,11 @@ class CNIRuntime:
         return prev
 
     def _rollback(self, conf: NetConfList, rt: RuntimeConf, prev: Result | None) -> None:
+        if not ver.at_least(conf.cni_version, "0.4.0"):
+            prev = None  # as for any DEL: prevResult on DEL exists since spec 0.4.0
         try:
             self._delete_plugins(conf, rt, prev)
-        except CNIError as err:
+        except Exception as err:  # the ADD's own error is what the caller must see
             # The pending entry stays, so a later DEL or GC finishes the job.
             log.warning("rollback of failed ADD %s/%s/%s incomplete: %s",
                         conf.name, rt.container_id, rt.ifname, err)
@@ -134,7 +140,7 @@ class CNIRuntime:
         if read.damaged:
             log.warning("cache entry %s is damaged (%s); going on without prevResult", read.path, read.reason)
             if drop_damaged:
-                self.cache.remove(conf.name, rt.container_id, rt.ifname)
+                self._drop_damaged(read.path)
             return None
         if read.prev_result is None:
             return None
@@ -144,6 +150,13 @@ class CNIRuntime:
         except CNIError as err:
             log.warning("cached result in %s is unusable (%s); going on without prevResult", read.path, err)
             return None
+
+    def _drop_damaged(self, path: Path) -> None:
+        # A file DEL cannot use must not make DEL fail: the plugins' DELs are what matter.
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove damaged cache entry %s: %s", path, exc)
 
     def _delete_plugins(self, conf: NetConfList, rt: RuntimeConf, prev: Result | None) -> None:
         errors: list[tuple[str, CNIError]] = []
@@ -162,8 +175,19 @@ class CNIRuntime:
         if not ver.at_least(conf.cni_version, "0.4.0"):
             prev = None
         self._delete_plugins(conf, rt, prev)
-        self.cache.remove(conf.name, rt.container_id, rt.ifname)
-        self.pending.remove(conf.name, rt.container_id, rt.ifname)
+        self._remove_own(self.cache, conf, rt)
+        self._remove_own(self.pending, conf, rt)
+
+    def _remove_own(self, store: ResultCache, conf: NetConfList, rt: RuntimeConf) -> None:
+        """Remove the attachment's entry, unless the file holds another attachment: libcni's file
+        names collide when names contain '-' (net ``a`` + ID ``b-c`` vs net ``a-b`` + ID ``c``)."""
+        read = store.read(conf.name, rt.container_id, rt.ifname)
+        if read.damaged:
+            self._drop_damaged(read.path)
+        elif read.missing and read.reason:
+            log.warning("leaving %s alone: %s", read.path, read.reason)
+        elif read.ok:
+            store.remove(conf.name, rt.container_id, rt.ifname)
 
     # -- CHECK / STATUS -----------------------------------------------------------------------
 
@@ -197,6 +221,9 @@ class CNIRuntime:
         if conf.disable_gc:
             return []
         keep = set(valid)
+        for container_id, ifname in keep:
+            validate_container_id(container_id)
+            validate_ifname(ifname)
         others = list(other_networks)
         errors: list[tuple[str, CNIError]] = []
         deleted = self._gc_stale(conf, keep, others, errors)
@@ -234,9 +261,10 @@ class CNIRuntime:
         return deleted
 
     def _gc_damaged(self, conf: NetConfList, keep: set[tuple[str, str]], others: list[str]) -> None:
-        kept = {self.cache.path(conf.name, c, i) for c, i in keep}
-        for path in self.cache.damaged(conf.name, others=others):
-            if path in kept:
-                continue  # a live attachment's DEL will deal with it
-            log.warning("GC removes damaged cache file %s", path)
-            path.unlink(missing_ok=True)
+        for store in (self.cache, self.pending):
+            kept = {store.path(conf.name, c, i) for c, i in keep}
+            for path in store.damaged(conf.name, others=others):
+                if path in kept:
+                    continue  # a live attachment's DEL will deal with it
+                log.warning("GC removes damaged cache file %s", path)
+                self._drop_damaged(path)
