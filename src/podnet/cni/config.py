@@ -90,7 +90,10 @@ def pick_version(obj: dict[str, Any], where: str) -> tuple[str, list[str]]:
 def _plugin(obj: object, where: str) -> PluginConf:
     if not isinstance(obj, dict):
         raise InvalidNetworkConfig(f"{where} must be a JSON object")
-    validate_plugin_type(obj.get("type"))
+    try:
+        validate_plugin_type(obj.get("type"))
+    except InvalidNetworkConfig as err:
+        raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
     caps = obj.get("capabilities")
     if caps is not None and not isinstance(caps, dict):
         raise InvalidNetworkConfig(f"{where}.capabilities must be an object")
@@ -152,16 +155,19 @@ def plugin_stdin(
     extra: dict[str, Any] | None = None,
 ) -> bytes:
     """The JSON a plugin reads on stdin: its own object plus the list's name and version,
-    ``runtimeConfig`` derived from capabilities, and ``prevResult`` when there is one."""
+    ``runtimeConfig`` derived from capabilities, and ``prevResult`` when there is one.
+
+    As the spec says, ``capabilities`` is removed, and ``runtimeConfig`` is exactly the declared
+    capabilities the runtime has arguments for (it replaces any static one, as libcni does; a static
+    one is left alone when there is nothing to inject)."""
     body = dict(plugin.raw)
     body["cniVersion"] = conf.cni_version
     body["name"] = conf.name
     body.pop("cniVersions", None)
+    body.pop("capabilities", None)
     rc = runtime_config(plugin, capability_args or {})
     if rc:
-        merged = dict(body.get("runtimeConfig") or {})
-        merged.update(rc)
-        body["runtimeConfig"] = merged
+        body["runtimeConfig"] = rc
     if prev_result is not None:
         body["prevResult"] = prev_result
     if extra:
