@@ -1,0 +1,406 @@
+"""``Netlink``: one session bound to one network namespace, for everything plugins do.
+
+Reads (dumps and lookups) use podnet's own NETLINK_ROUTE socket and decoder and go
+through :func:`podnet.kernel.dump.consistent_dump`, so every list is a consistent
+snapshot. Writes use pyroute2's request encoders over a second socket opened in the
+same namespace (no fork, never ``O_CREAT``); every pyroute2 error is translated in
+:meth:`Netlink._write` into the typed errors of :mod:`podnet.kernel.errors`.
+
+Threads: reads may come from any thread (they are serialised). pyroute2 keeps
+per-thread asyncio state, so writes are bound to the first thread that writes: use one
+session per thread. Do not call from inside a running asyncio event loop (pyroute2
+would try to reuse it); use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+
+from podnet.kernel import model
+from podnet.kernel.dump import (
+    DEFAULT_RETRY,
+    DumpRequest,
+    RetryPolicy,
+    RouteSocket,
+    Snapshot,
+    consistent_dump,
+    get,
+)
+from podnet.kernel.errors import (
+    Exists,
+    InvalidArgument,
+    KernelError,
+    LinkNotFound,
+    NotFound,
+    Subject,
+    from_exception,
+)
+from podnet.kernel.model import Address, Link, Neighbour, Route, Rule
+from podnet.kernel.netns import NetnsHandle, NetnsRef, opened, socket_in_netns
+from podnet.kernel.sysctl import read_sysctl, write_sysctl
+from podnet.kernel.wire import NETLINK_EXT_ACK, SOL_NETLINK
+
+T = TypeVar("T")
+LinkRef = str | int | Link  # a name, an index, or a Link from this session
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPIface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (for setting veth MACs explicitly)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
+    return raw.hex(":")
+
+
+class Netlink:
+    """Kernel networking state of one namespace (None: the caller's, at creation time)."""
+
+    def __init__(self, netns: NetnsRef | None = None, *, retry: RetryPolicy = DEFAULT_RETRY,
+                 timeout: float = 10.0) -> None:
+        if isinstance(netns, NetnsHandle):
+            self.netns = netns.dup()
+        elif netns is None:
+            self.netns = NetnsHandle.current()
+        else:
+            self.netns = NetnsHandle.open(netns)
+        self.retry = retry
+        try:
+            self._rt = RouteSocket.open(self.netns, timeout)
+        except BaseException:
+            self.netns.close()
+            raise
+        self._ipr: Any = None  # pyroute2 IPRoute, made on first write
+        self._ipr_thread: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        self._rt.close()
+        self.netns.close()
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- consistent dumps --------------------------------------------------------------
+
+    def _dump(self, request: DumpRequest[T], best_effort: bool,
+              keep: Callable[[T], bool] | None = None) -> Snapshot[T]:
+        snap = consistent_dump(self._rt, request, retry=self.retry, best_effort=best_effort)
+        if keep is None:
+            return snap
+        return Snapshot([x for x in snap if keep(x)], snap.attempts, snap.consistent)
+
+    def links(self, *, best_effort: bool = False) -> Snapshot[Link]:
+        req = DumpRequest("links", model.RTM_GETLINK, model.link_request(), model.parse_link)
+        return self._dump(req, best_effort)
+
+    def addresses(self, link: LinkRef | None = None, family: int = socket.AF_UNSPEC, *,
+                  best_effort: bool = False) -> Snapshot[Address]:
+        index = 0 if link is None else self.index(link)
+        req = DumpRequest("addresses", model.RTM_GETADDR, model.address_request(family, index),
+                          model.parse_address)
+        # The kernel filters too (strict checking), the check here covers older kernels.
+        return self._dump(req, best_effort, lambda a: (not index or a.index == index)
+                          and (not family or a.family == family))
+
+    def routes(self, family: int = socket.AF_UNSPEC, *, table: int | None = None,
+               oif: LinkRef | None = None, best_effort: bool = False) -> Snapshot[Route]:
+        """Routes of all tables (``table=None``), or of one (254 is main)."""
+        index = None if oif is None else self.index(oif)
+        req = DumpRequest("routes", model.RTM_GETROUTE, model.route_request(family), model.parse_route)
+        return self._dump(req, best_effort, lambda r: (table is None or r.table == table)
+                          and (index is None or r.oif == index) and (not family or r.family == family))
+
+    def neighbours(self, link: LinkRef | None = None, family: int = socket.AF_UNSPEC, *,
+                   best_effort: bool = False) -> Snapshot[Neighbour]:
+        index = 0 if link is None else self.index(link)
+        req = DumpRequest("neighbours", model.RTM_GETNEIGH, model.neighbour_request(family, index),
+                          model.parse_neighbour)
+        return self._dump(req, best_effort, lambda n: (not index or n.index == index)
+                          and (not family or n.family == family))
+
+    def rules(self, family: int = socket.AF_UNSPEC, *, best_effort: bool = False) -> Snapshot[Rule]:
+        req = DumpRequest("rules", model.RTM_GETRULE, model.rule_request(family), model.parse_rule)
+        return self._dump(req, best_effort, lambda r: not family or r.family == family)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def link(self, ref: LinkRef) -> Link:
+        """The link by name or index (a single RTM_GETLINK, not a dump). LinkNotFound if absent."""
+        if isinstance(ref, Link):
+            ref = ref.index
+        if isinstance(ref, int):
+            body, what = model.link_request(index=ref), f"link #{ref}"
+        else:
+            body, what = model.link_request(name=ref), f"link {ref}"
+        found = get(self._rt, DumpRequest(what, model.RTM_GETLINK, body, model.parse_link), "link")
+        if not found:
+            raise LinkNotFound(f"{what}: no such link")
+        return found[0]
+
+    def find_link(self, ref: LinkRef) -> Link | None:
+        try:
+            return self.link(ref)
+        except LinkNotFound:
+            return None
+
+    def link_by_alias(self, alias: str) -> Link:
+        """The link whose IFLA_IFALIAS is ``alias`` (the kernel cannot look this up: a dump)."""
+        for link in self.links():
+            if link.alias == alias:
+                return link
+        raise LinkNotFound(f"link with alias {alias!r}: no such link")
+
+    def index(self, ref: LinkRef) -> int:
+        if isinstance(ref, Link):
+            return ref.index
+        if isinstance(ref, int):
+            return ref
+        return self.link(ref).index
+
+    # -- writes (pyroute2) ---------------------------------------------------------------
+
+    def _iproute(self) -> Any:
+        me = threading.get_ident()
+        if self._ipr is None:
+            sock = socket_in_netns(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # kernel's reason in errors
+            # groups=0: pyroute2 otherwise subscribes to every rtnl multicast group and
+            # buffers events nobody reads.
+            self._ipr = IPRoute(use_socket=sock, groups=0)
+            self._ipr_thread = me
+        elif self._ipr_thread != me:
+            raise KernelError("netlink session: writes are bound to the thread that made the first one",
+                              "open one Netlink session per thread")
+        return self._ipr
+
+    def _write(self, subject: Subject, what: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Run one pyroute2 request; this is where pyroute2's NetlinkError is translated."""
+        ipr = self._iproute()
+        try:
+            getattr(ipr, method)(*args, **kwargs)
+        except Exception as exc:
+            raise from_exception(exc, subject, what) from None
+
+    # links
+
+    def add_veth(self, name: str, peer_name: str, *, mac: str, peer_mac: str,
+                 peer_netns: NetnsRef | None = None, mtu: int | None = None) -> Link:
+        """Create a veth pair; ``name`` here, ``peer_name`` directly in ``peer_netns``.
+
+        Both MACs are given at creation, so the kernel marks them NET_ADDR_SET
+        (addr_assign_type 3) and udev's MACAddressPolicy=persistent leaves them alone;
+        creating the peer inside the target namespace means its name (often eth0) never
+        has to be free in this one. Returns this side's link.
+        """
+        extra: dict[str, Any] = {} if mtu is None else {"mtu": mtu}
+        peer: dict[str, Any] = {"ifname": peer_name, "address": peer_mac, **extra}
+        with contextlib.ExitStack() as stack:
+            if peer_netns is not None:
+                peer["net_ns_fd"] = stack.enter_context(opened(peer_netns)).fd
+            self._write("link", f"veth {name}/{peer_name}", "link", "add", ifname=name, kind="veth",
+                        address=mac, peer=peer, **extra)
+        return self.link(name)
+
+    def ensure_bridge(self, name: str, *, mac: str | None = None, mtu: int | None = None,
+                      vlan_filtering: bool | None = None) -> Link:
+        """The bridge ``name``, created if missing, reused if present (Exists if the name
+        is taken by another kind). ``vlan_filtering=None`` leaves the setting alone."""
+        link = self.find_link(name)
+        if link is None:
+            attrs: dict[str, Any] = {}
+            if mac is not None:
+                attrs["address"] = mac
+            if mtu is not None:
+                attrs["mtu"] = mtu
+            # Off is the default: not sending it keeps kernels without
+            # CONFIG_BRIDGE_VLAN_FILTERING working (they refuse the attribute outright).
+            if vlan_filtering:
+                attrs["br_vlan_filtering"] = 1
+            # Exists: made concurrently by someone else; reuse it, its kind is checked below.
+            with contextlib.suppress(Exists):
+                self._write("link", f"bridge {name}", "link", "add", ifname=name, kind="bridge", **attrs)
+            link = self.link(name)
+        if link.kind != "bridge":
+            raise Exists(f"bridge {name}: name taken", f"by a link of kind {link.kind or 'none'}")
+        if vlan_filtering is not None and bool(link.vlan_filtering) != vlan_filtering:
+            self._write("link", f"bridge {name}", "link", "set", index=link.index, kind="bridge",
+                        br_vlan_filtering=int(vlan_filtering))
+            link = self.link(link.index)
+        return link
+
+    def set_up(self, link: LinkRef) -> None:
+        self._set(link, state="up")
+
+    def set_down(self, link: LinkRef) -> None:
+        self._set(link, state="down")
+
+    def set_mtu(self, link: LinkRef, mtu: int) -> None:
+        self._set(link, mtu=mtu)
+
+    def set_mac(self, link: LinkRef, mac: str) -> None:
+        self._set(link, address=mac)
+
+    def set_master(self, link: LinkRef, master: LinkRef | None) -> None:
+        """Enslave to a bridge (``None``: release; IFLA_MASTER 0 means no master)."""
+        self._set(link, master=0 if master is None else self.index(master))
+
+    def set_alias(self, link: LinkRef, alias: str) -> None:
+        self._set(link, ifalias=alias)
+
+    def rename(self, link: LinkRef, new_name: str) -> None:
+        """Rename (the kernel refuses while the link is up: EBUSY)."""
+        self._set(link, ifname=new_name)
+
+    def set_netns(self, link: LinkRef, netns: NetnsRef, *, new_name: str | None = None) -> None:
+        """Move the link to another namespace, optionally renaming it on the way."""
+        extra: dict[str, Any] = {} if new_name is None else {"ifname": new_name}
+        with opened(netns) as target:
+            self._set(link, net_ns_fd=target.fd, **extra)
+
+    def delete_link(self, link: LinkRef, *, missing_ok: bool = False) -> None:
+        """Delete the link (a veth takes its peer with it)."""
+        try:
+            index = self.index(link)
+            self._write("link", f"link {_name(link)}", "link", "del", index=index)
+        except LinkNotFound:
+            if not missing_ok:
+                raise
+
+    def _set(self, link: LinkRef, **changes: Any) -> None:
+        self._write("link", f"link {_name(link)}", "link", "set", index=self.index(link), **changes)
+
+    # addresses
+
+    def add_address(self, link: LinkRef, cidr: str | IPIface, *, nodad: bool = False,
+                    exist_ok: bool = False) -> None:
+        """Add ``10.0.0.2/24`` (or an ip_interface) to the link; ``nodad`` skips IPv6 DAD."""
+        iface = _interface(cidr)
+        flags = model.IFA_F_NODAD if nodad else 0
+        try:
+            self._write("address", f"address {iface} on {_name(link)}", "addr", "add",
+                        index=self.index(link), address=str(iface.ip),
+                        prefixlen=iface.network.prefixlen, flags=flags)
+        except Exists:
+            if not exist_ok:
+                raise
+
+    def del_address(self, link: LinkRef, cidr: str | IPIface, *, missing_ok: bool = False) -> None:
+        iface = _interface(cidr)
+        try:
+            self._write("address", f"address {iface} on {_name(link)}", "addr", "del",
+                        index=self.index(link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NotFound:
+            if not missing_ok:
+                raise
+
+    # routes
+
+    def add_route(self, dst: str | IPNet, *, gateway: str | None = None, oif: LinkRef | None = None,
+                  scope: int | None = None, table: int | None = None, metric: int | None = None,
+                  onlink: bool = False, src: str | None = None, replace: bool = False) -> None:
+        """Add (or with ``replace``, add-or-replace) a route. ``dst`` is a CIDR or "default";
+        the family follows dst. ``onlink`` lets the gateway sit outside the link's subnets
+        (169.254.1.1 in routed pod setups)."""
+        spec = self._route_spec(dst, gateway=gateway, oif=oif, table=table, metric=metric)
+        if scope is not None:
+            spec["scope"] = scope
+        if onlink:
+            spec["flags"] = model.RTNH_F_ONLINK
+        if src is not None:
+            spec["prefsrc"] = src
+        self._write("route", f"route {dst}", "route", "replace" if replace else "add", **spec)
+
+    def del_route(self, dst: str | IPNet, *, gateway: str | None = None, oif: LinkRef | None = None,
+                  table: int | None = None, metric: int | None = None, missing_ok: bool = False) -> None:
+        spec = self._route_spec(dst, gateway=gateway, oif=oif, table=table, metric=metric)
+        try:
+            self._write("route", f"route {dst}", "route", "del", **spec)
+        except NotFound:
+            if not missing_ok:
+                raise
+
+    def _route_spec(self, dst: str | IPNet, *, gateway: str | None, oif: LinkRef | None,
+                    table: int | None, metric: int | None) -> dict[str, Any]:
+        net = _destination(dst, gateway)
+        spec: dict[str, Any] = {"family": _family(net.version), "dst": str(net.network_address),
+                                "dst_len": net.prefixlen}
+        if gateway is not None:
+            spec["gateway"] = gateway
+        if oif is not None:
+            spec["oif"] = self.index(oif)
+        if table is not None:
+            spec["table"] = table
+        if metric is not None:
+            spec["priority"] = metric
+        return spec
+
+    # neighbours
+
+    def set_neighbour(self, link: LinkRef, ip: str, mac: str) -> None:
+        """A permanent neighbour entry (static ARP/NDP), added or replaced."""
+        self._write("neighbour", f"neighbour {ip} on {_name(link)}", "neigh", "replace",
+                    ifindex=self.index(link), dst=ip, lladdr=mac, state=model.NUD_PERMANENT,
+                    family=_family(ipaddress.ip_address(ip).version))
+
+    def del_neighbour(self, link: LinkRef, ip: str, *, missing_ok: bool = False) -> None:
+        try:
+            self._write("neighbour", f"neighbour {ip} on {_name(link)}", "neigh", "del",
+                        ifindex=self.index(link), dst=ip, family=_family(ipaddress.ip_address(ip).version))
+        except NotFound:
+            if not missing_ok:
+                raise
+
+    # sysctls (of this session's namespace)
+
+    def sysctl(self, key: str) -> str:
+        return read_sysctl(key, self.netns)
+
+    def set_sysctl(self, key: str, value: str | int) -> None:
+        write_sysctl(key, value, self.netns)
+
+
+def _name(link: LinkRef) -> str:
+    if isinstance(link, Link):
+        return link.name
+    return f"#{link}" if isinstance(link, int) else link
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _interface(cidr: str | IPIface) -> IPIface:
+    try:
+        return ipaddress.ip_interface(cidr)
+    except ValueError as exc:
+        raise InvalidArgument(f"address {cidr}: not an address/prefix", str(exc)) from None
+
+
+def _destination(dst: str | IPNet, gateway: str | None) -> IPNet:
+    if isinstance(dst, str) and dst == "default":
+        if gateway is None:
+            raise InvalidArgument("route default: needs a gateway to know its family")
+        return ipaddress.ip_network("0.0.0.0/0" if ipaddress.ip_address(gateway).version == 4 else "::/0")
+    try:
+        return ipaddress.ip_network(dst, strict=True)
+    except ValueError as exc:
+        raise InvalidArgument(f"route {dst}: not a network", str(exc)) from None
+
+
+__all__ = ["IPIface", "IPNet", "LinkRef", "Netlink", "random_mac"]
