@@ -18,28 +18,33 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from podnet.cni import version as ver
-from podnet.cni.args import parse_cni_args, validate_container_id, validate_ifname
+from podnet.cni.args import parse_cni_args, validate_container_id, validate_ifname, validate_network_name
 from podnet.cni.config import VALID_ATTACHMENTS_KEY
 from podnet.cni.errors import (
     CNIError,
     DecodingFailure,
     IncompatibleVersion,
+    InternalError,
     InvalidEnvironment,
     InvalidNetworkConfig,
+    IOFailure,
 )
 from podnet.cni.result import Result
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
-# Which variables each command requires (CNI_NETNS is optional for DEL: the pod may be gone).
+# Which variables each command requires (CNI_NETNS is optional for DEL: the pod may be gone;
+# CNI_PATH is optional for STATUS in spec 1.1.0).
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
     "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
     "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
-    "STATUS": ("CNI_PATH",),
+    "STATUS": (),
     "GC": ("CNI_PATH",),
     "VERSION": (),
 }
 MAX_STDIN = 4 * 1024 * 1024
+# libcni 1.2 also sends the attachments under this name (the key was misspelled in an earlier draft).
+_LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"
 
 
 @dataclass
@@ -65,14 +70,21 @@ class CmdArgs:
     @property
     def valid_attachments(self) -> list[tuple[str, str]]:
         """GC's list of (containerID, ifname) pairs that must be kept."""
-        raw = self.conf.get(VALID_ATTACHMENTS_KEY) or []
+        raw = self.conf.get(VALID_ATTACHMENTS_KEY)
+        if raw is None:
+            raw = self.conf.get(_LEGACY_ATTACHMENTS_KEY)
+        if raw is None:
+            return []
         if not isinstance(raw, list):
-            raise InvalidNetworkConfig(f"'{VALID_ATTACHMENTS_KEY}' must be a list")
+            raise InvalidNetworkConfig(f"'{VALID_ATTACHMENTS_KEY}' must be a list", f"got {raw!r}")
         out = []
-        for item in raw:
-            if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
-                raise InvalidNetworkConfig(f"'{VALID_ATTACHMENTS_KEY}' items need a containerID string")
-            out.append((item["containerID"], str(item.get("ifname", ""))))
+        for i, item in enumerate(raw):
+            if (not isinstance(item, dict) or not isinstance(item.get("containerID"), str)
+                    or not isinstance(item.get("ifname", ""), str)):
+                raise InvalidNetworkConfig(
+                    f"'{VALID_ATTACHMENTS_KEY}'[{i}] must be an object with string containerID and ifname",
+                    f"got {item!r}")
+            out.append((item["containerID"], item.get("ifname", "")))
         return out
 
     def arg(self, key: str, default: str = "") -> str:
@@ -143,6 +155,7 @@ def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin) -> Cmd
         validate_container_id(container_id)
         validate_ifname(ifname)
     conf = _read_conf(stdin_data)
+    validate_network_name(conf.get("name"))
     version = _conf_version(conf, plugin)
     _check_command_version(command, version)
     return CmdArgs(
@@ -176,6 +189,21 @@ def _dispatch(plugin: Plugin, args: CmdArgs, stdout: IO[str]) -> None:
         handler(args)
 
 
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, so a multi-line exception text cannot spread over the output."""
+    text = " ".join(str(exc).split())
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_stdin(stdin: IO[bytes] | None) -> bytes:
+    try:
+        return (sys.stdin.buffer if stdin is None else stdin).read(MAX_STDIN + 1)
+    except OSError as exc:
+        raise IOFailure("cannot read network configuration from stdin", _one_line(exc)) from None
+
+
 def _guess_version(stdin_data: bytes) -> str:
     """The version to write an error in: the config's, when it can be read at all."""
     try:
@@ -204,7 +232,7 @@ def run(
         if env.get("CNI_COMMAND") == "VERSION":
             _emit(stdout, ver.version_info(plugin.supported_versions))
             return 0
-        stdin_data = (sys.stdin.buffer if stdin is None else stdin).read(MAX_STDIN + 1)
+        stdin_data = _read_stdin(stdin)
         _dispatch(plugin, build_args(env, stdin_data, plugin), stdout)
         return 0
     except CNIError as err:
@@ -213,7 +241,7 @@ def run(
     except Exception as exc:
         if env.get("PODNET_DEBUG"):
             traceback.print_exc(file=stderr)
-        internal = CNIError(f"internal error: {type(exc).__name__}: {exc}")
+        internal = InternalError(f"internal error: {_one_line(exc)}")
         _emit(stdout, internal.to_dict(_guess_version(stdin_data)))
         return 1
 
