@@ -3,8 +3,9 @@
 Files are read in name order. ``.conflist`` files are searched first, then single-plugin ``.conf`` and
 ``.json`` files (turned into a list of one). A conflist that does not set ``loadOnlyInlinedPlugins``
 may also take drop-in plugin configs from ``<dir>/<network name>/*.conf`` (spec 1.1.0), appended after
-its inline plugins. A file that cannot be parsed does not hide the others: it is skipped, and named
-in the error if the network is not found.
+its inline plugins; each is a plugin configuration object (a ``type``, no network name needed).
+A file that cannot be parsed does not hide the others: it is skipped, and named in the error if
+the network is not found.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from podnet.cni.args import validate_network_name, validate_plugin_type
 from podnet.cni.config import NetConfList, PluginConf, parse_conf, parse_conflist
-from podnet.cni.errors import CNIError, InvalidNetworkConfig
+from podnet.cni.errors import CNIError, DecodingFailure, InvalidNetworkConfig
 
 LIST_EXTENSIONS = (".conflist",)
 SINGLE_EXTENSIONS = (".conf", ".json")
@@ -41,21 +43,45 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _name_of(data: bytes) -> object:
-    """The network name without full validation, to find the file before parsing it strictly."""
+def _probe(data: bytes) -> tuple[str | None, str]:
+    """The network name without full validation, to find the file before parsing it strictly,
+    and, when there is no usable name, why (so a not-found error can name the broken file)."""
     try:
         obj = json.loads(data)
-    except ValueError:
-        return None
-    return obj.get("name") if isinstance(obj, dict) else None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        return None, f"not JSON ({exc})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        return None, "has no network name"
+    try:
+        validate_network_name(name)
+    except CNIError as err:
+        return name, str(err)
+    return name, ""
+
+
+def _drop_in_plugin(path: Path) -> PluginConf:
+    """A drop-in file is one plugin configuration object: it needs a ``type``, not a network name."""
+    data = _read(path)
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise DecodingFailure(f"cannot parse plugin configuration {path}", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise DecodingFailure(f"plugin configuration {path} is not a JSON object")
+    try:
+        validate_plugin_type(obj.get("type"))
+    except CNIError as err:
+        raise InvalidNetworkConfig(f"{path}: {err.msg}", err.details) from None
+    if obj.get("capabilities") is not None and not isinstance(obj["capabilities"], dict):
+        raise InvalidNetworkConfig(f"{path}: 'capabilities' must be an object")
+    return PluginConf(raw=obj)
 
 
 def _drop_in_plugins(directory: Path, name: str) -> list[PluginConf]:
-    plugins = []
-    for path in conf_files(directory / name, (".conf",)):
-        single = parse_conf(_read(path), str(path))
-        plugins.extend(single.plugins)
-    return plugins
+    return [_drop_in_plugin(path) for path in conf_files(directory / name, (".conf",))]
 
 
 def load_network(directory: str | Path, name: str) -> NetConfList:
@@ -68,7 +94,10 @@ def load_network(directory: str | Path, name: str) -> NetConfList:
         except CNIError as err:
             broken.append(str(err))
             continue
-        if _name_of(data) != name:
+        found, problem = _probe(data)
+        if found != name:
+            if problem:
+                broken.append(f"{path}: {problem}")
             continue
         conf = parse_conflist(data, str(path), allow_empty=True)
         if not conf.load_only_inlined_plugins:
@@ -82,12 +111,15 @@ def load_network(directory: str | Path, name: str) -> NetConfList:
         except CNIError as err:
             broken.append(str(err))
             continue
-        if _name_of(data) == name:
+        found, problem = _probe(data)
+        if found == name:
             return parse_conf(data, str(path))
-    detail = f"; unreadable files: {'; '.join(broken)}" if broken else ""
+        if problem:
+            broken.append(f"{path}: {problem}")
     if not directory.is_dir():
         raise NetworkNotFound(f"network {name!r} not found: config directory {directory} does not exist")
-    raise NetworkNotFound(f"network {name!r} not found in {directory}{detail}")
+    raise NetworkNotFound(f"network {name!r} not found in {directory}",
+                          f"skipped broken files: {'; '.join(broken)}" if broken else "")
 
 
 def load_file(path: str | Path) -> NetConfList:
@@ -104,9 +136,9 @@ def network_names(directory: str | Path) -> list[str]:
     names = []
     for path in conf_files(Path(directory), LIST_EXTENSIONS + SINGLE_EXTENSIONS):
         try:
-            name = _name_of(_read(path))
+            name, problem = _probe(_read(path))
         except CNIError:
             continue
-        if isinstance(name, str):
+        if name is not None and not problem:
             names.append(name)
     return names
