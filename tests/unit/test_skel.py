@@ -210,6 +210,15 @@ def test_missing_command(value: str | None) -> None:
     assert "CNI_COMMAND" in body["msg"]
 
 
+def test_missing_command_prints_about_on_stderr() -> None:
+    plugin = Plugin(add=FakePlugin().add, delete=FakePlugin().delete, about="podnet fake v0",
+                    supported_versions=("1.0.0", "1.1.0"))
+    run = _run(plugin, {}, b"")
+    _error(run, 4)
+    assert run.stderr == "podnet fake v0\nCNI protocol versions supported: 1.0.0, 1.1.0\n"
+    assert _run(plugin, _env("ATTACH"), _conf()).stderr == ""
+
+
 def test_unknown_command() -> None:
     body = _error(_run(FakePlugin().plugin(), _env("ATTACH"), _conf()), 4)
     assert "ATTACH" in body["msg"]

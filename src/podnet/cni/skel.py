@@ -236,6 +236,10 @@ def run(
         _dispatch(plugin, build_args(env, stdin_data, plugin), stdout)
         return 0
     except CNIError as err:
+        if not env.get("CNI_COMMAND") and plugin.about:
+            # Someone ran the plugin by hand: say what it is (the Go skel does the same).
+            stderr.write(f"{plugin.about}\nCNI protocol versions supported: "
+                         f"{', '.join(plugin.supported_versions)}\n")
         _emit(stdout, err.to_dict(_guess_version(stdin_data)))
         return 1
     except Exception as exc:
