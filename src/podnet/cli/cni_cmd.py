@@ -54,9 +54,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def absolute(path: str) -> str:
+    """The path as Go's ``filepath.Abs`` makes it: absolute and clean. POSIX normalisation keeps a
+    leading '//' (``os.path.abspath('//x') == '//x'``); Go's cleaning does not."""
+    path = os.path.abspath(path)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    return path
+
+
 def default_container_id(netns: str) -> str:
     """cnitool's rule, so podnet and cnitool address the same attachment."""
-    digest = hashlib.sha512(os.path.abspath(netns).encode()).hexdigest()
+    digest = hashlib.sha512(absolute(netns).encode()).hexdigest()
     return "cnitool-" + digest[:20]
 
 
@@ -103,7 +112,7 @@ def _execute(ns: argparse.Namespace) -> int:
         return 0
     if not ns.netns:
         raise InvalidEnvironment(f"'{ns.command}' needs a network namespace path (NETNS)")
-    netns = os.path.abspath(ns.netns)
+    netns = absolute(ns.netns)
     rt = RuntimeConf(
         container_id=ns.container_id if ns.container_id is not None else default_container_id(netns),
         netns=netns,
