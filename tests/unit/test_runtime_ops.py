@@ -289,6 +289,28 @@ def test_add_rollback_sends_prev_result_from_040(fx: FakeExec, rt_: CNIRuntime) 
     assert [d.stdin["prevResult"]["interfaces"][0]["name"] for d in dels] == ["a", "a", "a"]
 
 
+def test_add_result_unfit_for_list_version_is_still_rolled_back(fx: FakeExec, rt_: CNIRuntime,
+                                                                 cache_dir: Path) -> None:
+    # A 0.2.0 result needs an IP; a result without one cannot be handed on as prevResult.
+    fx.script[("a", "ADD")] = b'{"cniVersion": "1.0.0", "interfaces": [{"name": "a"}]}'
+    with pytest.raises(CNIError) as info:
+        rt_.add(conflist("0.2.0", ("a", "b")), RT)
+    assert info.value.code == 1
+    assert fx.seq() == [("a", "ADD"), ("b", "DEL"), ("a", "DEL")]
+    assert files(cache(cache_dir)) == [] and files(pending(cache_dir)) == []
+
+
+def test_add_succeeds_when_pending_marker_cannot_be_removed(fx: FakeExec, rt_: CNIRuntime, cache_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise IOFailure("cannot remove")
+
+    monkeypatch.setattr(rt_.pending, "remove", boom)
+    rt_.add(conflist(), RT)
+    assert fx.seq("DEL") == []
+    assert cache(cache_dir).read(NET, CID, "eth0").ok
+
+
 # ---- invalid runtime parameters -------------------------------------------------------------
 
 

@@ -118,11 +118,24 @@ class CNIRuntime:
         except BaseException:
             self._rollback(conf, rt, prev)
             raise
-        self.pending.remove(conf.name, rt.container_id, rt.ifname)
+        # The attachment is up and cached; a marker left behind is only a hint for GC, not a failure.
+        self._drop_pending(conf, rt)
         return prev
 
+    def _drop_pending(self, conf: NetConfList, rt: RuntimeConf) -> None:
+        try:
+            self.pending.remove(conf.name, rt.container_id, rt.ifname)
+        except CNIError as err:
+            log.warning("cannot remove pending marker of %s/%s/%s: %s",
+                        conf.name, rt.container_id, rt.ifname, err)
+
     def _rollback(self, conf: NetConfList, rt: RuntimeConf, prev: Result | None) -> None:
-        if not ver.at_least(conf.cni_version, "0.4.0"):
+        if prev is not None and ver.at_least(conf.cni_version, "0.4.0"):
+            try:
+                prev.to_json(conf.cni_version)
+            except CNIError:
+                prev = None  # a result the list's version cannot carry must not block the DELs
+        else:
             prev = None  # as for any DEL: prevResult on DEL exists since spec 0.4.0
         try:
             self._delete_plugins(conf, rt, prev)
@@ -131,7 +144,7 @@ class CNIRuntime:
             log.warning("rollback of failed ADD %s/%s/%s incomplete: %s",
                         conf.name, rt.container_id, rt.ifname, err)
             return
-        self.pending.remove(conf.name, rt.container_id, rt.ifname)
+        self._drop_pending(conf, rt)
 
     # -- DEL ----------------------------------------------------------------------------------
 
