@@ -1,0 +1,459 @@
+"""IPAM configuration for ``podnet-host-local`` and ``podnet-static``.
+
+The keys are those of the reference host-local and static plugins, so an existing ``ipam`` section
+works unchanged:
+
+host-local
+  ``ranges``            list of range sets; a range set is a list of ``{subnet, rangeStart, rangeEnd,
+                        gateway}``; one address is allocated from every range set (dual stack = one v4
+                        set and one v6 set)
+  ``subnet`` ...        the legacy single range (``subnet``/``rangeStart``/``rangeEnd``/``gateway`` on
+                        the ``ipam`` object); it becomes range set 0, before ``ranges``
+  ``routes``, ``dataDir`` (default /var/lib/cni/networks), ``resolvConf``
+  ``runtimeConfig.ipRanges``  range sets from the runtime (capability ``ipRanges``); as in the
+                        reference they are put *before* the configured sets, so range set numbers
+                        (and ``last_reserved_ip.N``) match the reference plugin's
+  requested addresses   ``CNI_ARGS IP=a,b``, ``args.cni.ips``, ``runtimeConfig.ips`` (plain IPs; a
+                        CIDR's prefix is ignored)
+
+static
+  ``addresses``         ``[{address: CIDR, gateway}]``; ``routes``; ``dns``
+  requested addresses   ``CNI_ARGS IP=cidr,cidr`` and ``GATEWAY=ip,ip``, ``args.cni.ips``,
+                        ``runtimeConfig.ips`` (CIDRs)
+
+Every problem is an ``InvalidNetworkConfig`` (code 7) whose message names the key and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podnet.cni import version as ver
+from podnet.cni.errors import CNIError, InvalidNetworkConfig
+from podnet.cni.result import DNS, IPAddress, IPInterface, IPNetwork, Result, Route
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+
+# ---- small parsers (all errors are code 7 and name the key) ----------------------------------
+
+
+def _present(value: object) -> bool:
+    """Absent, null and "" all mean "not set" (Go decodes an empty IP string to nil)."""
+    return value is not None and value != ""
+
+
+def canonical(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address is the IPv4 address (the reference canonicalizes the same way)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def parse_ip(value: object, where: str) -> IPAddress:
+    if not isinstance(value, str) or not value or "%" in value or "/" in value:
+        raise InvalidNetworkConfig(f"{where}: invalid IP address {value!r}")
+    try:
+        return canonical(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidNetworkConfig(f"{where}: invalid IP address {value!r}") from None
+
+
+def _split_cidr(value: object, where: str, what: str) -> tuple[str, int]:
+    """Go's ParseCIDR form only: ``address/decimal-prefix`` (no netmask, no zone)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InvalidNetworkConfig(f"{where}: invalid {what} {value!r}: expected CIDR notation (a.b.c.d/n)")
+    addr, _, prefix = value.partition("/")
+    if not (prefix.isascii() and prefix.isdigit()) or "%" in addr or len(prefix) > 3:
+        raise InvalidNetworkConfig(f"{where}: invalid {what} {value!r}: expected CIDR notation (a.b.c.d/n)")
+    return addr, int(prefix)
+
+
+def parse_subnet(value: object, where: str) -> IPNetwork:
+    """A subnet; host bits are dropped as Go's ParseCIDR does (10.1.2.3/24 -> 10.1.2.0/24)."""
+    _split_cidr(value, where, "subnet")
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError as exc:
+        raise InvalidNetworkConfig(f"{where}: invalid subnet {value!r}", str(exc)) from None
+
+
+def parse_cidr_address(value: object, where: str) -> IPInterface:
+    """An address with its prefix, host bits kept (10.1.2.3/24)."""
+    _split_cidr(value, where, "address")
+    try:
+        return ipaddress.ip_interface(str(value))
+    except ValueError as exc:
+        raise InvalidNetworkConfig(f"{where}: invalid address {value!r}", str(exc)) from None
+
+
+def parse_requested_ip(value: object, where: str) -> IPAddress:
+    """host-local's requested IPs: a plain IP, or a CIDR whose prefix is ignored."""
+    if isinstance(value, str) and "/" in value:
+        return canonical(parse_cidr_address(value, where).ip)
+    return parse_ip(value, where)
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidNetworkConfig(f"{where} must be an object", f"got {value!r}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidNetworkConfig(f"{where} must be a list", f"got {value!r}")
+    return value
+
+
+def _string(value: object, where: str, default: str = "") -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidNetworkConfig(f"{where} must be a string", f"got {value!r}")
+    return value
+
+
+def ipam_section(conf: dict[str, Any]) -> dict[str, Any]:
+    if "ipam" not in conf or conf["ipam"] is None:
+        raise InvalidNetworkConfig("network configuration has no 'ipam' object")
+    return _obj(conf["ipam"], "ipam")
+
+
+def parse_routes(value: object, where: str = "ipam.routes") -> list[Route]:
+    """Routes with the result's rules (1.1.0 attributes included), reported as config errors."""
+    items = _list(value, where)
+    try:
+        return Result.from_json({"cniVersion": ver.CURRENT, "routes": items}).routes
+    except CNIError as err:
+        raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
+
+
+def parse_dns(value: object, where: str = "ipam.dns") -> DNS:
+    if value is None:
+        return DNS()
+    try:
+        return Result.from_json({"cniVersion": ver.CURRENT, "dns": _obj(value, where)}).dns
+    except CNIError as err:
+        raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
+
+
+def parse_resolv_conf(path: str) -> DNS:
+    """The DNS settings of a resolv.conf file (nameserver, domain, search, options)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        raise InvalidNetworkConfig(f"ipam.resolvConf: cannot read {path!r}",
+                                   exc.strerror or str(exc)) from None
+    dns = DNS()
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0][0] in "#;":
+            continue
+        key, values = words[0], words[1:]
+        if key == "nameserver":
+            dns.nameservers.append(values[0])
+        elif key == "domain":
+            dns.domain = values[0]
+        elif key == "search":
+            dns.search = values
+        elif key == "options":
+            dns.options = values
+    return dns
+
+
+def cni_arg_list(args: Sequence[tuple[str, str]], key: str) -> list[str]:
+    """A comma-separated CNI_ARGS value (``IP=a,b``) as items; the last ``key=`` wins."""
+    raw = ""
+    for k, v in args:
+        if k == key:
+            raw = v
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _runtime_config(conf: dict[str, Any]) -> dict[str, Any]:
+    value = conf.get("runtimeConfig")
+    return {} if value is None else _obj(value, "runtimeConfig")
+
+
+def _args_cni_ips(conf: dict[str, Any]) -> list[Any]:
+    args = conf.get("args")
+    if args is None:
+        return []
+    cni = _obj(args, "args").get("cni")
+    if cni is None:
+        return []
+    return _list(_obj(cni, "args.cni").get("ips"), "args.cni.ips")
+
+
+def _check_family_count(families: Iterable[int], cni_version: str, what: str) -> None:
+    """Results before 0.3.0 hold one address per family."""
+    counts = {4: 0, 6: 0}
+    for fam in families:
+        counts[fam] += 1
+    if (counts[4] > 1 or counts[6] > 1) and not ver.at_least(cni_version, "0.3.0"):
+        raise InvalidNetworkConfig(
+            f"CNI version {cni_version} allows one address per family, but {what} gives "
+            f"{counts[4]} IPv4 and {counts[6]} IPv6")
+
+
+# ---- host-local ranges -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive address range inside a subnet; ``gateway`` defaults to the subnet's first address."""
+
+    subnet: IPNetwork
+    start: IPAddress
+    end: IPAddress
+    gateway: IPAddress
+
+    @property
+    def version(self) -> int:
+        return self.subnet.version
+
+    def contains(self, ip: IPAddress) -> bool:
+        return ip.version == self.version and self.start <= ip <= self.end  # type: ignore[operator]
+
+    def is_special(self, ip: IPAddress) -> bool:
+        """Never handed out: the gateway, and the subnet's network address (and IPv4 broadcast)."""
+        if ip == self.gateway or ip == self.subnet.network_address:
+            return True
+        return self.version == 4 and ip == self.subnet.broadcast_address
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end} in {self.subnet}"
+
+
+@dataclass(frozen=True)
+class RangeSet:
+    ranges: tuple[Range, ...]
+
+    @property
+    def version(self) -> int:
+        return self.ranges[0].version
+
+    def range_for(self, ip: IPAddress) -> Range | None:
+        return next((r for r in self.ranges if r.contains(ip)), None)
+
+    def contains(self, ip: IPAddress) -> bool:
+        return self.range_for(ip) is not None
+
+    def allocatable(self, ip: IPAddress) -> bool:
+        """In one of the ranges, and neither a gateway nor a network/broadcast address of any range."""
+        return self.contains(ip) and not any(r.is_special(ip) for r in self.ranges)
+
+    def capacity(self) -> int:
+        """How many addresses the set can hand out."""
+        total = 0
+        for r in self.ranges:
+            specials = {s for other in self.ranges
+                        for s in (other.gateway, other.subnet.network_address, other.subnet.broadcast_address)
+                        if r.contains(s) and other.is_special(s)}
+            total += int(r.end) - int(r.start) + 1 - len(specials)
+        return total
+
+    def __str__(self) -> str:
+        return ", ".join(str(r) for r in self.ranges)
+
+
+def _overlaps(a: Range, b: Range) -> bool:
+    return a.version == b.version and a.start <= b.end and b.start <= a.end  # type: ignore[operator]
+
+
+def _range_ip(obj: dict[str, Any], key: str, subnet: IPNetwork, where: str) -> IPAddress | None:
+    if not _present(obj.get(key)):
+        return None
+    ip = parse_ip(obj[key], f"{where}.{key}")
+    if ip.version != subnet.version or ip not in subnet:
+        raise InvalidNetworkConfig(f"{where}.{key} {ip} is outside subnet {subnet}")
+    return ip
+
+
+def parse_range(value: object, where: str) -> Range:
+    obj = _obj(value, where)
+    if not _present(obj.get("subnet")):
+        raise InvalidNetworkConfig(f"{where} has no 'subnet'")
+    subnet = parse_subnet(obj["subnet"], f"{where}.subnet")
+    if subnet.num_addresses < 4:
+        raise InvalidNetworkConfig(f"{where}.subnet {subnet} is too small to allocate from (needs /"
+                                   f"{subnet.max_prefixlen - 2} or larger)")
+    gateway = _range_ip(obj, "gateway", subnet, where) or subnet.network_address + 1
+    start = _range_ip(obj, "rangeStart", subnet, where) or subnet.network_address + 1
+    end = _range_ip(obj, "rangeEnd", subnet, where)
+    if end is None:
+        # Default end: the last address, or the one before the broadcast address for IPv4.
+        end = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+    if start > end:  # type: ignore[operator]
+        raise InvalidNetworkConfig(f"{where}: rangeStart {start} is after rangeEnd {end}")
+    return Range(subnet=subnet, start=start, end=end, gateway=gateway)
+
+
+def parse_range_set(value: object, where: str) -> RangeSet:
+    items = _list(value, where)
+    if not items:
+        raise InvalidNetworkConfig(f"{where} is an empty range set")
+    ranges = tuple(parse_range(item, f"{where}[{i}]") for i, item in enumerate(items))
+    for i, r in enumerate(ranges):
+        if r.version != ranges[0].version:
+            raise InvalidNetworkConfig(f"{where} mixes address families: {ranges[0].subnet} and {r.subnet}")
+        for j in range(i):
+            if _overlaps(ranges[j], r):
+                raise InvalidNetworkConfig(f"{where}: ranges {ranges[j]} and {r} overlap")
+    return RangeSet(ranges)
+
+
+def _raw_range_sets(conf: dict[str, Any], ipam: dict[str, Any]) -> list[tuple[str, object]]:
+    """Range sets with where they came from, in the reference's order: runtime, legacy, ``ranges``."""
+    raw: list[tuple[str, object]] = []
+    for i, rs in enumerate(_list(_runtime_config(conf).get("ipRanges"), "runtimeConfig.ipRanges")):
+        raw.append((f"runtimeConfig.ipRanges[{i}]", rs))
+    if _present(ipam.get("subnet")):
+        legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
+        raw.append(("ipam", [legacy]))
+    for i, rs in enumerate(_list(ipam.get("ranges"), "ipam.ranges")):
+        raw.append((f"ipam.ranges[{i}]", rs))
+    return raw
+
+
+def parse_range_sets(conf: dict[str, Any], ipam: dict[str, Any]) -> list[RangeSet]:
+    raw = _raw_range_sets(conf, ipam)
+    if not raw:
+        raise InvalidNetworkConfig(
+            "no IP ranges specified: set ipam.ranges (or ipam.subnet, or runtimeConfig.ipRanges)")
+    sets = [parse_range_set(value, where) for where, value in raw]
+    for i, rs in enumerate(sets):
+        for j in range(i):
+            clash = next(((a, b) for a in sets[j].ranges for b in rs.ranges if _overlaps(a, b)), None)
+            if clash is not None:
+                raise InvalidNetworkConfig(
+                    f"range set {i} ({raw[i][0]}: {clash[1]}) overlaps "
+                    f"range set {j} ({raw[j][0]}: {clash[0]})")
+    return sets
+
+
+def _requested_ips(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]]) -> list[IPAddress]:
+    items = [(f"CNI_ARGS IP[{i}]", v) for i, v in enumerate(cni_arg_list(cni_args, "IP"))]
+    items += [(f"args.cni.ips[{i}]", v) for i, v in enumerate(_args_cni_ips(conf))]
+    items += [(f"runtimeConfig.ips[{i}]", v)
+              for i, v in enumerate(_list(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
+    out: list[IPAddress] = []
+    for where, value in items:
+        ip = parse_requested_ip(value, where)
+        if ip not in out:
+            out.append(ip)
+    return out
+
+
+@dataclass
+class HostLocalConfig:
+    name: str
+    cni_version: str
+    range_sets: list[RangeSet]
+    routes: list[Route] = field(default_factory=list)
+    data_dir: str = DEFAULT_DATA_DIR
+    resolv_conf: str = ""
+    requested: list[IPAddress] = field(default_factory=list)
+
+
+def store_location(conf: dict[str, Any]) -> tuple[str, str]:
+    """``(dataDir, network name)``: all DEL and GC need, so they work even when the ranges do not parse."""
+    ipam = ipam_section(conf)
+    data_dir = _string(ipam.get("dataDir"), "ipam.dataDir") or DEFAULT_DATA_DIR
+    return data_dir, str(conf.get("name", ""))
+
+
+def load_host_local(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]],
+                    cni_version: str) -> HostLocalConfig:
+    ipam = ipam_section(conf)
+    data_dir, name = store_location(conf)
+    sets = parse_range_sets(conf, ipam)
+    _check_family_count((rs.version for rs in sets), cni_version, "ipam.ranges")
+    return HostLocalConfig(
+        name=name,
+        cni_version=cni_version,
+        range_sets=sets,
+        routes=parse_routes(ipam.get("routes")),
+        data_dir=data_dir,
+        resolv_conf=_string(ipam.get("resolvConf"), "ipam.resolvConf"),
+        requested=_requested_ips(conf, cni_args),
+    )
+
+
+# ---- static ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StaticAddress:
+    address: IPInterface
+    gateway: IPAddress | None = None
+
+
+@dataclass
+class StaticConfig:
+    name: str
+    cni_version: str
+    addresses: list[StaticAddress]
+    routes: list[Route] = field(default_factory=list)
+    dns: DNS = field(default_factory=DNS)
+
+
+def _static_gateway(value: object, address: IPInterface, where: str) -> IPAddress | None:
+    """Any address of the same family: routed setups use a /32 with an on-link gateway outside it."""
+    if not _present(value):
+        return None
+    gateway = parse_ip(value, where)
+    if gateway.version != address.version:
+        raise InvalidNetworkConfig(f"{where} {gateway} is not of the address family of {address}")
+    return gateway
+
+
+def _static_addresses(conf: dict[str, Any], ipam: dict[str, Any],
+                      cni_args: Sequence[tuple[str, str]]) -> list[StaticAddress]:
+    out: list[StaticAddress] = []
+    for i, item in enumerate(_list(ipam.get("addresses"), "ipam.addresses")):
+        where = f"ipam.addresses[{i}]"
+        obj = _obj(item, where)
+        address = parse_cidr_address(obj.get("address"), f"{where}.address")
+        out.append(StaticAddress(address, _static_gateway(obj.get("gateway"), address, f"{where}.gateway")))
+    extra = [(f"CNI_ARGS IP[{i}]", v) for i, v in enumerate(cni_arg_list(cni_args, "IP"))]
+    extra += [(f"args.cni.ips[{i}]", v) for i, v in enumerate(_args_cni_ips(conf))]
+    extra += [(f"runtimeConfig.ips[{i}]", v)
+              for i, v in enumerate(_list(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
+    out.extend(StaticAddress(parse_cidr_address(v, where)) for where, v in extra)
+    for i, gw_text in enumerate(cni_arg_list(cni_args, "GATEWAY")):
+        gateway = parse_ip(gw_text, f"CNI_ARGS GATEWAY[{i}]")
+        owners = [a for a in out if gateway in a.address.network]
+        if not owners:
+            raise InvalidNetworkConfig(f"CNI_ARGS GATEWAY {gateway} is in none of the addresses' subnets")
+        for a in owners:
+            a.gateway = gateway
+    return out
+
+
+def load_static(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]], cni_version: str) -> StaticConfig:
+    ipam = ipam_section(conf)
+    addresses = _static_addresses(conf, ipam, cni_args)
+    if not addresses:
+        raise InvalidNetworkConfig(
+            "static IPAM has no addresses: set ipam.addresses "
+            "(or CNI_ARGS IP, args.cni.ips, runtimeConfig.ips)")
+    seen: set[IPAddress] = set()
+    for a in addresses:
+        if a.address.ip in seen:
+            raise InvalidNetworkConfig(f"static IPAM address {a.address.ip} is given twice")
+        seen.add(a.address.ip)
+    _check_family_count((a.address.version for a in addresses), cni_version, "the static addresses")
+    return StaticConfig(
+        name=str(conf.get("name", "")),
+        cni_version=cni_version,
+        addresses=addresses,
+        routes=parse_routes(ipam.get("routes")),
+        dns=parse_dns(ipam.get("dns")),
+    )
