@@ -28,6 +28,7 @@ FAKES = {
     "fake-exit": "echo 'something went wrong' >&2; exit 3",
     "fake-cnierr": 'echo \'{"cniVersion":"1.0.0","code":11,"msg":"try again later"}\'; exit 1',
     "fake-signal": "kill -9 $$",
+    "fake-deep": "head -c 50000 /dev/zero | tr '\\0' '['",
 }
 # Every fake records its call, answers ADD as above, and succeeds on every other command.
 FAKE = """#!/bin/sh
@@ -152,6 +153,9 @@ ROWS = [
     Row("conf-dir-missing", 7, env={"NETCONFPATH": "/nonexistent/podnet-test"}),
     Row("conf-file-not-json", 6, argv=("add", "net", "NETNS", "--conf-file", "given.conflist"),
         setup=_conf_file(b"garbage")),
+    Row("conf-deep", 7, conf=b"[" * 50000, says="10-net.conflist"),
+    Row("conf-file-deep", 6, argv=("add", "net", "NETNS", "--conf-file", "given.conflist"),
+        setup=_conf_file(b'{"name": "net", "x": ' + b"[" * 50000)),
     Row("conf-file-missing", 7, argv=("add", "net", "NETNS", "--conf-file", "missing.conflist")),
     # bad environment
     Row("cni-args-novalue", 4, env={"CNI_ARGS": "novalue"}),
@@ -159,6 +163,8 @@ ROWS = [
     Row("cni-args-option", 4, argv=("add", "net", "NETNS", "--args", "novalue")),
     Row("cap-args-not-json", 4, env={"CAP_ARGS": "{portMappings"}),
     Row("cap-args-not-object", 4, env={"CAP_ARGS": "[1, 2]"}),
+    Row("cap-args-nan", 4, env={"CAP_ARGS": '{"bandwidth": {"ingressRate": NaN}}'}),
+    Row("cap-args-deep", 4, env={"CAP_ARGS": "[" * 50000}),
     Row("no-netns", 4, argv=("add", "net")),
     Row("no-cni-path", 7, env={"CNI_PATH": ""}),
     Row("cache-dir-is-a-file", 5, setup=_cache_is_a_file),
@@ -180,6 +186,7 @@ ROWS = [
     Row("plugin-exit", 999, conf=net("fake-ok", "fake-exit"), says="something went wrong"),
     Row("plugin-cni-error", 11, conf=net("fake-ok", "fake-cnierr"), says="try again later"),
     Row("plugin-killed", 999, conf=net("fake-ok", "fake-signal"), says="signal 9"),
+    Row("plugin-deep", 6, conf=net("fake-ok", "fake-deep"), says="fake-deep"),
     Row("plugin-first-fails", 11, conf=net("fake-cnierr", "fake-ok")),
     # other commands
     Row("del-cid-dotdot", 4, argv=("del", "net", "NETNS", "--container-id", "../x")),

@@ -69,12 +69,16 @@ def default_container_id(netns: str) -> str:
     return "cnitool-" + digest[:20]
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's decoder takes NaN and Infinity; Go's does not
+
+
 def _cap_args(raw: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
+        value = json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
         raise InvalidEnvironment("CAP_ARGS is not valid JSON", str(exc)) from None
     if not isinstance(value, dict):
         raise InvalidEnvironment("CAP_ARGS must be a JSON object")

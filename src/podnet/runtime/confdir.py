@@ -48,7 +48,7 @@ def _probe(data: bytes) -> tuple[str | None, str]:
     and, when there is no usable name, why (so a not-found error can name the broken file)."""
     try:
         obj = json.loads(data)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         return None, f"not JSON ({exc})"
     if not isinstance(obj, dict):
         return None, "not a JSON object"
@@ -67,7 +67,7 @@ def _drop_in_plugin(path: Path) -> PluginConf:
     data = _read(path)
     try:
         obj = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DecodingFailure(f"cannot parse plugin configuration {path}", str(exc)) from None
     if not isinstance(obj, dict):
         raise DecodingFailure(f"plugin configuration {path} is not a JSON object")
@@ -126,9 +126,12 @@ def load_file(path: str | Path) -> NetConfList:
     """A network from an explicit file: ``.conflist`` as a list, anything else as a single config."""
     path = Path(path)
     data = _read(path)
-    if path.suffix in LIST_EXTENSIONS:
-        return parse_conflist(data, str(path))
-    return parse_conf(data, str(path))
+    try:
+        if path.suffix in LIST_EXTENSIONS:
+            return parse_conflist(data, str(path))
+        return parse_conf(data, str(path))
+    except RecursionError:  # the JSON decoder recurses once per nesting level
+        raise DecodingFailure(f"cannot parse network configuration {path}", "nested too deeply") from None
 
 
 def network_names(directory: str | Path) -> list[str]:

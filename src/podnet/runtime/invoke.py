@@ -80,7 +80,7 @@ def decode_failure(plugin: str, returncode: int, stdout: bytes, stderr: bytes) -
     name = os.path.basename(plugin)
     try:
         body = json.loads(stdout)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
         body = None
     if isinstance(body, dict) and isinstance(body.get("code"), int) and "msg" in body:
         err = CNIError.from_dict(body)
@@ -95,7 +95,7 @@ def decode_failure(plugin: str, returncode: int, stdout: bytes, stderr: bytes) -
 def decode_output(plugin: str, stdout: bytes) -> Any:
     try:
         return json.loads(stdout)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         text = stdout.decode(errors="replace")[:200]
         raise DecodingFailure(f"plugin {os.path.basename(plugin)} printed output that is not JSON",
                               f"{exc}; output starts {text!r}") from None
