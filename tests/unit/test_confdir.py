@@ -223,3 +223,18 @@ def test_network_names(tmp_path: Path) -> None:
     write(tmp_path, "net/10-dropin.conf", single("dropin", "x"))
     assert network_names(tmp_path) == ["net-a", "net-b", "net"]
     assert network_names(tmp_path / "missing") == []
+
+
+def test_deeply_nested_files(tmp_path: Path) -> None:
+    write(tmp_path, "01-deep.conflist", b"[" * 50000)
+    write(tmp_path, "50-net.conflist", conflist("net", "ok"))
+    write(tmp_path, "net/10-deep.conf", b"{" + b'"a":[' * 50000)
+    with pytest.raises(CNIError) as info:
+        load_network(tmp_path, "net")
+    assert info.value.code == 6 and "10-deep.conf" in str(info.value)
+    with pytest.raises(NetworkNotFound, match=r"01-deep\.conflist"):
+        load_network(tmp_path, "other")
+    deep = write(tmp_path, "deep.conflist", b'{"name": "net", "x": ' + b"[" * 50000)
+    with pytest.raises(CNIError) as info:
+        load_file(deep)
+    assert info.value.code == 6

@@ -254,3 +254,11 @@ def test_other_os_errors_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(invoke.subprocess, "run", fake_run)
     err = fails(tmp_path / "x")
     assert len(calls) == 1 and "Permission denied" in err.details
+
+
+def test_deeply_nested_output_is_decoding_failure(tmp_path: Path) -> None:
+    with pytest.raises(CNIError) as info:
+        decode_output("/bin/deep", b"[" * 50000)
+    assert info.value.code == 6 and "deep" in info.value.msg
+    err = invoke.decode_failure("/bin/deep", 1, b"[" * 50000, b"oops")
+    assert err.code == 999 and err.details == "oops"
