@@ -135,6 +135,9 @@ _VERB: dict[int, str] = {
     _errno.EPERM: "permission denied",
     _errno.EACCES: "permission denied",
     _errno.EINVAL: "invalid argument",
+    _errno.ERANGE: "value out of range",
+    _errno.EBUSY: "busy",
+    _errno.ENETUNREACH: "network unreachable",
     _errno.EOPNOTSUPP: "not supported",
 }
 

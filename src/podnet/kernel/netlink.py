@@ -79,6 +79,7 @@ class Netlink:
             self.netns.close()
             raise
         self._ipr: Any = None  # pyroute2 IPRoute, made on first write
+        self._ipr_sock: socket.socket | None = None
         self._ipr_thread: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -87,6 +88,10 @@ class Netlink:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._ipr_sock is not None:
+            # pyroute2 closes it only from the thread that used it; make sure it goes.
+            self._ipr_sock.close()
+            self._ipr_sock = None
         self._rt.close()
         self.netns.close()
 
@@ -183,7 +188,7 @@ class Netlink:
             # groups=0: pyroute2 otherwise subscribes to every rtnl multicast group and
             # buffers events nobody reads.
             self._ipr = IPRoute(use_socket=sock, groups=0)
-            self._ipr_thread = me
+            self._ipr_sock, self._ipr_thread = sock, me
         elif self._ipr_thread != me:
             raise KernelError("netlink session: writes are bound to the thread that made the first one",
                               "open one Netlink session per thread")
@@ -220,7 +225,8 @@ class Netlink:
     def ensure_bridge(self, name: str, *, mac: str | None = None, mtu: int | None = None,
                       vlan_filtering: bool | None = None) -> Link:
         """The bridge ``name``, created if missing, reused if present (Exists if the name
-        is taken by another kind). ``vlan_filtering=None`` leaves the setting alone."""
+        is taken by another kind). ``mac``/``mtu`` apply at creation only; an existing
+        bridge is changed only for ``vlan_filtering`` (None: leave the setting alone)."""
         link = self.find_link(name)
         if link is None:
             attrs: dict[str, Any] = {}
