@@ -1,0 +1,206 @@
+"""Address allocation over a ``Store``: round robin per range set, requested addresses, release, GC.
+
+Rules (those of the reference host-local unless marked):
+- one address per range set for each attachment ``(containerID, ifname)``;
+- round robin: the search starts after the range set's last reserved address and wraps once, so a
+  crash-looping pod does not get the address it just released;
+- a range's gateway is never handed out, nor (podnet) any range's network address or IPv4 broadcast
+  address, even when ``rangeStart``/``rangeEnd`` include them;
+- (podnet) ADD is idempotent: an attachment that already holds an address in a range set gets it again
+  (the reference fails with "duplicate allocation");
+- a failed ADD releases what it reserved, and only that (an earlier ADD's reservations stay).
+
+Error codes: a requested address the configuration cannot give (outside every range set, a gateway,
+two in one set) is ``InvalidNetworkConfig`` (7). A requested address held by another attachment and an
+exhausted range set are what the reference reports as a generic failure (999); here they are
+``AddressUnavailable`` and ``RangeExhausted``, still code 999, with messages naming the address, its
+owner or the range set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from podnet.cni.errors import INTERNAL, CNIError, InvalidNetworkConfig, UnknownContainer
+from podnet.cni.result import IPAddress, IPConfig
+from podnet.ipam.config import RangeSet
+from podnet.ipam.store import Reservation, Store, select_owned
+
+
+class AddressUnavailable(CNIError):
+    """A requested address is reserved by another attachment."""
+
+    code = INTERNAL
+
+
+class RangeExhausted(CNIError):
+    """A range set has no free address left."""
+
+    code = INTERNAL
+
+
+def assign_requested(range_sets: Sequence[RangeSet],
+                     requested: Iterable[IPAddress]) -> list[IPAddress | None]:
+    """Which requested address goes to which range set (at most one per set)."""
+    plan: list[IPAddress | None] = [None] * len(range_sets)
+    for ip in requested:
+        idx = next((i for i, rs in enumerate(range_sets) if rs.contains(ip)), None)
+        if idx is None:
+            sets = "; ".join(f"{i}: {rs}" for i, rs in enumerate(range_sets))
+            raise InvalidNetworkConfig(f"requested IP {ip} is in none of the range sets ({sets})")
+        other = plan[idx]
+        if other is not None:
+            raise InvalidNetworkConfig(
+                f"requested IPs {other} and {ip} are both in range set {idx}; "
+                "one address is allocated per set")
+        if not range_sets[idx].allocatable(ip):
+            raise InvalidNetworkConfig(
+                f"requested IP {ip} is a gateway, network or broadcast address of range set {idx}")
+        plan[idx] = ip
+    return plan
+
+
+def round_robin(rs: RangeSet, last: IPAddress | None) -> Iterator[IPAddress]:
+    """Every address of the set once, starting after ``last`` when the set holds it, else at the
+    first range's start."""
+    ranges = rs.ranges
+    make = type(ranges[0].start)
+    first, offset = 0, int(ranges[0].start)
+    if last is not None:
+        idx = next((i for i, r in enumerate(ranges) if r.contains(last)), None)
+        if idx is not None:
+            first, offset = idx, int(last) + 1
+    spans = [(offset, int(ranges[first].end))]
+    for k in range(1, len(ranges)):
+        r = ranges[(first + k) % len(ranges)]
+        spans.append((int(r.start), int(r.end)))
+    spans.append((int(ranges[first].start), offset - 1))
+    for lo, hi in spans:
+        for value in range(lo, hi + 1):
+            yield make(value)
+
+
+def in_use(rs: RangeSet, taken: Iterable[IPAddress]) -> int:
+    return sum(1 for ip in taken if rs.allocatable(ip))
+
+
+@dataclass
+class _Attempt:
+    """One ADD's view of the store while it holds the lock."""
+
+    store: Store
+    container_id: str
+    ifname: str
+    taken: dict[IPAddress, Reservation]
+    held: list[IPAddress]
+    new: list[IPAddress] = field(default_factory=list)
+
+    def take(self, ip: IPAddress, range_id: int) -> bool:
+        if not self.store.reserve(self.container_id, self.ifname, ip, range_id):
+            return False
+        self.new.append(ip)
+        self.taken[ip] = Reservation(ip, self.container_id, self.ifname)
+        return True
+
+
+def _take_requested(att: _Attempt, idx: int, ip: IPAddress) -> IPAddress:
+    owner = att.taken.get(ip)
+    if owner is not None or not att.take(ip, idx):
+        who = owner.owner() if owner is not None else "another attachment"
+        raise AddressUnavailable(f"requested IP {ip} is already reserved by {who}")
+    return ip
+
+
+def _take_next(att: _Attempt, idx: int, rs: RangeSet) -> IPAddress:
+    capacity = rs.capacity()
+    if in_use(rs, att.taken) < capacity:
+        for ip in round_robin(rs, att.store.last_reserved(idx)):
+            if ip not in att.taken and rs.allocatable(ip) and att.take(ip, idx):
+                return ip
+    raise RangeExhausted(
+        f"no free IP address in range set {idx} ({rs}): all {capacity} addresses are reserved")
+
+
+def _allocate_in_set(att: _Attempt, idx: int, rs: RangeSet, wanted: IPAddress | None) -> IPConfig:
+    mine = sorted(ip for ip in att.held if rs.contains(ip))
+    if mine:
+        ip = mine[0]
+        if wanted is not None and wanted != ip:
+            raise InvalidNetworkConfig(
+                f"container {att.container_id} interface {att.ifname} already holds {ip} in range set "
+                f"{idx}; it cannot also take requested IP {wanted}")
+    elif wanted is not None:
+        ip = _take_requested(att, idx, wanted)
+    else:
+        ip = _take_next(att, idx, rs)
+    r = rs.range_for(ip)
+    assert r is not None
+    return IPConfig(address=ipaddress.ip_interface((ip, r.subnet.prefixlen)), gateway=r.gateway)
+
+
+def allocate(store: Store, range_sets: Sequence[RangeSet], container_id: str, ifname: str,
+             requested: Iterable[IPAddress] = ()) -> list[IPConfig]:
+    """One address per range set for the attachment, all under one lock; all or nothing."""
+    plan = assign_requested(range_sets, requested)
+    with store.lock():
+        store.clean_debris()
+        taken = {r.ip: r for r in store.reservations()}
+        held = [r.ip for r in select_owned(taken.values(), container_id, ifname)]
+        att = _Attempt(store, container_id, ifname, taken, held)
+        try:
+            return [_allocate_in_set(att, idx, rs, plan[idx]) for idx, rs in enumerate(range_sets)]
+        except BaseException:
+            for ip in att.new:
+                with contextlib.suppress(CNIError, OSError):
+                    store.release(ip)
+            raise
+
+
+def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+    with store.lock():
+        return store.release_by_id(container_id, ifname)
+
+
+def _kept(r: Reservation, keep: set[tuple[str, str]], ids: set[str]) -> bool:
+    if not r.container_id:
+        return False  # unreadable: nobody can own it
+    if r.ifname is None:
+        return r.container_id in ids  # legacy reservations name the container only
+    return (r.container_id, r.ifname) in keep
+
+
+def gc(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAddress]:
+    """Release every reservation whose attachment is not in ``valid``, and a crash's debris."""
+    keep = set(valid)
+    ids = {cid for cid, _ in keep}
+    with store.lock():
+        store.clean_debris()
+        stale = [r.ip for r in store.reservations() if not _kept(r, keep, ids)]
+        for ip in stale:
+            store.release(ip)
+    return stale
+
+
+def check(store: Store, range_sets: Sequence[RangeSet], container_id: str, ifname: str,
+          expected: Iterable[IPAddress] = ()) -> list[IPAddress]:
+    """The attachment holds an address in every range set, and every ``expected`` address of ours."""
+    with store.lock():
+        held = store.get_by_id(container_id, ifname)
+    who = f"container {container_id} interface {ifname}"
+    for idx, rs in enumerate(range_sets):
+        if not any(rs.contains(ip) for ip in held):
+            raise UnknownContainer(f"no address is reserved for {who} in range set {idx} ({rs})")
+    for ip in expected:
+        if any(rs.contains(ip) for rs in range_sets) and ip not in held:
+            raise UnknownContainer(f"{ip} of the previous result is not reserved for {who}")
+    return held
+
+
+def usage(store: Store, range_sets: Sequence[RangeSet]) -> list[tuple[int, int]]:
+    """``(in use, capacity)`` of every range set."""
+    with store.lock():
+        taken = [r.ip for r in store.reservations()]
+    return [(in_use(rs, taken), rs.capacity()) for rs in range_sets]
