@@ -27,6 +27,7 @@ where its request encoders are worth having and its speed does not matter.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
 import socket
@@ -163,10 +164,12 @@ class RouteSocket:
         self.lock = threading.Lock()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         # CAP_ACK: errors do not echo our request back; EXT_ACK: the kernel says why.
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         # Strict checking makes the kernel honour the ifindex filters in dump requests.
-        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        # All three are optional (kernels before 4.20 lack strict checking): callers
+        # filter again, and errors still carry their errno.
+        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(SOL_NETLINK, option, 1)
         sock.bind((0, 0))
         sock.settimeout(timeout)
 
