@@ -352,3 +352,12 @@ def test_runtime_config_helper() -> None:
     plugin = PluginConf(raw={"type": "x", "capabilities": {"a": True, "b": False, "c": "true"}})
     assert runtime_config(plugin, {"a": 1, "b": 2, "c": 3, "d": 4}) == {"a": 1}
     assert runtime_config(PluginConf(raw={"type": "x"}), {"a": 1}) == {}
+
+
+@pytest.mark.parametrize("text", ['{"name":"n","x":NaN,"plugins":[{"type":"b"}]}',
+                                  '{"name":"n","x":Infinity,"plugins":[{"type":"b"}]}',
+                                  "[" * 100_000])
+def test_non_json_constants_and_deep_nesting_are_decoding_errors(text: str) -> None:
+    with pytest.raises(DecodingFailure) as info:
+        parse_conflist(text)
+    assert info.value.code == 6

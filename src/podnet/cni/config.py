@@ -10,6 +10,7 @@ from typing import Any
 from podnet.cni import version as ver
 from podnet.cni.args import validate_network_name, validate_plugin_type
 from podnet.cni.errors import DecodingFailure, IncompatibleVersion, InvalidNetworkConfig
+from podnet.cni.jsonio import load_json
 
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 
@@ -56,10 +57,7 @@ def parse_bool(value: object, key: str) -> bool:
 
 
 def _decode(data: bytes | str, source: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodingFailure(f"cannot parse network configuration {source}".strip(), str(exc)) from None
+    obj = load_json(data, f"network configuration {source}".strip())
     if not isinstance(obj, dict):
         raise DecodingFailure(f"network configuration {source} is not a JSON object".replace("  ", " "))
     return obj

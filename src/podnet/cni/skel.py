@@ -29,6 +29,7 @@ from podnet.cni.errors import (
     InvalidNetworkConfig,
     IOFailure,
 )
+from podnet.cni.jsonio import load_json
 from podnet.cni.result import Result
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
@@ -116,10 +117,7 @@ def _require_env(env: Mapping[str, str], command: str) -> None:
 def _read_conf(stdin_data: bytes) -> dict[str, Any]:
     if len(stdin_data) > MAX_STDIN:
         raise DecodingFailure(f"network configuration on stdin is larger than {MAX_STDIN} bytes")
-    try:
-        conf = json.loads(stdin_data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodingFailure("cannot parse network configuration on stdin", str(exc)) from None
+    conf = load_json(stdin_data, "network configuration on stdin")
     if not isinstance(conf, dict):
         raise DecodingFailure("network configuration on stdin is not a JSON object")
     return conf
