@@ -1,0 +1,79 @@
+"""Veth pairs for pod attachments: deterministic host-side names, MACs pinned at creation.
+
+Why deterministic names: DEL and GC must find the host side of an attachment without the pod's
+namespace and without a cached result (both may be gone after a crash). The name is a hash of
+(network, container ID, ifname), so it is the same on every call and different for every
+attachment.
+
+Why MACs are given at creation: the kernel then marks the address NET_ADDR_SET
+(``addr_assign_type`` 3) and systemd-udevd's ``MACAddressPolicy=persistent`` never rewrites it;
+a MAC the kernel picked itself (type 1, random) is rewritten by udev shortly after the link
+appears, which broke pods whose static gateway neighbour entry still held the old MAC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from podnet.cni.errors import InvalidEnvironment
+from podnet.kernel.errors import Exists
+from podnet.kernel.model import Link
+from podnet.kernel.netlink import Netlink, random_mac
+
+HOST_PREFIX = "pn"
+ALIAS_PREFIX = "podnet:"
+ALIAS_MAX = 255
+
+
+def host_veth_name(network: str, container_id: str, ifname: str) -> str:
+    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    return HOST_PREFIX + digest[:13]  # 15 characters: the kernel's limit
+
+
+def attachment_alias(network: str, container_id: str, ifname: str) -> str:
+    """Written on the host veth so an operator (and GC) can tell whose it is."""
+    return f"{ALIAS_PREFIX}{network}/{container_id}/{ifname}"[:ALIAS_MAX]
+
+
+def network_alias_prefix(network: str) -> str:
+    return f"{ALIAS_PREFIX}{network}/"
+
+
+@dataclass(frozen=True)
+class VethPair:
+    host: Link
+    pod: Link
+
+
+def create_pair(host: Netlink, pod: Netlink, *, host_name: str, pod_ifname: str, alias: str,
+                mtu: int | None = None, pod_mac: str | None = None) -> VethPair:
+    """Create the pair with the pod end directly in the pod's namespace, both MACs explicit.
+
+    An ``pod_ifname`` that already exists in the pod, or a host name already taken, is an error
+    naming it: an attachment never adopts an interface somebody else made.
+    """
+    if pod.find_link(pod_ifname) is not None:
+        raise InvalidEnvironment(f"interface {pod_ifname!r} already exists in {pod.netns.path}")
+    if host.find_link(host_name) is not None:
+        raise Exists(f"host interface {host_name} already exists",
+                     "an earlier ADD for this attachment was not deleted")
+    host.add_veth(host_name, pod_ifname, mac=random_mac(), peer_mac=pod_mac or random_mac(),
+                  peer_netns=pod.netns, mtu=mtu)
+    host.set_alias(host_name, alias)
+    return VethPair(host=host.link(host_name), pod=pod.link(pod_ifname))
+
+
+def delete_host_side(host: Netlink, host_name: str) -> bool:
+    """Remove the pair from the host side (the pod end goes with it). False if it was not there."""
+    if host.find_link(host_name) is None:
+        return False
+    host.delete_link(host_name, missing_ok=True)
+    return True
+
+
+def stale_host_veths(host: Netlink, network: str, keep: set[str]) -> list[str]:
+    """Host veths of ``network`` (by alias) whose names are not in ``keep``: GC's work list."""
+    prefix = network_alias_prefix(network)
+    return [link.name for link in host.links()
+            if link.kind == "veth" and (link.alias or "").startswith(prefix) and link.name not in keep]
