@@ -29,7 +29,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from podnet.cni import version as ver
@@ -146,7 +145,8 @@ def parse_dns(value: object, where: str = "ipam.dns") -> DNS:
 def parse_resolv_conf(path: str) -> DNS:
     """The DNS settings of a resolv.conf file (nameserver, domain, search, options)."""
     try:
-        text = Path(path).read_text(errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
     except OSError as exc:
         raise InvalidNetworkConfig(f"ipam.resolvConf: cannot read {path!r}",
                                    exc.strerror or str(exc)) from None

@@ -20,9 +20,7 @@ import errno
 import fcntl
 import ipaddress
 import os
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 from podnet.cni.errors import IOFailure
 from podnet.cni.result import IPAddress
@@ -54,20 +52,20 @@ class DiskStore:
     """The reservations of one network under ``<data_dir>/<network>``."""
 
     def __init__(self, data_dir: str | os.PathLike[str], network: str, *, create: bool = True) -> None:
-        self.dir = Path(data_dir) / network
+        self.dir = os.path.join(os.fspath(data_dir), network)
         if create:
             try:
-                self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                os.makedirs(self.dir, mode=DIR_MODE, exist_ok=True)
             except OSError as exc:
                 raise _io_error(f"cannot create IPAM directory {self.dir}", exc) from None
 
     def exists(self) -> bool:
-        return self.dir.is_dir()
+        return os.path.isdir(self.dir)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         try:
-            fd = os.open(self.dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(self._path(LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise _io_error(f"cannot open IPAM lock file in {self.dir}", exc) from None
         try:
@@ -78,10 +76,18 @@ class DiskStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _temp_path(self) -> Path:
-        return self.dir / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
 
-    def _write_temp(self, data: bytes) -> Path:
+    def _temp_path(self) -> str:
+        return self._path(f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}")
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    def _write_temp(self, data: bytes) -> str:
         path = self._temp_path()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -91,7 +97,7 @@ class DiskStore:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            self._unlink(path)
             raise
         os.close(fd)
         return path
@@ -106,19 +112,19 @@ class DiskStore:
     def _link_reservation(self, data: bytes, ip: IPAddress) -> bool:
         temp = self._write_temp(data)
         try:
-            os.link(temp, self.dir / str(ip))
+            os.link(temp, self._path(str(ip)))
         except FileExistsError:
             return False
         finally:
-            temp.unlink(missing_ok=True)
+            self._unlink(temp)
         return True
 
     def _write_last_reserved(self, ip: IPAddress, range_id: int) -> None:
         temp = self._write_temp(str(ip).encode())
         try:
-            os.replace(temp, self.dir / f"{LAST_RESERVED_PREFIX}{range_id}")
+            os.replace(temp, self._path(f"{LAST_RESERVED_PREFIX}{range_id}"))
         except BaseException:
-            temp.unlink(missing_ok=True)
+            self._unlink(temp)
             raise
 
     def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int) -> bool:
@@ -133,9 +139,9 @@ class DiskStore:
 
     def release(self, ip: IPAddress) -> None:
         try:
-            (self.dir / str(ip)).unlink(missing_ok=True)
+            self._unlink(self._path(str(ip)))
         except OSError as exc:
-            raise _io_error(f"cannot remove reservation {self.dir / str(ip)}", exc) from None
+            raise _io_error(f"cannot remove reservation {self._path(str(ip))}", exc) from None
 
     def release_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
         released = [r.ip for r in select_owned(self.reservations(), container_id, ifname)]
@@ -149,9 +155,8 @@ class DiskStore:
         removed = 0
         for entry in self._entries():
             if entry.name.startswith(TEMP_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+                self._unlink(entry.path)
+                removed += 1
         return removed
 
     # -- reading ---------------------------------------------------------------------------
@@ -192,7 +197,7 @@ class DiskStore:
         return [r.ip for r in select_owned(self.reservations(), container_id, ifname)]
 
     def last_reserved(self, range_id: int) -> IPAddress | None:
-        data = self._read(str(self.dir / f"{LAST_RESERVED_PREFIX}{range_id}"))
+        data = self._read(self._path(f"{LAST_RESERVED_PREFIX}{range_id}"))
         if data is None:
             return None
         # A hint only: garbage (or a file from another configuration) just restarts the round robin.
