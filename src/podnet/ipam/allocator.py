@@ -160,7 +160,9 @@ def allocate(store: Store, range_sets: Sequence[RangeSet], container_id: str, if
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+    """Release the attachment's reservations (and sweep a crash's debris while holding the lock)."""
     with store.lock():
+        store.clean_debris()
         return store.release_by_id(container_id, ifname)
 
 
