@@ -7,6 +7,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podnet.cni.errors import CNIError, InvalidNetworkConfig, UnknownContainer
 from podnet.ipam.allocator import (
@@ -225,3 +227,33 @@ def test_large_ipv6_range_allocates_without_walking_it() -> None:
     store = FakeStore()
     assert big.capacity() == 2**64 - 2
     assert addrs(allocate(store, [big], "c", "eth0")) == ["fd00::2/64"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "del", "gc"]), st.integers(0, 7),
+                          st.sampled_from(["eth0", "eth1"])), max_size=60))
+def test_random_operations_never_double_allocate(ops: list[tuple[str, int, str]]) -> None:
+    """Any sequence of ADD/DEL/GC on a small dual-stack network: at most one address per attachment
+    and range set, no address held twice, and exactly the live attachments hold addresses."""
+    store = FakeStore()
+    live: dict[tuple[str, str], list[str]] = {}
+    for op, n, ifname in ops:
+        key = (f"c{n}", ifname)
+        if op == "add":
+            try:
+                got = addrs(allocate(store, [V4, V6], *key))
+            except RangeExhausted:
+                assert len(live) >= 5 and key not in live
+                continue
+            assert live.get(key, got) == got
+            live[key] = got
+        elif op == "del":
+            release(store, *key)
+            live.pop(key, None)
+        else:
+            keep = [k for i, k in enumerate(sorted(live)) if i % 2 == 0]
+            gc(store, keep)
+            live = {k: live[k] for k in keep}
+        held = sorted(f"{ip}" for ip in store.owners)
+        assert len(held) == len(set(held)) == 2 * len(live)
+        assert sorted(a.split("/")[0] for v in live.values() for a in v) == held

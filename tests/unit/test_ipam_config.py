@@ -117,7 +117,8 @@ BAD_HOST_LOCAL: list[tuple[str, dict[str, Any], dict[str, Any], list[tuple[str, 
     ("ranges-not-list", {"ranges": {"subnet": "10.0.0.0/24"}}, {}, [], "ipam.ranges must be a list"),
     ("bad-route", {"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "nope"}]}, {}, [],
      "ipam.routes"),
-    ("bad-requested-arg", {"ranges": [[{"subnet": "10.0.0.0/24"}]]}, {}, [("IP", "10.0.0.300")], "10.0.0.300"),
+    ("bad-requested-arg", {"ranges": [[{"subnet": "10.0.0.0/24"}]]}, {}, [("IP", "10.0.0.300")],
+     "10.0.0.300"),
     ("bad-runtime-ip", {"ranges": [[{"subnet": "10.0.0.0/24"}]]}, {"runtimeConfig": {"ips": ["x"]}}, [],
      "runtimeConfig.ips[0]"),
     ("bad-runtime-range", {}, {"runtimeConfig": {"ipRanges": [[{"subnet": "10.0.0.0/40"}]]}}, [],
@@ -143,7 +144,7 @@ def test_missing_ipam_section() -> None:
 
 def test_old_versions_allow_one_address_per_family() -> None:
     ipam = {"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.1.0.0/24"}]]}
-    with pytest.raises(InvalidNetworkConfig, match="CNI version 0.2.0 allows one address per family"):
+    with pytest.raises(InvalidNetworkConfig, match=r"CNI version 0\.2\.0 allows one address per family"):
         hl(ipam, version="0.2.0")
     assert len(hl(ipam, version="0.3.1").range_sets) == 2
 
@@ -189,7 +190,8 @@ BAD_STATIC: list[tuple[str, dict[str, Any], list[tuple[str, str]], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("ipam", "args", "text"), [c[1:] for c in BAD_STATIC], ids=[c[0] for c in BAD_STATIC])
+@pytest.mark.parametrize(("ipam", "args", "text"), [c[1:] for c in BAD_STATIC],
+                         ids=[c[0] for c in BAD_STATIC])
 def test_invalid_static_config(ipam: dict[str, Any], args: list[tuple[str, str]], text: str) -> None:
     with pytest.raises(InvalidNetworkConfig) as exc:
         st(ipam, args)
