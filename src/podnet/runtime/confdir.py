@@ -11,6 +11,7 @@ the network is not found.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from podnet.cni.args import validate_network_name, validate_plugin_type
@@ -84,28 +85,10 @@ def _drop_in_plugins(directory: Path, name: str) -> list[PluginConf]:
     return [_drop_in_plugin(path) for path in conf_files(directory / name, (".conf",))]
 
 
-def load_network(directory: str | Path, name: str) -> NetConfList:
-    """The network called ``name`` from ``directory``; raises ``NetworkNotFound`` naming bad files."""
-    directory = Path(directory)
-    broken: list[str] = []
-    for path in conf_files(directory, LIST_EXTENSIONS):
-        try:
-            data = _read(path)
-        except CNIError as err:
-            broken.append(str(err))
-            continue
-        found, problem = _probe(data)
-        if found != name:
-            if problem:
-                broken.append(f"{path}: {problem}")
-            continue
-        conf = parse_conflist(data, str(path), allow_empty=True)
-        if not conf.load_only_inlined_plugins:
-            conf.plugins.extend(_drop_in_plugins(directory, name))
-        if not conf.plugins:
-            raise InvalidNetworkConfig(f"{path}: network {name!r} has no plugins")
-        return conf
-    for path in conf_files(directory, SINGLE_EXTENSIONS):
+def _matching(directory: Path, extensions: tuple[str, ...], name: str,
+              broken: list[str]) -> Iterator[tuple[Path, bytes]]:
+    """Files (in name order) whose network name is ``name``; unreadable ones go to ``broken``."""
+    for path in conf_files(directory, extensions):
         try:
             data = _read(path)
         except CNIError as err:
@@ -113,9 +96,24 @@ def load_network(directory: str | Path, name: str) -> NetConfList:
             continue
         found, problem = _probe(data)
         if found == name:
-            return parse_conf(data, str(path))
-        if problem:
+            yield path, data
+        elif problem:
             broken.append(f"{path}: {problem}")
+
+
+def load_network(directory: str | Path, name: str) -> NetConfList:
+    """The network called ``name`` from ``directory``; raises ``NetworkNotFound`` naming bad files."""
+    directory = Path(directory)
+    broken: list[str] = []
+    for path, data in _matching(directory, LIST_EXTENSIONS, name, broken):
+        conf = parse_conflist(data, str(path), allow_empty=True)
+        if not conf.load_only_inlined_plugins:
+            conf.plugins.extend(_drop_in_plugins(directory, name))
+        if not conf.plugins:
+            raise InvalidNetworkConfig(f"{path}: network {name!r} has no plugins")
+        return conf
+    for path, data in _matching(directory, SINGLE_EXTENSIONS, name, broken):
+        return parse_conf(data, str(path))
     if not directory.is_dir():
         raise NetworkNotFound(f"network {name!r} not found: config directory {directory} does not exist")
     raise NetworkNotFound(f"network {name!r} not found in {directory}",
