@@ -49,6 +49,7 @@ from podnet.kernel.sysctl import read_sysctl, write_sysctl
 from podnet.kernel.wire import NETLINK_EXT_ACK, SOL_NETLINK
 
 T = TypeVar("T")
+_IFF_PROMISC = 0x100
 LinkRef = str | int | Link  # a name, an index, or a Link from this session
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPIface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -265,6 +266,31 @@ class Netlink:
     def set_master(self, link: LinkRef, master: LinkRef | None) -> None:
         """Enslave to a bridge (``None``: release; IFLA_MASTER 0 means no master)."""
         self._set(link, master=0 if master is None else self.index(master))
+
+    def set_promisc(self, link: LinkRef, on: bool = True) -> None:
+        """IFF_PROMISC on or off (only that flag changes)."""
+        self._set(link, flags=_IFF_PROMISC if on else 0, change=_IFF_PROMISC)
+
+    def set_hairpin(self, link: LinkRef, on: bool = True) -> None:
+        """A bridge port's hairpin mode (IFLA_BRPORT_MODE): frames may go back out the port
+        they came in on, so a pod can reach itself through a service address."""
+        self._write("link", f"bridge port {_name(link)}", "brport", "set", index=self.index(link),
+                    mode=int(on))
+
+    def bridge_vlan_add(self, link: LinkRef, vid: int, *, pvid: bool = False, untagged: bool = False) -> None:
+        """Add VLAN ``vid`` to a bridge port (needs vlan_filtering on the bridge and a kernel
+        with CONFIG_BRIDGE_VLAN_FILTERING; NotSupported otherwise)."""
+        flags = [f for f, on in (("pvid", pvid), ("untagged", untagged)) if on]
+        self._write("link", f"vlan {vid} on {_name(link)}", "vlan_filter", "add", index=self.index(link),
+                    vlan_info={"vid": vid, "flags": flags})
+
+    def bridge_vlan_del(self, link: LinkRef, vid: int, *, missing_ok: bool = False) -> None:
+        try:
+            self._write("link", f"vlan {vid} on {_name(link)}", "vlan_filter", "del",
+                        index=self.index(link), vlan_info={"vid": vid})
+        except (NotFound, InvalidArgument):
+            if not missing_ok:
+                raise
 
     def set_alias(self, link: LinkRef, alias: str) -> None:
         self._set(link, ifalias=alias)
