@@ -320,14 +320,16 @@ class Netlink:
     # addresses
 
     def add_address(self, link: LinkRef, cidr: str | IPIface, *, nodad: bool = False,
-                    exist_ok: bool = False) -> None:
-        """Add ``10.0.0.2/24`` (or an ip_interface) to the link; ``nodad`` skips IPv6 DAD."""
+                    exist_ok: bool = False, scope: int | None = None) -> None:
+        """Add ``10.0.0.2/24`` (or an ip_interface) to the link; ``nodad`` skips IPv6 DAD;
+        ``scope`` (IPv4: RT_SCOPE_*) overrides the kernel's default (universe)."""
         iface = _interface(cidr)
         flags = model.IFA_F_NODAD if nodad else 0
+        extra: dict[str, Any] = {} if scope is None else {"scope": scope}
         try:
             self._write("address", f"address {iface} on {_name(link)}", "addr", "add",
                         index=self.index(link), address=str(iface.ip),
-                        prefixlen=iface.network.prefixlen, flags=flags)
+                        prefixlen=iface.network.prefixlen, flags=flags, **extra)
         except Exists:
             if not exist_ok:
                 raise
