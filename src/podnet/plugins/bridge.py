@@ -1,0 +1,499 @@
+"""podnet-bridge: attach a pod to a Linux bridge on the node through a veth pair.
+
+Configuration keys are those of the reference ``bridge`` plugin: ``bridge`` (default ``cni0``),
+``isGateway``, ``isDefaultGateway`` (implies ``isGateway`` and adds a default route), ``forceAddress``,
+``ipMasq``, ``mtu``, ``hairpinMode``, ``promiscMode``, ``vlan``, ``preserveDefaultVlan``, ``ipam``,
+``dns``; the pod MAC comes from ``CNI_ARGS`` ``MAC=``, ``args.cni.mac`` or ``runtimeConfig.mac``
+(capability ``mac``), the later one winning.
+
+What an attachment owns, and how DEL and GC find it without the pod or a cached result:
+
+* the host veth, named from (network, container ID, ifname) and labelled with an alias
+  (:mod:`podnet.plugins.veth`); its peer is the pod interface, so deleting it removes both;
+* its addresses, held by the IPAM plugin;
+* with ``ipMasq``, elements in the shared ``inet podnet-bridge`` nftables table whose comment is
+  the attachment's owner string (:func:`owner`).
+
+The bridge, its gateway addresses and the forwarding sysctls are shared by every attachment of
+the network and are never removed, as in the reference plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from podnet.cni import skel
+from podnet.cni.args import validate_ifname
+from podnet.cni.errors import (
+    CNIError,
+    InternalError,
+    InvalidEnvironment,
+    InvalidNetworkConfig,
+    UnsupportedField,
+)
+from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
+from podnet.kernel.errors import NotSupported
+from podnet.kernel.model import Link
+from podnet.kernel.netlink import IPIface, Netlink, random_mac
+from podnet.kernel.nftables import Masquerade, Nft, NftExec, NftUnavailable
+from podnet.plugins import ipam_delegate, podside, veth
+
+DEFAULT_BRIDGE = "cni0"
+MASQ_TABLE = "podnet-bridge"
+MTU_MIN, MTU_MAX = 68, 65535
+VLAN_MAX = 4094
+# Result.interfaces order, as in the reference plugin: bridge, host veth, pod interface.
+BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
+_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
+_OWNER_SAFE = re.compile(r"[A-Za-z0-9_.@+=-]+")
+
+# Tests swap in a FakeNft; plugins never run nft themselves.
+nft_backend: Callable[[], Nft] = NftExec
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BridgeConf:
+    network: str
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    ip_masq: bool
+    mtu: int | None
+    hairpin: bool
+    promisc: bool
+    vlan: int
+    preserve_default_vlan: bool
+    mac: str | None
+    has_ipam: bool
+    dns: DNS | None  # the network config's own dns, which wins over IPAM's
+
+
+def _bool(conf: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidNetworkConfig(f"'{key}' must be true or false", f"got {value!r}")
+    return value
+
+
+def _int(conf: dict[str, Any], key: str, low: int, high: int, what: str) -> int:
+    value = conf.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidNetworkConfig(f"invalid {what} {value!r}: '{key}' must be an integer")
+    if value != 0 and not low <= value <= high:
+        raise InvalidNetworkConfig(f"invalid {what} {value}: must be 0 (unset) or between {low} and {high}")
+    return value
+
+
+def _mac(value: object, where: str, error: type[CNIError]) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _MAC.fullmatch(value):
+        raise error(f"invalid MAC address {value!r} in {where}", "expected six hex bytes, aa:bb:cc:dd:ee:ff")
+    mac = value.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise error(f"invalid MAC address {value!r} in {where}", "a multicast address cannot be a pod's MAC")
+    return mac
+
+
+def _section(conf: dict[str, Any], *path: str) -> dict[str, Any]:
+    obj: Any = conf
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _pod_mac(args: skel.CmdArgs) -> str | None:
+    """Later sources win, as in the reference: CNI_ARGS, then args.cni, then runtimeConfig."""
+    mac = _mac(args.arg("MAC") or None, "CNI_ARGS MAC", InvalidEnvironment)
+    for where, value in (("args.cni.mac", _section(args.conf, "args", "cni").get("mac")),
+                         ("runtimeConfig.mac", _section(args.conf, "runtimeConfig").get("mac"))):
+        mac = _mac(value, where, InvalidNetworkConfig) or mac
+    return mac
+
+
+def _bridge_name(conf: dict[str, Any]) -> str:
+    name = conf.get("bridge") or DEFAULT_BRIDGE
+    if not isinstance(name, str):
+        raise InvalidNetworkConfig(f"'bridge' must be an interface name, got {name!r}")
+    try:
+        return validate_ifname(name)
+    except CNIError as exc:
+        raise InvalidNetworkConfig(f"invalid bridge name: {exc.msg}") from None
+
+
+def _conf_dns(conf: dict[str, Any], version: str) -> DNS | None:
+    raw = conf.get("dns")
+    if raw is None:
+        return None
+    dns = Result.from_json({"cniVersion": version, "dns": raw}).dns
+    return None if dns.is_empty() else dns
+
+
+def load_conf(args: skel.CmdArgs) -> BridgeConf:
+    """Every configuration error is found here, before anything is built."""
+    c = args.conf
+    default_gw = _bool(c, "isDefaultGateway")
+    conf = BridgeConf(
+        network=str(c["name"]), bridge=_bridge_name(c), is_gateway=_bool(c, "isGateway") or default_gw,
+        is_default_gateway=default_gw, force_address=_bool(c, "forceAddress"), ip_masq=_bool(c, "ipMasq"),
+        mtu=_int(c, "mtu", MTU_MIN, MTU_MAX, "MTU") or None, hairpin=_bool(c, "hairpinMode"),
+        promisc=_bool(c, "promiscMode"), vlan=_int(c, "vlan", 1, VLAN_MAX, "VLAN ID"),
+        preserve_default_vlan=_bool(c, "preserveDefaultVlan", True), mac=_pod_mac(args),
+        has_ipam=bool(_section(c, "ipam").get("type")), dns=_conf_dns(c, args.cni_version),
+    )
+    if conf.hairpin and conf.promisc:
+        raise InvalidNetworkConfig("cannot set hairpin mode and promiscuous mode at the same time")
+    if c.get("vlanTrunk") is not None:
+        raise UnsupportedField("'vlanTrunk' is not supported by podnet-bridge (use 'vlan')")
+    if conf.vlan and conf.is_gateway:
+        raise UnsupportedField(f"'vlan' {conf.vlan} with 'isGateway' is not supported by podnet-bridge",
+                               "the gateway would need a VLAN interface; use an L2-only vlan network")
+    if c.get("ipam") is not None and not conf.has_ipam:
+        ipam_delegate.ipam_type(c)  # raises the "ipam has no 'type'" error
+    return conf
+
+
+# ---- names of what an attachment owns ----------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def network_token(network: str) -> str:
+    """The network's part of an owner string (hashed when long, '#' cannot start a network name)."""
+    return network if len(network) <= 64 else "#" + _digest(network)[:16]
+
+
+def owner(network: str, container_id: str, ifname: str) -> str:
+    """The comment on an attachment's nftables elements: readable when it fits nft's limits."""
+    plain = f"{network_token(network)}/{container_id}/{ifname}"
+    if len(plain) < 120 and _OWNER_SAFE.fullmatch(ifname):
+        return plain
+    return f"{network_token(network)}/#{_digest(network, container_id, ifname)[:32]}"
+
+
+def _names(args: skel.CmdArgs, conf: BridgeConf) -> tuple[str, str, str]:
+    """(host veth name, its alias, nftables owner) of this attachment."""
+    return (veth.host_veth_name(conf.network, args.container_id, args.ifname),
+            veth.attachment_alias(conf.network, args.container_id, args.ifname),
+            owner(conf.network, args.container_id, args.ifname))
+
+
+def _masq() -> Masquerade:
+    return Masquerade(nft_backend(), MASQ_TABLE, description="podnet-bridge ipMasq")
+
+
+# ---- ADD helpers -------------------------------------------------------------------------------
+
+
+def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
+    """The network's bridge, created if missing, up, with the configured promiscuous mode."""
+    try:
+        # A MAC given at creation is NET_ADDR_SET: the bridge keeps it instead of taking the
+        # lowest MAC of its ports, which would change as pods come and go (and break the pods'
+        # ARP caches for the gateway).
+        bridge = host.ensure_bridge(conf.bridge, mac=random_mac(), mtu=conf.mtu,
+                                    vlan_filtering=True if conf.vlan else None)
+    except NotSupported as exc:
+        raise CNIError(f"bridge {conf.bridge}: cannot enable VLAN filtering for 'vlan' {conf.vlan}",
+                       f"this kernel lacks bridge VLAN filtering ({exc.details})") from None
+    if conf.promisc and not bridge.flags & 0x100:  # IFF_PROMISC
+        host.set_promisc(bridge, True)
+    # The plugin owns the bridge's routes: router advertisements must not add any.
+    with contextlib.suppress(CNIError):
+        host.set_sysctl(f"net/ipv6/conf/{conf.bridge}/accept_ra", 0)
+    host.set_up(bridge)
+    return bridge
+
+
+def setup_host_veth(host: Netlink, conf: BridgeConf, name: str, bridge: Link) -> None:
+    """Enslave the host end to the bridge, set the port options and bring it up."""
+    host.set_master(name, bridge)
+    if conf.hairpin:
+        host.set_hairpin(name, True)
+    if conf.vlan:
+        if not conf.preserve_default_vlan:
+            host.bridge_vlan_del(name, 1, missing_ok=True)
+        # Access port: frames enter untagged and are tagged with the pvid on the bridge.
+        host.bridge_vlan_add(name, conf.vlan, pvid=True, untagged=True)
+    host.set_up(name)
+
+
+def pod_ips(conf: BridgeConf, ipam: Result) -> tuple[list[IPConfig], list[Route]]:
+    """IPAM's addresses bound to the pod interface, gateways filled in (.1 of the subnet when
+    isGateway and IPAM gave none) and, with isDefaultGateway, a default route per family."""
+    if not ipam.ips:
+        raise InternalError("IPAM plugin returned no IP configuration")
+    ips, routes = [], list(ipam.routes)
+    for ip in ipam.ips:
+        gateway = ip.gateway
+        if gateway is None and conf.is_gateway:
+            gateway = ip.address.network.network_address + 1
+        ips.append(IPConfig(address=ip.address, gateway=gateway, interface=POD_IDX))
+        default = ipaddress.ip_network("0.0.0.0/0" if ip.family == 4 else "::/0")
+        if conf.is_default_gateway and not any(r.dst == default and r.gw is not None for r in routes):
+            routes.append(Route(dst=default, gw=gateway))
+    return ips, routes
+
+
+def setup_pod_veth(pod: Netlink, ifname: str, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
+    # Addresses are ours by allocation: duplicate address detection would only keep an IPv6
+    # address tentative (unusable) for a second or more. arp_notify announces the new MAC.
+    for key, value in ((f"net/ipv6/conf/{ifname}/accept_dad", 0), (f"net/ipv4/conf/{ifname}/arp_notify", 1)):
+        with contextlib.suppress(CNIError):
+            pod.set_sysctl(key, value)
+    podside.configure(pod, ifname, ips, routes)
+
+
+def _gateway_addresses(ips: Sequence[IPConfig]) -> list[IPIface]:
+    return [ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}")
+            for ip in ips if ip.gateway is not None]
+
+
+def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[IPConfig]) -> None:
+    """Put each family's gateway address on the bridge and turn forwarding on.
+
+    Another IPv4 address on the bridge (or an overlapping IPv6 one) is an error, or with
+    forceAddress is replaced, as in the reference plugin.
+    """
+    wanted = _gateway_addresses(ips)
+    for have in host.addresses(bridge):
+        addr = have.interface
+        conflict = any(addr.version == w.version and addr != w and (
+            w.version == 4 or addr.ip in w.network or w.ip in addr.network) for w in wanted)
+        if conflict and not conf.force_address:
+            raise CNIError(f"bridge {conf.bridge} already has an IP address different from "
+                           f"{', '.join(str(w) for w in wanted)}",
+                           f"found {addr} (set forceAddress to replace it)")
+        if conflict:
+            host.del_address(bridge, addr, missing_ok=True)
+    for gw in wanted:
+        # No DAD for the gateway either: pods would not reach a tentative IPv6 gateway.
+        host.add_address(bridge, gw, nodad=gw.version == 6, exist_ok=True)
+    for family in sorted({w.version for w in wanted}):
+        key = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
+        if host.sysctl(key) != "1":
+            host.set_sysctl(key, 1)
+
+
+def _interfaces(host: Netlink, pod: Netlink, conf: BridgeConf, host_name: str,
+                args: skel.CmdArgs) -> list[Interface]:
+    """Read back at the end: the bridge's MAC is the one it has now, with the port added."""
+    bridge, host_link, pod_link = host.link(conf.bridge), host.link(host_name), pod.link(args.ifname)
+    return [Interface(name=bridge.name, mac=bridge.mac or ""),
+            Interface(name=host_link.name, mac=host_link.mac or ""),
+            Interface(name=pod_link.name, mac=pod_link.mac or "", sandbox=args.netns)]
+
+
+def _best_effort(what: str, fn: Callable[..., object], *fn_args: Any) -> None:
+    """A rollback step: its failure is reported on stderr, never hides the ADD's own error."""
+    try:
+        fn(*fn_args)
+    except Exception as exc:
+        print(f"podnet-bridge: rollback: {what} failed: {exc}", file=sys.stderr)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_add(args: skel.CmdArgs) -> Result:
+    conf = load_conf(args)
+    with Netlink() as host, Netlink(args.netns) as pod:
+        undo = contextlib.ExitStack()
+        success = False
+        try:
+            result = _add(args, conf, host, pod, undo)
+            success = True
+            return result
+        finally:
+            if not success:
+                # Runs the steps registered so far in reverse: masquerade elements, the veth
+                # pair, the addresses. The bridge and gateway are shared and stay.
+                undo.close()
+
+
+def _require_free(host: Netlink, pod: Netlink, args: skel.CmdArgs, host_name: str) -> None:
+    """Checked before anything is built: an attachment never adopts an interface it did not make."""
+    if pod.find_link(args.ifname) is not None:
+        raise InvalidEnvironment(f"interface {args.ifname!r} already exists in {args.netns}")
+    if host.find_link(host_name) is not None:
+        raise InvalidEnvironment(f"host interface {host_name} of this attachment already exists",
+                                 "an earlier ADD was not deleted; run DEL first")
+
+
+def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
+         undo: contextlib.ExitStack) -> Result:
+    host_name, alias, own = _names(args, conf)
+    _require_free(host, pod, args, host_name)
+    bridge = setup_bridge(host, conf)
+    ipam = Result()
+    if conf.has_ipam:
+        ipam = ipam_delegate.ipam_add(args)
+        undo.callback(_best_effort, "IPAM DEL", ipam_delegate.ipam_del, args)
+    ips, routes = pod_ips(conf, ipam) if conf.has_ipam else ([], [])
+    undo.callback(_best_effort, f"delete {host_name}", veth.delete_host_side, host, host_name)
+    veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname, alias=alias,
+                     mtu=conf.mtu, pod_mac=conf.mac)
+    setup_host_veth(host, conf, host_name, bridge)
+    if ips:
+        setup_pod_veth(pod, args.ifname, ips, routes)
+    else:
+        pod.set_up(args.ifname)  # layer 2 only: the pod configures its own addresses
+    if conf.is_gateway:
+        setup_gateway(host, conf, bridge, ips)
+    if conf.ip_masq and ips:
+        undo.callback(_best_effort, "remove masquerade", _masq().remove, own.__eq__)
+        _masq().add(own, [ip.address for ip in ips])
+    return Result(cni_version=args.cni_version, ips=ips, routes=routes,
+                  interfaces=_interfaces(host, pod, conf, host_name, args), dns=conf.dns or ipam.dns)
+
+
+def cmd_del(args: skel.CmdArgs) -> None:
+    """Idempotent, and needs neither the pod's namespace nor prevResult: everything is found by
+    the attachment's deterministic names. The address is released last, so it cannot be handed
+    to another pod while this one's masquerade elements still exist."""
+    conf = load_conf(args)
+    host_name, _, own = _names(args, conf)
+    _remove_masquerade(conf, own.__eq__)
+    with Netlink() as host:
+        veth.delete_host_side(host, host_name)
+    if conf.has_ipam:
+        ipam_delegate.ipam_del(args)
+
+
+def _remove_masquerade(conf: BridgeConf, which: Callable[[str], bool]) -> None:
+    """Elements are removed even when ipMasq has since been turned off in the config; without nft
+    installed there can be none, unless the config asks for masquerading."""
+    try:
+        _masq().remove(which)
+    except NftUnavailable:
+        if conf.ip_masq:
+            raise
+
+
+def cmd_check(args: skel.CmdArgs) -> None:
+    conf = load_conf(args)
+    prev = args.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig("CHECK needs prevResult (the result of ADD)")
+    if conf.has_ipam:
+        ipam_delegate.ipam_check(args)
+    host_name, _, own = _names(args, conf)
+    ips = _ips_of_pod(prev, args)
+    with Netlink() as host, Netlink(args.netns) as pod:
+        bridge = check_bridge(host, conf)
+        pod_link = check_pod_link(pod, args, prev)
+        check_host_veth(host, host_name, bridge, pod_link)
+        podside.check_addresses(pod, args.ifname, ips)
+        podside.check_routes(pod, args.ifname, prev.routes)
+    if conf.ip_masq:
+        check_masquerade(own, [ip.address for ip in ips])
+
+
+def _ips_of_pod(prev: Result, args: skel.CmdArgs) -> list[IPConfig]:
+    """The addresses prevResult binds to this plugin's pod interface (a chain may add others)."""
+    pod_idx = {i for i, iface in enumerate(prev.interfaces)
+               if iface.name == args.ifname and iface.sandbox == args.netns}
+    return [ip for ip in prev.ips if ip.interface is None or ip.interface in pod_idx]
+
+
+def check_bridge(host: Netlink, conf: BridgeConf) -> Link:
+    bridge = host.find_link(conf.bridge)
+    if bridge is None or bridge.kind != "bridge":
+        raise CNIError(f"CHECK: bridge {conf.bridge} is missing",
+                       "" if bridge is None else f"{conf.bridge} is a {bridge.kind or 'plain'} link")
+    if bool(bridge.flags & 0x100) != conf.promisc:
+        raise CNIError(f"CHECK: bridge {conf.bridge} promiscuous mode is not {conf.promisc}")
+    return bridge
+
+
+def check_pod_link(pod: Netlink, args: skel.CmdArgs, prev: Result) -> Link:
+    link = pod.find_link(args.ifname)
+    if link is None or link.kind != "veth":
+        raise CNIError(f"CHECK: veth {args.ifname} is missing in {args.netns}")
+    want = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), "")
+    if want and want.lower() != (link.mac or "").lower():
+        raise CNIError(f"CHECK: {args.ifname} has MAC {link.mac}, the result says {want}")
+    return link
+
+
+def check_host_veth(host: Netlink, name: str, bridge: Link, pod_link: Link) -> None:
+    link = host.find_link(name)
+    if link is None:
+        raise CNIError(f"CHECK: host veth {name} is missing")
+    if link.master != bridge.index:
+        raise CNIError(f"CHECK: host veth {name} is not a port of bridge {bridge.name}")
+    if link.peer_index != pod_link.index or pod_link.peer_index != link.index:
+        raise CNIError(f"CHECK: host veth {name} is not the peer of the pod's {pod_link.name}")
+
+
+def check_masquerade(own: str, addresses: Sequence[IPIface]) -> None:
+    have = {(name, e.key) for name, e in _masq().owned_by(own)}
+    for address in addresses:
+        pods, pod_key, local, local_key = Masquerade.keys(address)
+        if (pods, pod_key) not in have or (local, local_key) not in have:
+            raise CNIError(f"CHECK: masquerade for {address.ip} is missing from table inet {MASQ_TABLE}")
+
+
+def cmd_gc(args: skel.CmdArgs) -> None:
+    """Remove this network's host veths and masquerade elements of attachments that are not in
+    ``cni.dev/valid-attachments``, then let IPAM release their addresses."""
+    conf = load_conf(args)
+    valid = args.valid_attachments
+    keep_veths = {veth.host_veth_name(conf.network, cid, ifname) for cid, ifname in valid}
+    keep_owners = {owner(conf.network, cid, ifname) for cid, ifname in valid}
+    prefix = network_token(conf.network) + "/"
+    _remove_masquerade(conf, lambda c: c.startswith(prefix) and c not in keep_owners)
+    with Netlink() as host:
+        for name in veth.stale_host_veths(host, conf.network, keep_veths):
+            host.delete_link(name, missing_ok=True)
+    if conf.has_ipam:
+        ipam_delegate.ipam_gc(args)
+
+
+def cmd_status(args: skel.CmdArgs) -> None:
+    """Ready when IPAM is (code 50 from IPAM when its ranges are exhausted)."""
+    conf = load_conf(args)
+    if conf.has_ipam:
+        ipam_delegate.ipam_status(args)
+
+
+PLUGIN = skel.Plugin(add=cmd_add, delete=cmd_del, check=cmd_check, status=cmd_status, gc=cmd_gc,
+                     about="podnet-bridge: attaches pods to a Linux bridge through veth pairs")
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """A runtime that times out sends SIGTERM: turn it into an error so ADD's rollback runs
+    (SIGKILL cannot be caught; DEL and GC reclaim what it leaves)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise InternalError("podnet-bridge: terminated (SIGTERM)")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> None:
+    with _sigterm_raises():
+        code = skel.run(PLUGIN)
+    sys.exit(code)
