@@ -1,0 +1,217 @@
+"""The plugin executables: thin shims that hand the call to the node daemon.
+
+A shim forwards its environment and stdin, byte for byte, to the daemon's unix socket and prints
+the daemon's answer with the daemon's exit code. It imports only builtins (``posix``, ``_socket``)
+and ``podnet.daemon.protocol`` (no imports of its own) so it starts about as fast as Python can:
+``podnet install`` writes it with ``#!PYTHON -IS`` (no site, no user environment).
+
+When the daemon cannot do the call, the shim runs the same plugin code in-process (slower, same
+result): a node never loses pod networking because the daemon is down. What is safe depends on how
+far the request got:
+
+* not connected (no socket, connection refused, connect timed out), request not fully sent, or the
+  daemon answered ``refused``: the daemon ran nothing, so the plugin runs in-process.
+* the request was sent but the connection broke before a full answer (the daemon died or was
+  killed mid-request): the request may have partly happened. DEL, CHECK, STATUS, GC and VERSION
+  are idempotent and run again in-process. ADD is *not* simply repeated: a half-done ADD left a
+  veth and an IP reservation under this attachment's name, and a repeated ADD would refuse to
+  adopt them. The shim first runs DEL for the same attachment in-process (DEL is idempotent and
+  finds everything by the attachment's identity, without prevResult), then ADD. This is exactly
+  what a runtime does after a failed ADD, done at once. The attachment (network, container ID,
+  ifname) belongs to this one call, so nothing else is touched. ``PODNET_SHIM_REDO=0`` turns this
+  off: the shim then reports CNI error 11 (try again later) and leaves the debris to the runtime's
+  DEL or to GC.
+* no answer within ``PODNET_SHIM_TIMEOUT`` seconds (default 120): the daemon may still be working
+  on it, so nothing is re-run; the shim reports error 11.
+
+``PODNET_SOCKET`` overrides the socket path (default ``/run/podnet/podnet.sock``).
+"""
+
+from __future__ import annotations
+
+import _socket
+import posix
+import sys
+
+from podnet.daemon import protocol as p
+
+DEFAULT_SOCKET = "/run/podnet/podnet.sock"
+CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 120.0
+_IDEMPOTENT = (b"DEL", b"CHECK", b"STATUS", b"GC", b"VERSION")
+
+
+class _Unsent(Exception):
+    """The daemon certainly ran nothing: safe to run in-process."""
+
+
+class _Broken(Exception):
+    """The request reached the daemon but no full answer came back: it may have partly happened."""
+
+
+def _read_stdin() -> bytes:
+    chunks = []
+    total = 0
+    while total <= p.MAX_STDIN:
+        chunk = posix.read(0, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_exact(sock: _socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise _Broken("the daemon closed the connection before answering")
+        buf += chunk
+    return bytes(buf)
+
+
+def _timeout(env: dict[bytes, bytes]) -> float:
+    try:
+        return float(env.get(b"PODNET_SHIM_TIMEOUT", b"") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def ask_daemon(path: bytes, frame: bytes, timeout: float) -> tuple[bytes, int, bytes, bytes]:
+    """Send one request frame and return the decoded answer (raises _Unsent / _Broken)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(path)
+            sock.sendall(frame)
+        except OSError as exc:
+            # Not all of the frame was accepted, so the daemon cannot have run it.
+            raise _Unsent(f"daemon not reachable at {path.decode(errors='replace')}: {exc}") from None
+        sock.settimeout(timeout)
+        try:
+            header = _recv_exact(sock, p.HEADER_SIZE)
+            body = _recv_exact(sock, p.parse_header(header, p.RESPONSE_MAGIC, p.MAX_RESPONSE_BODY))
+        except TimeoutError:
+            raise  # the daemon may still be working on it
+        except (OSError, p.ProtocolError) as exc:
+            raise _Broken(f"connection to the daemon broke mid-request: {exc}") from None
+        try:
+            return p.decode_response(body)
+        except p.ProtocolError as exc:
+            raise _Broken(f"unreadable answer from the daemon: {exc}") from None
+    finally:
+        sock.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(fd, view):]
+
+
+def _say(plugin: str, text: str) -> None:
+    _write_all(2, f"{plugin}: {text}\n".encode(errors="replace"))
+
+
+def run(plugin: str) -> int:
+    """One plugin call through the daemon (or in-process); returns the exit code."""
+    env: dict[bytes, bytes] = posix.environ
+    command = env.get(b"CNI_COMMAND", b"")
+    stdin = b"" if command == b"VERSION" else _read_stdin()
+    entries = [k + b"=" + v for k, v in env.items()]
+    if len(stdin) > p.MAX_STDIN or sum(map(len, entries)) > p.MAX_ENV_BYTES:
+        return in_process(plugin, stdin)  # the skel reports the oversized input properly
+    path = env.get(b"PODNET_SOCKET") or DEFAULT_SOCKET.encode()
+    frame = p.encode_request(plugin.encode(), stdin, entries)
+    try:
+        kind, code, out, err = ask_daemon(path, frame, _timeout(env))
+    except _Unsent:
+        return in_process(plugin, stdin)
+    except TimeoutError:
+        return _fail(plugin, command, "no answer from the podnet daemon in time; it may still be working "
+                     "on the request, so it is not repeated")
+    except _Broken as exc:
+        return after_broken(plugin, command, stdin, str(exc))
+    if kind == p.KIND_REFUSED:
+        _say(plugin, f"daemon refused the request ({err.decode(errors='replace').strip()}); "
+             "running in-process")
+        return in_process(plugin, stdin)
+    _write_all(1, out)
+    if err:
+        _write_all(2, err)
+    return code
+
+
+def after_broken(plugin: str, command: bytes, stdin: bytes, why: str) -> int:
+    """The daemon took the request and died (or hung up) before answering."""
+    if command in _IDEMPOTENT:
+        _say(plugin, f"{why}; running {command.decode()} again in-process (it is idempotent)")
+        return in_process(plugin, stdin)
+    redo = posix.environ.get(b"PODNET_SHIM_REDO", b"1") not in (b"0", b"false", b"no")
+    if command != b"ADD" or not redo:
+        return _fail(plugin, command, f"{why}; the request may have partly happened, run DEL and retry")
+    _say(plugin, f"{why}; undoing any partial ADD (DEL in-process), then ADD in-process")
+    return in_process(plugin, stdin, clean_first=True)
+
+
+def _fail(plugin: str, command: bytes, msg: str) -> int:
+    """CNI error 11 (try again later), written without json (its input is plain text)."""
+    text = "".join(c if c >= " " else " " for c in msg).replace("\\", "\\\\").replace('"', '\\"')
+    _write_all(1, ('{"cniVersion": "1.0.0", "code": 11, "msg": "' + text + '"}\n').encode())
+    _say(plugin, f"{command.decode(errors='replace')} failed: {msg}")
+    return 1
+
+
+def in_process(plugin: str, stdin: bytes, *, clean_first: bool = False) -> int:
+    """Run the plugin here, exactly as the daemon would (slower: imports the plugin)."""
+    if sys.flags.no_site:
+        import site  # started with -S by `podnet install`: site-packages are needed now
+
+        site.main()
+    import io
+    import os
+
+    from podnet.cni import skel
+    from podnet.daemon import registry
+
+    try:
+        impl = registry.load(plugin)
+    except registry.UnknownPlugin as exc:
+        return _fail(plugin, b"", str(exc))
+    if clean_first:
+        env = dict(os.environ, CNI_COMMAND="DEL")
+        out, err = io.StringIO(), io.StringIO()
+        if skel.run(impl, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err) != 0:
+            return _fail(plugin, b"ADD", "the daemon died mid-ADD and undoing it failed: "
+                         + " ".join(out.getvalue().split())[:400])
+    return skel.run(impl, env=os.environ, stdin=io.BytesIO(stdin), stdout=sys.stdout, stderr=sys.stderr)
+
+
+def main(plugin: str) -> None:
+    code = run(plugin)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    posix._exit(code & 0xFF if code >= 0 else 1)
+
+
+# Console scripts (pyproject [project.scripts]); `podnet install` writes faster ones.
+def loopback() -> None:
+    main("podnet-loopback")
+
+
+def bridge() -> None:
+    main("podnet-bridge")
+
+
+def routed() -> None:
+    main("podnet-routed")
+
+
+def host_local() -> None:
+    main("podnet-host-local")
+
+
+def static() -> None:
+    main("podnet-static")
