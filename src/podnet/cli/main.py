@@ -12,6 +12,10 @@ podnet: pod networking for a Kubernetes node, in Python.
   podnet cni add|del|check|status|gc NETWORK [NETNS]
       Attach a network namespace to a CNI network, detach it, check it, ask the network's
       plugins whether they are ready, or garbage-collect attachments (like cnitool).
+  podnet daemon [--socket PATH] [--metrics-addr HOST:PORT]
+      Run the node daemon: plugin shims hand it their calls over a root-only unix socket.
+  podnet install [--bin-dir DIR] [--conf-dir DIR]
+      Install the plugin shims into a CNI bin dir and a network config into a CNI conf dir.
   podnet demo
       Build throw-away namespaces on this machine, wire them as pods, show a ping matrix, and
       remove everything again.
@@ -24,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    from podnet.cli import cni_cmd, demo_cmd
+    from podnet.cli import cni_cmd, daemon_cmd, demo_cmd, install_cmd
 
     cni_cmd.register(sub)
     demo_cmd.register(sub)
+    daemon_cmd.register(sub)
+    install_cmd.register(sub)
     return parser
 
 

@@ -20,6 +20,7 @@ make the reader allocate at most ``max_body`` bytes.
 
 from __future__ import annotations
 
+DEFAULT_SOCKET = "/run/podnet/podnet.sock"
 REQUEST_MAGIC = b"PNQ1"
 RESPONSE_MAGIC = b"PNA1"
 HEADER_SIZE = 8

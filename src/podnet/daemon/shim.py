@@ -35,7 +35,6 @@ import sys
 
 from podnet.daemon import protocol as p
 
-DEFAULT_SOCKET = "/run/podnet/podnet.sock"
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 120.0
 _IDEMPOTENT = (b"DEL", b"CHECK", b"STATUS", b"GC", b"VERSION")
@@ -123,7 +122,7 @@ def run(plugin: str) -> int:
     entries = [k + b"=" + v for k, v in env.items()]
     if len(stdin) > p.MAX_STDIN or sum(map(len, entries)) > p.MAX_ENV_BYTES:
         return in_process(plugin, stdin)  # the skel reports the oversized input properly
-    path = env.get(b"PODNET_SOCKET") or DEFAULT_SOCKET.encode()
+    path = env.get(b"PODNET_SOCKET") or p.DEFAULT_SOCKET.encode()
     frame = p.encode_request(plugin.encode(), stdin, entries)
     try:
         kind, code, out, err = ask_daemon(path, frame, _timeout(env))

@@ -1,0 +1,73 @@
+"""``podnet daemon``: the node daemon that serves the plugin shims (see podnet.daemon.server)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+HELP = """\
+Serve CNI plugin calls from podnet's plugin shims over a unix socket that only root can use.
+
+The shims (installed by 'podnet install') forward each call here; the plugin code runs warm in
+this process instead of a fresh interpreter per call. When the daemon is not running the shims
+run the plugin in-process, so stopping it never stops pod networking.
+
+Logs are JSON lines on stderr (or --log-file). With --metrics-addr, Prometheus metrics are
+served on http://ADDR/metrics. SIGTERM stops accepting, finishes the calls in flight, exits 0.
+"""
+
+
+def register(sub: Any) -> None:
+    from podnet.daemon.protocol import DEFAULT_SOCKET
+
+    p = sub.add_parser("daemon", help="run the node daemon that serves the plugin shims", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"unix socket path (default {DEFAULT_SOCKET})")
+    p.add_argument("--workers", type=int, default=8, help="requests served at once (default 8)")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus metrics here, e.g. 127.0.0.1:9617 (default: off)")
+    p.add_argument("--log-file", help="append JSON log lines here instead of stderr")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument("--read-timeout", type=float, default=5.0,
+                   help="seconds a client has to send its request (default 5)")
+    p.set_defaults(func=run)
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--metrics-addr {text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from podnet.daemon.logs import JsonLog, route_stdlib_logging
+    from podnet.daemon.metrics import Metrics, NoMetrics, PrometheusMetrics
+    from podnet.daemon.server import Config, Daemon, notify_systemd
+
+    stream = open(ns.log_file, "a", encoding="utf-8") if ns.log_file else sys.stderr  # noqa: SIM115
+    log = JsonLog(stream, ns.log_level)
+    route_stdlib_logging(log)
+    if ns.workers < 1:
+        log.error("bad-option", msg="--workers must be at least 1")
+        return 2
+    metrics: Metrics = NoMetrics()
+    try:
+        if ns.metrics_addr:
+            host, port = parse_addr(ns.metrics_addr)
+            prom = PrometheusMetrics()
+            prom.serve(host, port)
+            log.info("metrics", addr=f"{host}:{port}")
+            metrics = prom
+        daemon = Daemon(Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout),
+                        log=log, metrics=metrics)
+        daemon.install_signal_handlers()
+        daemon.start()
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.error("cannot-start", msg=str(exc))
+        return 1
+    notify_systemd("READY=1")
+    daemon.serve_forever()
+    notify_systemd("STOPPING=1")
+    return 0

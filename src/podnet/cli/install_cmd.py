@@ -1,0 +1,159 @@
+"""``podnet install``: put the plugin shims into a CNI bin dir and a network config into a conf dir.
+
+Idempotent: a file whose content is already right is left alone (not even rewritten), anything
+else is written to a temporary file and renamed into place, so a runtime executing a plugin at the
+same moment sees the old file or the new one, never half of one (and never ETXTBSY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+DEFAULT_BIN_DIR = "/opt/cni/bin"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+CONF_NAME = "10-podnet.conflist"
+SHEBANG_MAX = 255  # the kernel reads this much of a "#!" line (BINPRM_BUF_SIZE - 1)
+
+HELP = """\
+Install podnet's CNI plugins as shims into BIN_DIR and a network config into CONF_DIR.
+
+Each shim is a tiny Python script (run with -IS: no site, no user environment, so it starts in
+about the time Python itself needs) that forwards the call to 'podnet daemon' and falls back to
+running the plugin in-process when the daemon is not there. Running 'podnet install' again with the
+same options changes nothing.
+
+The network config is a bridge network with host-local IPAM (see --network, --subnet, --bridge),
+or the file given with --conflist. Use --no-conflist to install only the plugins.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("install", help="install plugin shims and a network config", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin-dir", default=DEFAULT_BIN_DIR,
+                   help=f"CNI plugin directory (default {DEFAULT_BIN_DIR})")
+    p.add_argument("--conf-dir", default=DEFAULT_CONF_DIR,
+                   help=f"CNI config directory (default {DEFAULT_CONF_DIR})")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter the shims run with (default: this one, so they find podnet)")
+    p.add_argument("--plugins", help="comma-separated plugin names (default: every podnet plugin)")
+    p.add_argument("--conflist", help="install this .conflist instead of generating one")
+    p.add_argument("--no-conflist", action="store_true", help="install the plugins only")
+    p.add_argument("--conf-name", default=CONF_NAME, help=f"config file name (default {CONF_NAME})")
+    p.add_argument("--network", default="podnet", help="generated config: network name (default podnet)")
+    p.add_argument("--subnet", default="10.88.0.0/16",
+                   help="generated config: pod subnet (default 10.88.0.0/16)")
+    p.add_argument("--bridge", default="podnet0", help="generated config: bridge name (default podnet0)")
+    p.add_argument("--cni-version", default="1.0.0", help="generated config: cniVersion (default 1.0.0)")
+    p.add_argument("--data-dir", help="generated config: host-local dataDir (default host-local's own)")
+    p.set_defaults(func=run)
+
+
+def package_root() -> str:
+    """The directory that holds the ``podnet`` package (src/ for an editable install)."""
+    import podnet
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(podnet.__file__)))
+
+
+def shim_text(plugin: str, python: str, root: str) -> str:
+    return (
+        f"#!{python} -IS\n"
+        f"# podnet plugin shim for {plugin}, written by 'podnet install'. It hands the call to the\n"
+        "# podnet daemon (socket: $PODNET_SOCKET, default /run/podnet/podnet.sock) and runs the\n"
+        "# plugin in-process when the daemon is not there.\n"
+        "import sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "from podnet.daemon.shim import main\n"
+        f"main({plugin!r})\n"
+    )
+
+
+def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
+    subnet = ipaddress.ip_network(ns.subnet, strict=True)
+    default = "0.0.0.0/0" if subnet.version == 4 else "::/0"
+    ipam: dict[str, Any] = {"type": "podnet-host-local", "ranges": [[{"subnet": str(subnet)}]],
+                            "routes": [{"dst": default}]}
+    if ns.data_dir:
+        ipam["dataDir"] = ns.data_dir
+    bridge = {"type": "podnet-bridge", "bridge": ns.bridge, "isGateway": True, "ipam": ipam}
+    return {"cniVersion": ns.cni_version, "name": ns.network, "plugins": [bridge]}
+
+
+def write_if_changed(path: str, data: bytes, mode: int) -> str:
+    """``unchanged`` / ``installed`` / ``updated``; atomic (temp file + rename)."""
+    try:
+        with open(path, "rb") as f:
+            current: bytes | None = f.read()
+    except FileNotFoundError:
+        current = None
+    if current == data and (os.stat(path).st_mode & 0o7777) == mode:
+        return "unchanged"
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".podnet-install-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return "installed" if current is None else "updated"
+
+
+def _plugins(ns: argparse.Namespace) -> list[str]:
+    from podnet.daemon import registry
+
+    known = registry.available()
+    if not ns.plugins:
+        return known
+    wanted = [n.strip() for n in ns.plugins.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ValueError(f"unknown plugin(s) {', '.join(unknown)}; podnet has {', '.join(known)}")
+    return wanted
+
+
+def _conflist_bytes(ns: argparse.Namespace) -> bytes:
+    if ns.conflist:
+        with open(ns.conflist, "rb") as f:
+            raw = f.read()
+        body = json.loads(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(
+                body.get("plugins"), list):
+            raise ValueError(f"{ns.conflist}: not a conflist (needs 'name' and 'plugins')")
+        return raw
+    return (json.dumps(generated_conflist(ns), indent=2) + "\n").encode()
+
+
+def run(ns: argparse.Namespace) -> int:
+    try:
+        python = os.path.abspath(ns.python)
+        if len(f"#!{python} -IS") > SHEBANG_MAX:
+            raise ValueError(f"interpreter path {python!r} is too long for a '#!' line")
+        plugins = _plugins(ns)
+        conflist = None if ns.no_conflist else _conflist_bytes(ns)
+        os.makedirs(ns.bin_dir, mode=0o755, exist_ok=True)
+        root = package_root()
+        for plugin in plugins:
+            path = os.path.join(ns.bin_dir, plugin)
+            state = write_if_changed(path, shim_text(plugin, python, root).encode(), 0o755)
+            print(f"{state:9} {path}")
+        if conflist is not None:
+            os.makedirs(ns.conf_dir, mode=0o755, exist_ok=True)
+            path = os.path.join(ns.conf_dir, ns.conf_name)
+            print(f"{write_if_changed(path, conflist, 0o644):9} {path}")
+    except (OSError, ValueError) as exc:
+        print(f"podnet install: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,422 @@
+"""The node daemon: serves plugin calls from the shims over a root-only unix socket.
+
+Each connection carries one request (see :mod:`podnet.daemon.protocol`). A worker thread checks
+the peer (``SO_PEERCRED``: root only; and in the daemon's own network namespace, since plugins act
+on "the host" as the namespace they run in), reads the frame within a time limit and size limit,
+and runs the plugin with :func:`podnet.cni.skel.run` — the same code path as an exec'd plugin,
+with the request's environment and stdin injected and its output captured. Requests run
+concurrently in a thread pool under per-network locks (:mod:`podnet.daemon.locks`).
+
+What stays warm: the interpreter, pyroute2 and every plugin module (imported at start). IPAM
+state deliberately stays on disk, in host-local's store with its file lock: shims that fall back
+to running in-process, and Go's host-local sharing the directory, must see the same state, and a
+daemon killed at any point must leave nothing only it knew about. Every plugin already undoes a
+failed ADD; a daemon killed mid-ADD leaves a veth and a reservation named after the attachment,
+which DEL and GC find without the daemon.
+
+Shutdown (SIGTERM/SIGINT): the socket file is removed first (new shims fall back to in-process at
+once), connections already queued are answered ``refused`` (nothing ran, the shim runs them
+in-process), requests in flight are finished and answered, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from podnet.cni import skel
+from podnet.daemon import protocol as p
+from podnet.daemon import registry
+from podnet.daemon.locks import NetworkLocks
+from podnet.daemon.logs import JsonLog
+from podnet.daemon.metrics import Metrics, NoMetrics
+
+DEFAULT_SOCKET = p.DEFAULT_SOCKET
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Refused(Exception):
+    """The request is not run; the reason goes back to the shim (which then runs it in-process)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Hangup(Exception):
+    """The peer closed without sending anything."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass
+class Config:
+    socket_path: str = DEFAULT_SOCKET
+    workers: int = 8
+    read_timeout: float = 5.0
+    max_body: int = p.MAX_REQUEST_BODY
+    check_netns: bool = True
+    allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+
+
+class _PerThreadStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` for the daemon: while a request runs, what its thread prints
+    goes into that request's output instead of the daemon's log stream."""
+
+    def __init__(self, fallback: IO[str]) -> None:
+        self.fallback = fallback
+        self._local = threading.local()
+
+    def _target(self) -> IO[str]:
+        stream: IO[str] | None = getattr(self._local, "stream", None)
+        return self.fallback if stream is None else stream
+
+    def write(self, s: str) -> int:
+        return self._target().write(s)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def capture(self, stream: IO[str]) -> Iterator[None]:
+        self._local.stream = stream
+        try:
+            yield
+        finally:
+            self._local.stream = None
+
+
+def peer_credentials(conn: socket.socket) -> Peer:
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return Peer(*_PEERCRED.unpack(raw))
+
+
+def netns_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise p.ProtocolError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def decode_env(entries: list[bytes]) -> dict[str, str]:
+    env = {}
+    for entry in entries:
+        key, _, value = entry.partition(b"=")
+        env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
+def request_identity(env: Mapping[str, str], stdin: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """The network name (for locking) and the parsed config, when stdin is a JSON object."""
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(conf, dict):
+        return None, None
+    name = conf.get("name")
+    return (name if isinstance(name, str) else None), conf
+
+
+class Daemon:
+    def __init__(self, config: Config, *, log: JsonLog | None = None, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.log = log if log is not None else JsonLog()
+        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
+        self.locks = NetworkLocks()
+        self.plugins: list[str] = []
+        self._listener: socket.socket | None = None
+        self._socket_id: tuple[int, int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = threading.Event()
+        self._own_netns = netns_identity("/proc/thread-self/ns/net")
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._stdout: _PerThreadStream | None = None
+        self._stderr: _PerThreadStream | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Import every plugin, then bind the socket (0600) and listen."""
+        self.plugins = registry.available()
+        self._redirect_std_streams()
+        self._listener = self._bind(self.config.socket_path)
+        self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="podnet-req")
+        self.log.info("listening", socket=self.config.socket_path, pid=os.getpid(), plugins=self.plugins,
+                      workers=self.config.workers)
+
+    def _redirect_std_streams(self) -> None:
+        if not isinstance(sys.stdout, _PerThreadStream):
+            self._stdout = _PerThreadStream(sys.stdout)
+            sys.stdout = self._stdout
+        if not isinstance(sys.stderr, _PerThreadStream):
+            self._stderr = _PerThreadStream(sys.stderr)
+            sys.stderr = self._stderr
+
+    def _bind(self, path: str) -> socket.socket:
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # The umask makes the file 0600 from the moment it exists: no window where others can connect.
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        self._socket_id = netns_identity(path)
+        return sock
+
+    def _remove_stale(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket; not removing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # left by a daemon that died: nobody listens on it
+            return
+        except OSError as exc:
+            raise RuntimeError(f"{path} exists and cannot be probed ({exc}); not removing it") from None
+        finally:
+            probe.close()
+        raise RuntimeError(f"another podnet daemon is serving {path}")
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop())
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def stop(self) -> None:
+        """Ask the accept loop to stop (safe from a signal handler or another thread)."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def serve_forever(self) -> None:
+        listener = self._listener
+        pool = self._pool
+        if listener is None or pool is None:
+            raise RuntimeError("start() first")
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping.is_set():
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            if any(fd == listener.fileno() for fd, _ in events):
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                pool.submit(self._serve, conn)
+        self._shutdown(listener, pool)
+
+    def _shutdown(self, listener: socket.socket, pool: ThreadPoolExecutor) -> None:
+        self.log.info("stopping", in_flight=self._inflight)
+        self._unlink_socket()
+        listener.setblocking(False)
+        drained = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, OSError):
+                break
+            drained += 1
+            self._refuse(conn, "shutting-down", "the daemon is shutting down")
+        listener.close()
+        pool.shutdown(wait=True)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.log.info("stopped", refused_while_stopping=drained)
+
+    def _unlink_socket(self) -> None:
+        path = self.config.socket_path
+        # Only our own socket file: a new daemon may already have bound the path.
+        with contextlib.suppress(OSError):
+            if netns_identity(path) == self._socket_id:
+                os.unlink(path)
+
+    # -- one connection ----------------------------------------------------------------------------
+
+    def _refuse(self, conn: socket.socket, reason: str, message: str, peer: Peer | None = None) -> None:
+        self.metrics.refused(reason)
+        self.log.warning("refused", reason=reason, msg=message, peer_pid=peer.pid if peer else None,
+                         peer_uid=peer.uid if peer else None)
+        with contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            conn.sendall(p.encode_response(p.KIND_REFUSED, 1, b"", message.encode()))
+        conn.close()
+
+    def _check_peer(self, conn: socket.socket) -> Peer:
+        peer = peer_credentials(conn)
+        if peer.uid not in self.config.allowed_uids:
+            raise Refused("not-root", f"peer uid {peer.uid} is not allowed (root only)")
+        if self.config.check_netns:
+            try:
+                theirs = netns_identity(f"/proc/{peer.pid}/ns/net")
+            except OSError as exc:
+                raise Refused("peer-netns", f"cannot read the peer's network namespace: {exc}") from None
+            if theirs != self._own_netns:
+                raise Refused("peer-netns", "the caller is in another network namespace than the daemon")
+        return peer
+
+    def _read_request(self, conn: socket.socket) -> tuple[str, bytes, list[bytes]]:
+        conn.settimeout(self.config.read_timeout)
+        try:
+            first = conn.recv(p.HEADER_SIZE)
+        except TimeoutError:
+            raise Refused("malformed", "request not received in time") from None
+        if not first:
+            raise _Hangup  # a probe (another daemon checking the socket is live): nothing to answer
+        try:
+            head = first + recv_exact(conn, p.HEADER_SIZE - len(first))
+            size = p.parse_header(head, p.REQUEST_MAGIC, self.config.max_body)
+            name, stdin, env = p.decode_request(recv_exact(conn, size))
+        except TimeoutError:
+            raise Refused("malformed", "request not received in time") from None
+        except p.ProtocolError as exc:
+            reason = "oversized" if "over the limit" in str(exc) else "malformed"
+            raise Refused(reason, f"bad request: {exc}") from None
+        try:
+            return name.decode("ascii"), stdin, env
+        except UnicodeDecodeError:
+            raise Refused("malformed", "plugin name is not ASCII") from None
+
+    def _serve(self, conn: socket.socket) -> None:
+        peer = None
+        try:
+            peer = self._check_peer(conn)
+            name, stdin, env_entries = self._read_request(conn)
+            try:
+                plugin = registry.load(name)
+            except registry.UnknownPlugin as exc:
+                raise Refused("unknown-plugin", str(exc)) from None
+            env = decode_env(env_entries)
+            code, out, err = self._run(name, plugin, env, stdin, peer)
+            try:
+                conn.settimeout(self.config.read_timeout)
+                conn.sendall(p.encode_response(p.KIND_RAN, code, out.encode(), err.encode()))
+            except OSError as exc:
+                # The shim is gone (killed by a runtime timeout?): the work is done; the runtime
+                # saw a failure and will DEL, which the attachment lock orders after this call.
+                self.log.warning("answer-lost", plugin=name, command=env.get("CNI_COMMAND"), error=str(exc))
+        except Refused as exc:
+            self._refuse(conn, exc.reason, str(exc), peer)
+            return
+        except _Hangup:
+            pass
+        except Exception as exc:  # never let one request take a worker down
+            self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
+        conn.close()
+
+    def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes,
+             peer: Peer) -> tuple[int, str, str]:
+        command = env.get("CNI_COMMAND", "")
+        network, conf = request_identity(env, stdin)
+        out, err = io.StringIO(), io.StringIO()
+        self._count(+1)
+        start = time.perf_counter()
+        try:
+            with self._lock_for(command, network, env), self._captured(out, err):
+                code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+        finally:
+            self._count(-1)
+        seconds = time.perf_counter() - start
+        result = "ok" if code == 0 else "error"
+        self.metrics.request(name, command or "none", seconds, result)
+        if conf is not None and code == 0 and command in ("ADD", "STATUS"):
+            version = conf.get("cniVersion")
+            self.metrics.saw_ipam(conf, version if isinstance(version, str) else "0.1.0")
+        fields: dict[str, Any] = {
+            "plugin": name, "command": command, "network": network,
+            "container_id": env.get("CNI_CONTAINERID"), "ifname": env.get("CNI_IFNAME"), "exit": code,
+            "ms": round(seconds * 1000, 3), "peer_pid": peer.pid}
+        if code != 0:
+            fields["error"] = out.getvalue().strip()[:1000]
+            self.log.warning("request", **fields)
+        else:
+            self.log.info("request", **fields)
+        return code, out.getvalue(), err.getvalue()
+
+    def _lock_for(self, command: str, network: str | None,
+                  env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+        if network is None or command in ("VERSION", ""):
+            return contextlib.nullcontext()
+        if command == "GC":
+            return self.locks.exclusive(network)
+        if command in ("ADD", "DEL", "CHECK"):
+            return self.locks.shared(network, (env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")))
+        return self.locks.shared(network)
+
+    @contextlib.contextmanager
+    def _captured(self, out: IO[str], err: IO[str]) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            if self._stdout is not None:
+                stack.enter_context(self._stdout.capture(out))
+            if self._stderr is not None:
+                stack.enter_context(self._stderr.capture(err))
+            yield
+
+    def _count(self, delta: int) -> None:
+        with self._inflight_lock:
+            self._inflight += delta
+        self.metrics.in_flight(delta)
+
+    @property
+    def in_flight(self) -> int:
+        return self._inflight
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET, if systemd gave one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, kind) as s:
+        s.sendto(state.encode(), addr)
