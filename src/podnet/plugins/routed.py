@@ -1,0 +1,393 @@
+"""podnet-routed: a veth per pod, the pod's address as a /32 (/128), everything routed by the host.
+
+The wiring of the Amazon VPC CNI and Calico:
+
+pod (``eth0``)
+  * the IPAM address(es) as /32 (IPv4) and /128 (IPv6);
+  * ``169.254.1.1 dev eth0 scope link`` and ``default via 169.254.1.1 dev eth0 onlink``;
+    for IPv6 ``default via fe80::1 dev eth0 onlink``;
+  * a PERMANENT neighbour entry gateway -> the host veth's MAC, so the pod never has to resolve
+    its gateway.
+
+host (the namespace the plugin runs in)
+  * the veth's host end, named from (network, container ID, ifname) and marked with an alias, so
+    DEL and GC find it without the pod's namespace or a cached result;
+  * both MACs are given when the pair is created: the kernel records them as set
+    (``addr_assign_type`` 3) and systemd-udevd's ``MACAddressPolicy=persistent`` never rewrites
+    them. The MAC pinned in the pod is exactly the one set on the host end; CHECK fails when the
+    two drift apart;
+  * ``<pod-ip>/32 dev <veth> scope link`` (``/128`` for IPv6), the only route to the pod;
+  * ``net.ipv4.ip_forward=1`` (and ``net.ipv6.conf.all.forwarding=1`` for IPv6 pods).
+
+Choices (and why):
+  * The gateway is owned by the host: ``169.254.1.1/32 scope host`` and ``fe80::1/64`` (no DAD)
+    on every host veth. The pod can ping its gateway, and should its neighbour entry ever be
+    flushed (a later plugin taking the link down and up does that) it resolves the gateway by
+    plain ARP/NDP and gets the host veth's MAC. Scope host keeps the address out of source
+    selection, so traffic the host sends to pods (kubelet probes) still comes from the node's own
+    address. ``fe80::1`` is usable at once, so the host can resolve the pod's IPv6 address
+    immediately instead of after the DAD of the veth's own link-local address.
+  * No proxy ARP / proxy NDP: the pod resolves nothing but its gateway, which the host owns; the
+    host resolves pods over their own veth.
+  * rp_filter is left alone: strict mode passes, because the route back to a pod's address is
+    the /32 on the very veth its packets arrive on.
+  * ``ips[].gateway`` in the result is the pod's real gateway (169.254.1.1 / fe80::1), not the
+    IPAM range's gateway, which is never used. IPAM routes are installed via the same gateway.
+  * ``ipMasq: true`` is refused (code 2): podnet-routed does no NAT.
+  * IPv6 forwarding makes the kernel ignore router advertisements on interfaces with
+    ``accept_ra=1``; a host that configures its uplink by SLAAC needs ``accept_ra=2`` there.
+
+Configuration (the Go ``ptp`` plugin's keys where the role is the same): ``ipam`` (required),
+``mtu``, ``dns``, ``ipMasq`` (false only); the pod-side MAC from ``runtimeConfig.mac`` (capability
+``mac``) or ``CNI_ARGS`` ``MAC=`` (runtimeConfig wins, as in the reference bridge plugin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.cni import skel
+from podnet.cni.errors import CNIError, InvalidEnvironment, InvalidNetworkConfig, UnsupportedField
+from podnet.cni.result import DNS, Interface, IPAddress, IPConfig, Result, Route
+from podnet.kernel.errors import Exists
+from podnet.kernel.model import RT_SCOPE_HOST, RT_SCOPE_LINK, RT_TABLE_MAIN, Link
+from podnet.kernel.netlink import Netlink
+from podnet.plugins import ipam_delegate, podside, veth
+
+GATEWAY: dict[int, IPAddress] = {
+    4: ipaddress.IPv4Address("169.254.1.1"),
+    6: ipaddress.IPv6Address("fe80::1"),
+}
+# What the host end carries so that it owns the gateway (see the module docstring).
+_HOST_GATEWAY_ADDR = {4: "169.254.1.1/32", 6: "fe80::1/64"}
+_DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+_FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
+MTU_MIN, MTU_MAX = 68, 65535
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutedConfig:
+    network: str
+    mtu: int | None
+    pod_mac: str | None
+    dns: DNS
+
+
+def parse_mac(value: object, where: str) -> str:
+    """A unicast Ethernet MAC (``02:42:0a:00:00:05``; ``-`` separators accepted), lower-cased."""
+    if not isinstance(value, str) or not _MAC.fullmatch(value):
+        raise InvalidNetworkConfig(f"{where}: invalid MAC address {value!r}",
+                                   "expected six hex octets such as 02:42:0a:00:00:05")
+    mac = value.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise InvalidNetworkConfig(f"{where}: MAC address {value!r} is not a unicast address")
+    return mac
+
+
+def _mtu(conf: dict[str, Any]) -> int | None:
+    raw = conf.get("mtu")
+    if raw is None or raw == 0:
+        return None  # the kernel's default, as in ptp
+    if not isinstance(raw, int) or isinstance(raw, bool) or not MTU_MIN <= raw <= MTU_MAX:
+        raise InvalidNetworkConfig(f"mtu: invalid value {raw!r}",
+                                   f"expected an integer from {MTU_MIN} to {MTU_MAX}")
+    return raw
+
+
+def _pod_mac(args: skel.CmdArgs) -> str | None:
+    runtime = args.conf.get("runtimeConfig")
+    if runtime is not None and not isinstance(runtime, dict):
+        raise InvalidNetworkConfig("runtimeConfig must be an object", f"got {runtime!r}")
+    if runtime and runtime.get("mac") not in (None, ""):
+        return parse_mac(runtime["mac"], "runtimeConfig.mac")
+    env_mac = args.arg("MAC")
+    return parse_mac(env_mac, "CNI_ARGS MAC") if env_mac else None
+
+
+def _dns(conf: dict[str, Any]) -> DNS:
+    raw = conf.get("dns")
+    if raw is None:
+        return DNS()
+    if not isinstance(raw, dict):
+        raise InvalidNetworkConfig("dns must be an object", f"got {raw!r}")
+    try:
+        return Result.from_json({"cniVersion": "1.0.0", "dns": raw}).dns
+    except CNIError as err:
+        raise InvalidNetworkConfig(f"dns: {err.msg}", err.details) from None
+
+
+def load_config(args: skel.CmdArgs) -> RoutedConfig:
+    """Everything ADD needs from the configuration, checked before anything is changed."""
+    conf = args.conf
+    masq = conf.get("ipMasq")
+    if masq not in (None, False):
+        if masq is True:
+            raise UnsupportedField("ipMasq: podnet-routed does not masquerade; set 'ipMasq' to false "
+                                   "or leave it out")
+        raise InvalidNetworkConfig("ipMasq must be a boolean", f"got {masq!r}")
+    ipam_delegate.ipam_type(conf)  # there is an ipam section with a type
+    return RoutedConfig(network=str(conf["name"]), mtu=_mtu(conf), pod_mac=_pod_mac(args),
+                        dns=_dns(conf))
+
+
+# ---- what the pod gets -------------------------------------------------------------------------
+
+
+def pod_ips(ipam: Result) -> list[IPConfig]:
+    """IPAM's addresses as host routes (/32, /128) with the link-local gateway, on interface 1."""
+    if not ipam.ips:
+        raise CNIError("IPAM returned no IP address")
+    out = []
+    for ip in ipam.ips:
+        bits = ip.address.max_prefixlen
+        host = ipaddress.ip_interface(f"{ip.address.ip}/{bits}")
+        out.append(IPConfig(address=host, gateway=GATEWAY[ip.address.version], interface=1))
+    return out
+
+
+def families(ips: Sequence[IPConfig]) -> list[int]:
+    return sorted({ip.address.version for ip in ips})
+
+
+def pod_routes(ips: Sequence[IPConfig], ipam_routes: Sequence[Route]) -> list[Route]:
+    """A default route per family via the gateway, then IPAM's other routes via the same gateway
+    (IPAM's own gateways live in a subnet the pod is not on)."""
+    fams = families(ips)
+    routes = [Route(dst=_DEFAULT[f], gw=GATEWAY[f]) for f in fams]
+    seen = {r.dst for r in routes}
+    for r in ipam_routes:
+        if r.dst.version not in fams:
+            raise InvalidNetworkConfig(f"ipam route {r.dst}: the pod has no IPv{r.dst.version} address")
+        if r.dst in seen:
+            continue
+        seen.add(r.dst)
+        routes.append(Route(dst=r.dst, gw=GATEWAY[r.dst.version], priority=r.priority, table=r.table))
+    return routes
+
+
+# ---- kernel wiring -----------------------------------------------------------------------------
+
+
+def preflight(host: Netlink, pod: Netlink, host_name: str, ifname: str) -> None:
+    """Refuse before anything is reserved: an interface we would have to adopt or replace."""
+    if pod.find_link(ifname) is not None:
+        raise InvalidEnvironment(f"interface {ifname!r} already exists in {pod.netns.path}",
+                       "podnet-routed creates the pod's interface itself and never takes over one")
+    if host.find_link(host_name) is not None:
+        raise Exists(f"host interface {host_name} already exists",
+                     "an earlier ADD of this attachment was not deleted: run DEL first")
+
+
+def enable_forwarding(host: Netlink, fams: Sequence[int]) -> None:
+    for fam in fams:
+        key = _FORWARDING[fam]
+        # Written only when off: writing ip_forward resets every interface's forwarding flag.
+        if host.sysctl(key) != "1":
+            host.set_sysctl(key, 1)
+
+
+def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig]) -> None:
+    """Up, the gateway addresses, a route per pod address, forwarding on."""
+    fams = families(ips)
+    if 6 in fams:
+        # The host may default new interfaces to IPv6 off; only this veth is changed.
+        key = f"net.ipv6.conf.{link.name}.disable_ipv6"
+        if host.sysctl(key) != "0":
+            host.set_sysctl(key, 0)
+    host.set_up(link)
+    for fam in fams:
+        # The host owns the pod's gateway (scope host: never picked as a source address, see the
+        # module docstring); fe80::1 skips DAD so NDP towards the pod works immediately.
+        host.add_address(link, _HOST_GATEWAY_ADDR[fam], nodad=fam == 6,
+                         scope=RT_SCOPE_HOST if fam == 4 else None)
+    for ip in ips:
+        host.add_route(ip.address.network, oif=link,
+                       scope=RT_SCOPE_LINK if ip.address.version == 4 else None)
+    enable_forwarding(host, fams)
+
+
+def setup_pod_side(pod: Netlink, ifname: str, host_mac: str, ips: Sequence[IPConfig],
+                   routes: Sequence[Route]) -> None:
+    """Up, the /32 (/128) addresses, the pinned gateway neighbour, the routes via the gateway."""
+    podside.add_addresses(pod, ifname, ips)  # enables IPv6 on the interface when needed
+    pod.set_up(ifname)
+    for fam in families(ips):
+        gw = str(GATEWAY[fam])
+        # Set after the link is up: taking a link down flushes even permanent neighbours.
+        # The MAC is the one set on the host end at creation, which udev never rewrites.
+        pod.set_neighbour(ifname, gw, host_mac)
+        if fam == 4:
+            pod.add_route(f"{gw}/32", oif=ifname, scope=RT_SCOPE_LINK)
+    for route in routes:
+        # onlink: the gateway is in none of the pod's (host-only) subnets.
+        pod.add_route(route.dst, gateway=str(route.gw), oif=ifname, onlink=True,
+                      metric=route.priority or None, table=route.table)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def _best_effort(what: str, fn: Callable[..., object], *fn_args: Any) -> None:
+    """A rollback step: its failure is reported on stderr and never hides the ADD's own error."""
+    try:
+        fn(*fn_args)
+    except Exception as exc:
+        print(f"podnet-routed: rollback: {what} failed: {exc}", file=sys.stderr)
+
+
+def _host_name(cfg: RoutedConfig, args: skel.CmdArgs) -> str:
+    return veth.host_veth_name(cfg.network, args.container_id, args.ifname)
+
+
+def cmd_add(args: skel.CmdArgs) -> Result:
+    cfg = load_config(args)
+    host_name = _host_name(cfg, args)
+    with Netlink() as host, Netlink(args.netns) as pod:
+        preflight(host, pod, host_name, args.ifname)
+        undo = contextlib.ExitStack()
+        success = False
+        try:
+            ipam = ipam_delegate.ipam_add(args)
+            undo.callback(_best_effort, "releasing the address", ipam_delegate.ipam_del, args)
+            ips = pod_ips(ipam)
+            routes = pod_routes(ips, ipam.routes)
+            alias = veth.attachment_alias(cfg.network, args.container_id, args.ifname)
+            # Registered before creating: a failure halfway through creation still removes it.
+            undo.callback(_best_effort, "removing the veth", veth.delete_host_side, host, host_name)
+            pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname,
+                                    alias=alias, mtu=cfg.mtu, pod_mac=cfg.pod_mac)
+            setup_host_veth(host, pair.host, ips)
+            setup_pod_side(pod, args.ifname, pair.host.mac or "", ips, routes)
+            result = Result(
+                cni_version=args.cni_version,
+                interfaces=[Interface(name=host_name, mac=pair.host.mac or "", mtu=pair.host.mtu),
+                            Interface(name=args.ifname, mac=pair.pod.mac or "", sandbox=args.netns,
+                                      mtu=pair.pod.mtu)],
+                ips=ips, routes=routes, dns=ipam.dns if cfg.dns.is_empty() else cfg.dns)
+            success = True
+        finally:
+            if not success:
+                undo.close()  # newest first: the veth (its host routes go with it), then the address
+    return result
+
+
+def cmd_del(args: skel.CmdArgs) -> None:
+    """Idempotent, and needs neither the pod's namespace nor a previous result: the host end is
+    found by name (the pod end and the host routes go with it), then the address is released.
+    The veth goes first so that a released address is never still routed to the old pod."""
+    network = str(args.conf["name"])
+    with Netlink() as host:
+        veth.delete_host_side(host, veth.host_veth_name(network, args.container_id, args.ifname))
+    ipam_delegate.ipam_del(args)
+
+
+def cmd_check(args: skel.CmdArgs) -> None:
+    cfg = load_config(args)
+    prev = args.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig("CHECK needs the ADD result in prevResult")
+    ipam_delegate.ipam_check(args)
+    index = _pod_index(prev, args.ifname)
+    ips = [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
+    with Netlink() as host, Netlink(args.netns) as pod:
+        host_link = check_host_side(host, _host_name(cfg, args), ips)
+        check_pod_side(pod, args.ifname, host_link, prev, ips)
+
+
+def cmd_status(args: skel.CmdArgs) -> None:
+    load_config(args)
+    ipam_delegate.ipam_status(args)
+
+
+def cmd_gc(args: skel.CmdArgs) -> None:
+    """Remove this network's host veths (found by alias) of attachments not in the valid list,
+    then let IPAM release their addresses."""
+    network = str(args.conf["name"])
+    valid = args.valid_attachments
+    keep = {veth.host_veth_name(network, cid, ifname) for cid, ifname in valid if ifname}
+    whole = tuple(f"{veth.network_alias_prefix(network)}{cid}/" for cid, ifname in valid if not ifname)
+    with Netlink() as host:
+        if whole:  # entries without an ifname keep every interface of their container
+            keep |= {link.name for link in host.links() if (link.alias or "").startswith(whole)}
+        for name in veth.stale_host_veths(host, network, keep):
+            veth.delete_host_side(host, name)
+    ipam_delegate.ipam_gc(args)
+
+
+# ---- CHECK helpers -----------------------------------------------------------------------------
+
+
+def _pod_index(prev: Result, ifname: str) -> int | None:
+    for i, iface in enumerate(prev.interfaces):
+        if iface.name == ifname and iface.sandbox:
+            return i
+    return None
+
+
+def check_host_side(host: Netlink, host_name: str, ips: Sequence[IPConfig]) -> Link:
+    link = host.find_link(host_name)
+    if link is None or link.kind != "veth":
+        raise CNIError(f"CHECK: host veth {host_name} is missing")
+    if not link.up:
+        raise CNIError(f"CHECK: host veth {host_name} is down")
+    routed = {r.destination for r in host.routes(table=RT_TABLE_MAIN, oif=link)}
+    for ip in ips:
+        if str(ip.address.network) not in routed:
+            raise CNIError(f"CHECK: host route {ip.address.network} dev {host_name} is missing",
+                           f"routes via {host_name}: {sorted(routed)}")
+    for fam in families(ips):
+        if host.sysctl(_FORWARDING[fam]) != "1":
+            raise CNIError(f"CHECK: {_FORWARDING[fam]} is off on the host: pods cannot be routed")
+    return link
+
+
+def check_pod_side(pod: Netlink, ifname: str, host_link: Link, prev: Result,
+                   ips: Sequence[IPConfig]) -> None:
+    link = pod.find_link(ifname)
+    if link is None:
+        raise CNIError(f"CHECK: interface {ifname} is missing in {pod.netns.path}")
+    if not link.up:
+        raise CNIError(f"CHECK: interface {ifname} is down in {pod.netns.path}")
+    index = _pod_index(prev, ifname)
+    recorded = prev.interfaces[index].mac.lower() if index is not None else ""
+    if recorded and recorded != (link.mac or "").lower():
+        raise CNIError(f"CHECK: interface {ifname} has MAC {link.mac}, the ADD result says {recorded}")
+    _check_gateway_neighbours(pod, ifname, host_link, families(ips))
+    podside.check_addresses(pod, ifname, ips)
+    if 4 in families(ips):
+        podside.check_routes(pod, ifname, [Route(dst=ipaddress.ip_network(f"{GATEWAY[4]}/32"))])
+    podside.check_routes(pod, ifname, prev.routes)
+
+
+def _check_gateway_neighbours(pod: Netlink, ifname: str, host_link: Link, fams: Sequence[int]) -> None:
+    """The seed failure's guard: the MAC pinned in the pod is the host veth's current MAC."""
+    host_mac = (host_link.mac or "").lower()
+    neighbours = {n.dst: n for n in pod.neighbours(ifname)}
+    for fam in fams:
+        gw = str(GATEWAY[fam])
+        entry = neighbours.get(gw)
+        if entry is None or not entry.permanent:
+            raise CNIError(f"CHECK: no permanent neighbour entry for gateway {gw} on {ifname}",
+                           f"host veth {host_link.name} has MAC {host_mac}")
+        pinned = (entry.lladdr or "").lower()
+        if pinned != host_mac:
+            raise CNIError(f"CHECK: MAC drift: host veth {host_link.name} has MAC {host_mac} but the "
+                           f"pod's permanent neighbour {gw} on {ifname} points to {pinned}")
+
+
+PLUGIN = skel.Plugin(add=cmd_add, delete=cmd_del, check=cmd_check, status=cmd_status, gc=cmd_gc,
+                     about="podnet-routed: a routed veth per pod (/32, gateway 169.254.1.1, host route)")
+
+
+def main() -> None:
+    skel.main(PLUGIN)
