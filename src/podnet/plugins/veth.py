@@ -26,9 +26,20 @@ ALIAS_PREFIX = "podnet:"
 ALIAS_MAX = 255
 
 
+def network_veth_prefix(network: str) -> str:
+    """The first 6 characters of every host veth name of ``network``."""
+    return HOST_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:4]
+
+
 def host_veth_name(network: str, container_id: str, ifname: str) -> str:
+    """``pn`` + 4 hex digits of the network + 9 of the attachment: 15 characters, the kernel's limit.
+
+    The network is in the name (not only in the alias) because the kernel ignores IFLA_IFALIAS in
+    the request that creates a link: an ADD killed between creating the pair and setting the alias
+    leaves a veth without alias, and GC still has to recognise it as this network's.
+    """
     digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
-    return HOST_PREFIX + digest[:13]  # 15 characters: the kernel's limit
+    return network_veth_prefix(network) + digest[:9]
 
 
 def attachment_alias(network: str, container_id: str, ifname: str) -> str:
@@ -73,7 +84,15 @@ def delete_host_side(host: Netlink, host_name: str) -> bool:
 
 
 def stale_host_veths(host: Netlink, network: str, keep: set[str]) -> list[str]:
-    """Host veths of ``network`` (by alias) whose names are not in ``keep``: GC's work list."""
+    """Host veths of ``network`` whose names are not in ``keep``: GC's work list. A veth is the
+    network's by its alias, or, when it has no alias (its ADD died before setting it), by its name."""
     prefix = network_alias_prefix(network)
+    name_prefix = network_veth_prefix(network)
+
+    def ours(link: Link) -> bool:
+        if link.alias:
+            return link.alias.startswith(prefix)
+        return link.name.startswith(name_prefix) and len(link.name) == len(name_prefix) + 9
+
     return [link.name for link in host.links()
-            if link.kind == "veth" and (link.alias or "").startswith(prefix) and link.name not in keep]
+            if link.kind == "veth" and link.name not in keep and ours(link)]
