@@ -1,20 +1,106 @@
 """A CNI setup for namespace tests: conf dir, cache dir, IPAM dir in tmp, and ``podnet cni`` run
-inside the test's node namespace (never in the machine's own namespace)."""
+inside the test's node namespace (never in the machine's own namespace).
+
+``NodeDaemon`` runs ``podnet daemon`` inside a test's node namespace on a socket in tmp. A
+``CniEnv(..., daemon=True)`` starts one and points its plugin calls at it (``PODNET_SOCKET``);
+without it, ``PODNET_SOCKET`` points at a path where no daemon listens, so podnet's plugin shims
+run in-process, whatever runs on the machine itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from nsutil import Netns
 
 REPO = Path(__file__).resolve().parent.parent
 GO_PLUGINS = "/usr/lib/cni"
+NO_DAEMON = "no-daemon.sock"
+
+
+@dataclass
+class NodeDaemon:
+    """``podnet daemon`` in a namespace; started and ended by its PID only."""
+
+    node: Netns
+    socket: Path
+    log: Path
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 20.0) -> NodeDaemon:
+        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        argv = [sys.executable, "-m", "podnet.cli.main", "daemon", "--socket", str(self.socket), *self.args]
+        # `ip netns exec` execs the daemon in place: the PID we hold is the daemon's.
+        self.proc = self.node.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=self._log_file)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"podnet daemon exited with {self.proc.returncode}: {self.log_text()}")
+            if self.ready():
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise AssertionError(f"podnet daemon not ready within {timeout} s: {self.log_text()}")
+
+    def ready(self) -> bool:
+        """The socket accepts connections (a connect-and-close is answered with nothing)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful: finishes what is in flight) and wait; SIGKILL if it hangs."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(f"podnet daemon did not stop within {timeout} s") from None
+        self._close_log()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def records(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines (a line that is not JSON fails the test: logs are structured)."""
+        return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -22,10 +108,32 @@ class CniEnv:
     node: Netns
     root: Path
     cni_path: str = GO_PLUGINS
+    daemon: bool = False  # run podnet's plugins through a podnet daemon in the node namespace
+    node_daemon: NodeDaemon | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         for sub in ("conf", "cache", "ipam"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if self.daemon:
+            self.start_daemon()
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / ("podnet.sock" if self.node_daemon is not None else NO_DAEMON)
+
+    def start_daemon(self, *args: str) -> NodeDaemon:
+        """Start (or restart) the podnet daemon for this environment; stop it with stop_daemon()."""
+        if self.node_daemon is not None and self.node_daemon.proc is not None:
+            self.node_daemon.kill()
+        self.node_daemon = NodeDaemon(self.node, self.root / "podnet.sock", self.root / "daemon.log", args)
+        return self.node_daemon.start()
+
+    def stop_daemon(self) -> int:
+        """Stop the daemon gracefully; its exit code (0 unless it failed)."""
+        if self.node_daemon is None:
+            return 0
+        code = self.node_daemon.stop()
+        return code
 
     @property
     def conf_dir(self) -> Path:
@@ -53,6 +161,9 @@ class CniEnv:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         env.update(NETCONFPATH=str(self.conf_dir), CNI_PATH=self.cni_path, CNI_CACHE_DIR=str(self.cache_dir))
+        if self.node_daemon is not None or "PODNET_SOCKET" not in env:
+            # Our own daemon, or (no daemon chosen by anyone) a path where none listens.
+            env["PODNET_SOCKET"] = str(self.socket_path)
         return env
 
     def cni(self, command: str, network: str, pod: Netns | None = None, *extra: str,

@@ -179,6 +179,7 @@ def in_process(plugin: str, stdin: bytes, *, clean_first: bool = False) -> int:
         impl = registry.load(plugin)
     except registry.UnknownPlugin as exc:
         return _fail(plugin, b"", str(exc))
+    _sigterm_raises(plugin)
     if clean_first:
         env = dict(os.environ, CNI_COMMAND="DEL")
         out, err = io.StringIO(), io.StringIO()
@@ -186,6 +187,21 @@ def in_process(plugin: str, stdin: bytes, *, clean_first: bool = False) -> int:
             return _fail(plugin, b"ADD", "the daemon died mid-ADD and undoing it failed: "
                          + " ".join(out.getvalue().split())[:400])
     return skel.run(impl, env=os.environ, stdin=io.BytesIO(stdin), stdout=sys.stdout, stderr=sys.stderr)
+
+
+def _sigterm_raises(plugin: str) -> None:
+    """A runtime that gives up on a plugin sends SIGTERM: make it an error inside the plugin, so an
+    ADD's rollback runs (SIGKILL cannot be caught; DEL and GC reclaim what it leaves)."""
+    import signal
+    import threading
+
+    from podnet.cni.errors import InternalError
+
+    def handler(signum: int, frame: object) -> None:
+        raise InternalError(f"{plugin}: terminated (SIGTERM)")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def main(plugin: str) -> None:
