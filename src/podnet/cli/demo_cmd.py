@@ -23,13 +23,16 @@ from typing import Any
 
 GO_PLUGINS = "/usr/lib/cni"
 SUBNET = "10.250.0.0/24"
+ROUTED_SUBNET = "10.251.0.0/24"
+PODNET_BIN = str(Path(sys.executable).parent)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="live demo in throw-away namespaces",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pods", type=int, default=3, help="number of pod namespaces (default 3)")
-    p.add_argument("--cni-path", default=GO_PLUGINS, help=f"plugin directory (default {GO_PLUGINS})")
+    p.add_argument("--pods", type=int, default=3, help="pods per network (default 3)")
+    p.add_argument("--go", action="store_true",
+                   help=f"use Debian's Go reference plugins from {GO_PLUGINS} instead of podnet's own")
     p.set_defaults(func=run)
 
 
@@ -47,18 +50,28 @@ def _namespace(name: str) -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _write_configs(conf_dir: Path, data_dir: Path) -> None:
-    bridge = {
-        "cniVersion": "1.0.0", "name": "demo-bridge",
-        "plugins": [{
-            "type": "bridge", "bridge": "pndemo0", "isGateway": True,
-            "ipam": {"type": "host-local", "dataDir": str(data_dir),
-                     "ranges": [[{"subnet": SUBNET}]]},
-        }],
-    }
-    loopback = {"cniVersion": "1.0.0", "name": "demo-lo", "plugins": [{"type": "loopback"}]}
-    (conf_dir / "10-demo-bridge.conflist").write_text(json.dumps(bridge, indent=2))
-    (conf_dir / "05-demo-lo.conflist").write_text(json.dumps(loopback, indent=2))
+def _go_networks(data_dir: Path) -> list[dict[str, Any]]:
+    bridge = {"type": "bridge", "bridge": "pndemo0", "isGateway": True, "isDefaultGateway": True,
+              "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": SUBNET}]]}}
+    return [{"cniVersion": "1.0.0", "name": "demo-lo", "plugins": [{"type": "loopback"}]},
+            {"cniVersion": "1.0.0", "name": "demo-bridge", "plugins": [bridge]}]
+
+
+def _podnet_networks(data_dir: Path) -> list[dict[str, Any]]:
+    def ipam(subnet: str) -> dict[str, Any]:
+        return {"type": "podnet-host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": subnet}]]}
+
+    bridge = {"type": "podnet-bridge", "bridge": "pndemo0", "isGateway": True, "isDefaultGateway": True,
+              "ipam": ipam(SUBNET)}
+    routed = {"type": "podnet-routed", "ipam": ipam(ROUTED_SUBNET)}
+    return [{"cniVersion": "1.1.0", "name": "demo-lo", "plugins": [{"type": "podnet-loopback"}]},
+            {"cniVersion": "1.1.0", "name": "demo-bridge", "plugins": [bridge]},
+            {"cniVersion": "1.1.0", "name": "demo-routed", "plugins": [routed]}]
+
+
+def _write_configs(conf_dir: Path, networks: list[dict[str, Any]]) -> None:
+    for i, net in enumerate(networks):
+        (conf_dir / f"{10 + i}-{net['name']}.conflist").write_text(json.dumps(net, indent=2))
 
 
 class Demo:
@@ -96,36 +109,64 @@ def _print_matrix(pods: Sequence[str], addrs: dict[str, str]) -> bool:
     return all_ok
 
 
-def _check_tools(cni_path: str) -> str | None:
+def _check_tools(go: bool) -> str | None:
     if os.geteuid() != 0:
         return "podnet demo needs root (it creates network namespaces)"
     if shutil.which("ip") is None:
         return "podnet demo needs iproute2's 'ip' (make demo installs it)"
-    for plugin in ("bridge", "host-local", "loopback"):
+    cni_path, plugins = (GO_PLUGINS, ("bridge", "host-local", "loopback")) if go else (
+        PODNET_BIN, ("podnet-bridge", "podnet-routed", "podnet-host-local", "podnet-loopback"))
+    for plugin in plugins:
         if not os.access(os.path.join(cni_path, plugin), os.X_OK):
-            return f"plugin {plugin} not found in {cni_path} (make demo installs containernetworking-plugins)"
+            return f"plugin {plugin} not found in {cni_path} (make demo installs it)"
     return None
 
 
-def _attach_all(demo: Demo, pods: Sequence[str]) -> dict[str, str]:
+def _attach(demo: Demo, network: str, pods: Sequence[str]) -> dict[str, str]:
     addrs = {}
     for pod in pods:
         demo.cni("add", "demo-lo", pod, ifname="lo")
-        result = json.loads(demo.cni("add", "demo-bridge", pod))
-        addrs[pod] = result["ips"][0]["address"].split("/")[0]
-        print(f"  {pod}: eth0 {result['ips'][0]['address']} via {result['ips'][0].get('gateway', '-')}")
+        result = json.loads(demo.cni("add", network, pod))
+        ip = result["ips"][0]
+        addrs[pod] = ip["address"].split("/")[0]
+        host_if = next((i["name"] for i in result.get("interfaces", []) if not i.get("sandbox")
+                        and i["name"] != "pndemo0"), "-")
+        print(f"  {network:12} {pod}: eth0 {ip['address']:16} host side {host_if}")
     return addrs
 
 
-def _detach_all(demo: Demo, pods: Sequence[str]) -> None:
+def _addr_assign_types(node: str, names: Sequence[str]) -> dict[str, str]:
+    """The kernel's record of who chose each MAC: 3 = set explicitly (udev leaves it alone)."""
+    out = {}
+    for name in names:
+        proc = subprocess.run(["ip", "netns", "exec", node, "cat", f"/sys/class/net/{name}/addr_assign_type"],
+                              capture_output=True, text=True, check=False)
+        out[name] = proc.stdout.strip() or "?"
+    return out
+
+
+def _host_veths(node: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", node, "ip", "-j", "link", "show", "type", "veth"],
+                         capture_output=True, text=True, check=False).stdout
+    return [link["ifname"] for link in json.loads(out or "[]")]
+
+
+def _detach(demo: Demo, network: str, pods: Sequence[str]) -> None:
     for pod in pods:
-        demo.cni("check", "demo-bridge", pod)
-        demo.cni("del", "demo-bridge", pod)
+        demo.cni("check", network, pod)
+        demo.cni("del", network, pod)
         demo.cni("del", "demo-lo", pod, ifname="lo")
 
 
+def _leftovers(work: Path, node: str) -> list[str]:
+    left = [f"IP file {p.parent.name}/{p.name}" for p in (work / "ipam").glob("*/*") if p.name[0].isdigit()]
+    left += [f"cache entry {p.name}" for p in (work / "cache" / "results").glob("*")]
+    left += [f"veth {name}" for name in _host_veths(node)]
+    return left
+
+
 def run(ns: argparse.Namespace) -> int:
-    problem = _check_tools(ns.cni_path)
+    problem = _check_tools(ns.go)
     if problem:
         print(f"podnet demo: {problem}", file=sys.stderr)
         return 1
@@ -134,18 +175,27 @@ def run(ns: argparse.Namespace) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="podnet-demo-")))
         for sub in ("conf", "cache", "ipam"):
             (work / sub).mkdir()
-        _write_configs(work / "conf", work / "ipam")
+        networks = _go_networks(work / "ipam") if ns.go else _podnet_networks(work / "ipam")
+        _write_configs(work / "conf", networks)
         node = stack.enter_context(_namespace(f"pndemo-node-{tag}"))
-        pods = [stack.enter_context(_namespace(f"pndemo-pod{i}-{tag}")) for i in range(1, ns.pods + 1)]
-        demo = Demo(node, work / "conf", work / "cache", ns.cni_path)
-        print(f"node namespace {node}; pods attached by podnet's runtime with the Go reference plugins:")
-        addrs = _attach_all(demo, pods)
-        all_ok = _print_matrix(pods, addrs)
-        _detach_all(demo, pods)
-        ipam_dir = work / "ipam" / "demo-bridge"
-        left = sorted(os.listdir(ipam_dir)) if ipam_dir.exists() else []
-        leaked = [n for n in left if n[0].isdigit()]
-        print(f"\nCHECK and DEL done for every pod; IP reservations left: {leaked or 'none'}")
+        names = [n["name"] for n in networks if n["name"] != "demo-lo"]
+        pods = {net: [stack.enter_context(_namespace(f"pndemo-{net[5:]}{i}-{tag}"))
+                      for i in range(1, ns.pods + 1)] for net in names}
+        demo = Demo(node, work / "conf", work / "cache", GO_PLUGINS if ns.go else PODNET_BIN)
+        who = "Debian's Go reference plugins" if ns.go else "podnet's own plugins"
+        print(f"node namespace {node}; pods attached by podnet's runtime with {who}:")
+        addrs: dict[str, str] = {}
+        for net in names:
+            addrs.update(_attach(demo, net, pods[net]))
+        types = _addr_assign_types(node, _host_veths(node))
+        print("\nhost veth MAC origin (addr_assign_type): 1 = random, rewritten by udev's persistent "
+              "MAC policy; 3 = set explicitly, left alone")
+        print("  " + ", ".join(f"{k}={v}" for k, v in sorted(types.items())))
+        all_ok = _print_matrix([p for net in names for p in pods[net]], addrs)
+        for net in names:
+            _detach(demo, net, pods[net])
+        leaked = _leftovers(work, node)
+        print(f"\nCHECK and DEL done for every pod; left behind: {', '.join(leaked) or 'nothing'}")
         print("removing namespaces and temporary files")
     print("every pair reachable" if all_ok else "SOME PAIRS UNREACHABLE")
     return 0 if all_ok and not leaked else 1
