@@ -43,8 +43,9 @@ def routed_conf(name: str, ipam: dict[str, Any], version: str = "1.0.0", **extra
 
 def plugin_env(command: str, container_id: str = "", netns: str = "", ifname: str = "eth0",
                cni_args: str = "") -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
-           "CNI_PATH": str(VENV_BIN), "CNI_IFNAME": ifname}
+    # This process's environment (minus CNI_*) carries PODNET_SOCKET: daemon or in-process mode.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update(CNI_COMMAND=command, CNI_PATH=str(VENV_BIN), CNI_IFNAME=ifname)
     if container_id:
         env["CNI_CONTAINERID"] = container_id
     if netns:
