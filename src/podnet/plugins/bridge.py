@@ -455,14 +455,21 @@ def check_masquerade(own: str, addresses: Sequence[IPIface]) -> None:
 
 def cmd_gc(args: skel.CmdArgs) -> None:
     """Remove this network's host veths and masquerade elements of attachments that are not in
-    ``cni.dev/valid-attachments``, then let IPAM release their addresses."""
+    ``cni.dev/valid-attachments`` (an entry without ifname keeps all of its container's), then let
+    IPAM release their addresses. Elements go first: an address is never free while they exist."""
     conf = load_conf(args)
     valid = args.valid_attachments
-    keep_veths = {veth.host_veth_name(conf.network, cid, ifname) for cid, ifname in valid}
-    keep_owners = {owner(conf.network, cid, ifname) for cid, ifname in valid}
-    prefix = network_token(conf.network) + "/"
-    _remove_masquerade(conf, lambda c: c.startswith(prefix) and c not in keep_owners)
+    keep_veths = {veth.host_veth_name(conf.network, cid, ifname) for cid, ifname in valid if ifname}
+    keep_owners = {owner(conf.network, cid, ifname) for cid, ifname in valid if ifname}
+    net = network_token(conf.network) + "/"
+    whole = tuple(f"{net}{cid}/" for cid, ifname in valid if not ifname)
+    _remove_masquerade(conf, lambda c: c.startswith(net) and c not in keep_owners
+                       and not (whole and c.startswith(whole)))
+    whole_alias = tuple(f"{veth.network_alias_prefix(conf.network)}{cid}/" for cid, ifname in valid
+                        if not ifname)
     with Netlink() as host:
+        if whole_alias:
+            keep_veths |= {link.name for link in host.links() if (link.alias or "").startswith(whole_alias)}
         for name in veth.stale_host_veths(host, conf.network, keep_veths):
             host.delete_link(name, missing_ok=True)
     if conf.has_ipam:
