@@ -178,12 +178,19 @@ class Daemon:
                       workers=self.config.workers)
 
     def _redirect_std_streams(self) -> None:
+        """Make sure sys.stdout/sys.stderr are per-thread proxies (again, if someone swapped them)."""
         if not isinstance(sys.stdout, _PerThreadStream):
             self._stdout = _PerThreadStream(sys.stdout)
             sys.stdout = self._stdout
         if not isinstance(sys.stderr, _PerThreadStream):
             self._stderr = _PerThreadStream(sys.stderr)
             sys.stderr = self._stderr
+
+    def _restore_std_streams(self) -> None:
+        if self._stdout is not None and sys.stdout is self._stdout:
+            sys.stdout = self._stdout.fallback
+        if self._stderr is not None and sys.stderr is self._stderr:
+            sys.stderr = self._stderr.fallback
 
     def _bind(self, path: str) -> socket.socket:
         directory = os.path.dirname(path) or "."
@@ -269,6 +276,7 @@ class Daemon:
             self._refuse(conn, "shutting-down", "the daemon is shutting down")
         listener.close()
         pool.shutdown(wait=True)
+        self._restore_std_streams()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.log.info("stopped", refused_while_stopping=drained)
@@ -394,11 +402,11 @@ class Daemon:
 
     @contextlib.contextmanager
     def _captured(self, out: IO[str], err: IO[str]) -> Iterator[None]:
+        self._redirect_std_streams()
         with contextlib.ExitStack() as stack:
-            if self._stdout is not None:
-                stack.enter_context(self._stdout.capture(out))
-            if self._stderr is not None:
-                stack.enter_context(self._stderr.capture(err))
+            for stream in (sys.stdout, sys.stderr):
+                if isinstance(stream, _PerThreadStream):
+                    stack.enter_context(stream.capture(out if stream is sys.stdout else err))
             yield
 
     def _count(self, delta: int) -> None:
