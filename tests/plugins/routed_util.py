@@ -176,8 +176,12 @@ def assert_pod_wired(node: Netns, pod: Netns, result: dict[str, Any], ifname: st
         assert any(r["dst"] == GW4 and r.get("scope") == "link" and r["dev"] == ifname
                    for r in routes(pod, 4))
     host_routes = host_pod_routes(node)
+    host_neigh = neighbours(node, host_if["name"])
     for c in ips:
         assert f"{plain(c)} dev {host_if['name']}" in host_routes, (c, host_routes)
+        # The host never has to resolve the pod either: its address is pinned to the pod's MAC.
+        entry = host_neigh[plain(c)]
+        assert "PERMANENT" in entry["state"] and entry["lladdr"] == pod_if["mac"], entry
 
 
 def ping(src: Netns, dst: str) -> bool:
@@ -210,6 +214,13 @@ def assert_nothing_left(node: Netns, data_dir: Path | str, network: str,
     for pod in pods:
         if os.path.exists(pod.path):
             assert ifname not in pod.links()
+
+
+def arp_table_fulls() -> int:
+    """How often the kernel found its (machine-wide) ARP table full: /proc/net/stat/arp_cache."""
+    with open("/proc/net/stat/arp_cache") as f:
+        lines = f.read().split("\n")[1:]
+    return sum(int(line.split()[-1], 16) for line in lines if line.strip())
 
 
 def kill_pid(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -78,6 +78,8 @@ def _wire_like_an_unpinned_cni(node: Netns, pod: Netns, host: str, peer: str, ip
     node.run(["ip", "link", "set", host, "up"])
     node.run(["ip", "addr", "add", f"{GW4}/32", "dev", host, "scope", "host"])
     node.run(["ip", "route", "add", f"{ip}/32", "dev", host, "scope", "link"])
+    pod_mac = link(pod, "eth0")["address"]
+    node.run(["ip", "neigh", "replace", ip, "lladdr", pod_mac, "dev", host, "nud", "permanent"])
     node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     for cmd in (["ip", "addr", "add", f"{ip}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
                 ["ip", "route", "add", f"{GW4}/32", "dev", "eth0", "scope", "link"],
@@ -99,6 +101,7 @@ def test_udev_rewrites_random_macs_but_never_podnet_ones(node: Netns, netns: Net
     victim = netns("pod")
     node.run(["ip", "link", "add", "vrand0", "type", "veth", "peer", "name", "vrand0p"])
     rewrite = _wait_event(log, event="rewrite", ifname="vrand0")
+    _wait_event(log, event="rewrite", ifname="vrand0p")  # the peer too, before it moves to the pod
     original, rewritten = rewrite["old"], rewrite["new"]
     assert original != rewritten and link(node, "vrand0")["address"] == rewritten
     assert addr_assign_type(node, "vrand0") == 3  # udev's write counts as "set" from then on

@@ -16,7 +16,8 @@ host (the namespace the plugin runs in)
     (``addr_assign_type`` 3) and systemd-udevd's ``MACAddressPolicy=persistent`` never rewrites
     them. The MAC pinned in the pod is exactly the one set on the host end; CHECK fails when the
     two drift apart;
-  * ``<pod-ip>/32 dev <veth> scope link`` (``/128`` for IPv6), the only route to the pod;
+  * ``<pod-ip>/32 dev <veth> scope link`` (``/128`` for IPv6), the only route to the pod, and a
+    PERMANENT neighbour entry pod IP -> the pod's MAC (set at creation too) on the veth;
   * ``net.ipv4.ip_forward=1`` (and ``net.ipv6.conf.all.forwarding=1`` for IPv6 pods).
 
 Choices (and why):
@@ -27,8 +28,12 @@ Choices (and why):
     selection, so traffic the host sends to pods (kubelet probes) still comes from the node's own
     address. ``fe80::1`` is usable at once, so the host can resolve the pod's IPv6 address
     immediately instead of after the DAD of the veth's own link-local address.
-  * No proxy ARP / proxy NDP: the pod resolves nothing but its gateway, which the host owns; the
-    host resolves pods over their own veth.
+  * No ARP or NDP is needed in either direction: the pod's gateway and the host's pod entries are
+    both pinned. Neighbour tables are global to the machine (``gc_thresh3``, 1024 entries by
+    default, shared by every namespace); on a busy node they overflow and the kernel then drops
+    resolutions, which breaks pods that depend on them. Pinned entries are exempt from that limit.
+    The pod's MAC belongs to podnet-routed (``mac`` below): a later plugin changing it leaves the
+    host's entry stale, which CHECK reports. No proxy ARP / proxy NDP is needed either.
   * rp_filter is left alone: strict mode passes, because the route back to a pod's address is
     the /32 on the very veth its packets arrive on.
   * ``ips[].gateway`` in the result is the pod's real gateway (169.254.1.1 / fe80::1), not the
@@ -196,8 +201,8 @@ def enable_forwarding(host: Netlink, fams: Sequence[int]) -> None:
             host.set_sysctl(key, 1)
 
 
-def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig]) -> None:
-    """Up, the gateway addresses, a route per pod address, forwarding on."""
+def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig], pod_mac: str) -> None:
+    """Up, the gateway addresses, a route and a pinned neighbour per pod address, forwarding on."""
     fams = families(ips)
     if 6 in fams:
         # The host may default new interfaces to IPv6 off; only this veth is changed.
@@ -213,6 +218,9 @@ def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig]) -> None:
     for ip in ips:
         host.add_route(ip.address.network, oif=link,
                        scope=RT_SCOPE_LINK if ip.address.version == 4 else None)
+        # Pinned (after the link is up: going down flushes even permanent entries) so that the host
+        # never has to resolve the pod; see the module docstring on neighbour table overflow.
+        host.set_neighbour(link, str(ip.address.ip), pod_mac)
     enable_forwarding(host, fams)
 
 
@@ -266,7 +274,7 @@ def cmd_add(args: skel.CmdArgs) -> Result:
             undo.callback(_best_effort, "removing the veth", veth.delete_host_side, host, host_name)
             pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname,
                                     alias=alias, mtu=cfg.mtu, pod_mac=cfg.pod_mac)
-            setup_host_veth(host, pair.host, ips)
+            setup_host_veth(host, pair.host, ips, pair.pod.mac or "")
             setup_pod_side(pod, args.ifname, pair.host.mac or "", ips, routes)
             result = Result(
                 cni_version=args.cni_version,
@@ -300,8 +308,12 @@ def cmd_check(args: skel.CmdArgs) -> None:
     index = _pod_index(prev, args.ifname)
     ips = [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
     with Netlink() as host, Netlink(args.netns) as pod:
-        host_link = check_host_side(host, _host_name(cfg, args), ips)
-        check_pod_side(pod, args.ifname, host_link, prev, ips)
+        host_link, pod_link = _attachment_links(host, pod, _host_name(cfg, args), args.ifname)
+        # The seed failure's guard first: a changed host MAC also flushes the host's pinned entries
+        # (the kernel drops a link's neighbours when its address changes), which would hide it.
+        check_gateway_neighbours(pod, pod_link, host_link, families(ips))
+        check_host_side(host, host_link, pod_link, ips)
+        check_pod_side(pod, pod_link, prev, ips)
 
 
 def cmd_status(args: skel.CmdArgs) -> None:
@@ -334,10 +346,18 @@ def _pod_index(prev: Result, ifname: str) -> int | None:
     return None
 
 
-def check_host_side(host: Netlink, host_name: str, ips: Sequence[IPConfig]) -> Link:
-    link = host.find_link(host_name)
-    if link is None or link.kind != "veth":
+def _attachment_links(host: Netlink, pod: Netlink, host_name: str, ifname: str) -> tuple[Link, Link]:
+    host_link = host.find_link(host_name)
+    if host_link is None or host_link.kind != "veth":
         raise CNIError(f"CHECK: host veth {host_name} is missing")
+    pod_link = pod.find_link(ifname)
+    if pod_link is None:
+        raise CNIError(f"CHECK: interface {ifname} is missing in {pod.netns.path}")
+    return host_link, pod_link
+
+
+def check_host_side(host: Netlink, link: Link, pod_link: Link, ips: Sequence[IPConfig]) -> None:
+    host_name = link.name
     if not link.up:
         raise CNIError(f"CHECK: host veth {host_name} is down")
     routed = {r.destination for r in host.routes(table=RT_TABLE_MAIN, oif=link)}
@@ -345,32 +365,38 @@ def check_host_side(host: Netlink, host_name: str, ips: Sequence[IPConfig]) -> L
         if str(ip.address.network) not in routed:
             raise CNIError(f"CHECK: host route {ip.address.network} dev {host_name} is missing",
                            f"routes via {host_name}: {sorted(routed)}")
+    pod_mac = (pod_link.mac or "").lower()
+    pinned = {n.dst: n for n in host.neighbours(link)}
+    for ip in ips:
+        entry = pinned.get(str(ip.address.ip))
+        if entry is None or not entry.permanent:
+            raise CNIError(f"CHECK: no permanent neighbour entry for pod address {ip.address.ip} on "
+                           f"{host_name}", f"the pod's {pod_link.name} has MAC {pod_mac}")
+        if (entry.lladdr or "").lower() != pod_mac:
+            raise CNIError(f"CHECK: MAC drift: the pod's {pod_link.name} has MAC {pod_mac} but the host's "
+                           f"permanent neighbour {ip.address.ip} on {host_name} points to {entry.lladdr}")
     for fam in families(ips):
         if host.sysctl(_FORWARDING[fam]) != "1":
             raise CNIError(f"CHECK: {_FORWARDING[fam]} is off on the host: pods cannot be routed")
-    return link
 
 
-def check_pod_side(pod: Netlink, ifname: str, host_link: Link, prev: Result,
-                   ips: Sequence[IPConfig]) -> None:
-    link = pod.find_link(ifname)
-    if link is None:
-        raise CNIError(f"CHECK: interface {ifname} is missing in {pod.netns.path}")
+def check_pod_side(pod: Netlink, link: Link, prev: Result, ips: Sequence[IPConfig]) -> None:
+    ifname = link.name
     if not link.up:
         raise CNIError(f"CHECK: interface {ifname} is down in {pod.netns.path}")
     index = _pod_index(prev, ifname)
     recorded = prev.interfaces[index].mac.lower() if index is not None else ""
     if recorded and recorded != (link.mac or "").lower():
         raise CNIError(f"CHECK: interface {ifname} has MAC {link.mac}, the ADD result says {recorded}")
-    _check_gateway_neighbours(pod, ifname, host_link, families(ips))
     podside.check_addresses(pod, ifname, ips)
     if 4 in families(ips):
         podside.check_routes(pod, ifname, [Route(dst=ipaddress.ip_network(f"{GATEWAY[4]}/32"))])
     podside.check_routes(pod, ifname, prev.routes)
 
 
-def _check_gateway_neighbours(pod: Netlink, ifname: str, host_link: Link, fams: Sequence[int]) -> None:
+def check_gateway_neighbours(pod: Netlink, link: Link, host_link: Link, fams: Sequence[int]) -> None:
     """The seed failure's guard: the MAC pinned in the pod is the host veth's current MAC."""
+    ifname = link.name
     host_mac = (host_link.mac or "").lower()
     neighbours = {n.dst: n for n in pod.neighbours(ifname)}
     for fam in fams:
