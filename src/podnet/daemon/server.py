@@ -297,7 +297,34 @@ class Daemon:
         with contextlib.suppress(OSError):
             conn.settimeout(1.0)
             conn.sendall(p.encode_response(p.KIND_REFUSED, 1, b"", message.encode()))
+            conn.shutdown(socket.SHUT_WR)
+            self._drain(conn)
         conn.close()
+
+    @staticmethod
+    def _drain(conn: socket.socket, limit: int = 1 << 20, seconds: float = 0.2) -> None:
+        """Read (and drop) what the peer still sends, a bounded amount: closing a unix socket with
+        unread data resets the connection, and the peer would lose the refusal it is owed."""
+        conn.settimeout(seconds)
+        deadline = time.monotonic() + seconds
+        while limit > 0 and time.monotonic() < deadline:
+            chunk = conn.recv(min(limit, 1 << 16))
+            if not chunk:
+                return
+            limit -= len(chunk)
+
+    def _wait_for_data(self, conn: socket.socket) -> None:
+        """Wait for the first byte without reading it: a peer that closes without sending anything
+        (a liveness probe, such as a starting daemon checking the socket) needs no answer."""
+        conn.settimeout(self.config.read_timeout)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            raise Refused("malformed", "request not received in time") from None
+        except OSError:
+            raise _Hangup from None
+        if not first:
+            raise _Hangup
 
     def _check_peer(self, conn: socket.socket) -> Peer:
         peer = peer_credentials(conn)
@@ -315,14 +342,7 @@ class Daemon:
     def _read_request(self, conn: socket.socket) -> tuple[str, bytes, list[bytes]]:
         conn.settimeout(self.config.read_timeout)
         try:
-            first = conn.recv(p.HEADER_SIZE)
-        except TimeoutError:
-            raise Refused("malformed", "request not received in time") from None
-        if not first:
-            raise _Hangup  # a probe (another daemon checking the socket is live): nothing to answer
-        try:
-            head = first + recv_exact(conn, p.HEADER_SIZE - len(first))
-            size = p.parse_header(head, p.REQUEST_MAGIC, self.config.max_body)
+            size = p.parse_header(recv_exact(conn, p.HEADER_SIZE), p.REQUEST_MAGIC, self.config.max_body)
             name, stdin, env = p.decode_request(recv_exact(conn, size))
         except TimeoutError:
             raise Refused("malformed", "request not received in time") from None
@@ -337,6 +357,7 @@ class Daemon:
     def _serve(self, conn: socket.socket) -> None:
         peer = None
         try:
+            self._wait_for_data(conn)
             peer = self._check_peer(conn)
             name, stdin, env_entries = self._read_request(conn)
             try:
