@@ -106,7 +106,7 @@ def test_udev_rewrites_random_macs_but_never_podnet_ones(node: Netns, netns: Net
     assert original != rewritten and link(node, "vrand0")["address"] == rewritten
     assert addr_assign_type(node, "vrand0") == 3  # udev's write counts as "set" from then on
     _wire_like_an_unpinned_cni(node, victim, "vrand0", "vrand0p", "10.91.0.250", original)
-    assert not victim.ping(NODE_IP4), "a pod pinned to the pre-udev MAC must lose its gateway"
+    assert not victim.ping(NODE_IP4, timeout=1), "a pod pinned to the pre-udev MAC must lose its gateway"
     # It is the MAC and nothing else: pinning the current one restores connectivity.
     victim.run(["ip", "neigh", "replace", GW4, "lladdr", rewritten, "dev", "eth0", "nud", "permanent"])
     assert victim.ping(NODE_IP4)
