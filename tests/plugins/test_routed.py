@@ -26,6 +26,7 @@ from routed_util import (
     neighbours,
     plain,
     result_ips,
+    routes,
     sweep,
     sweep_all,
 )
@@ -161,16 +162,20 @@ def test_gc_removes_attachments_not_valid_and_status(env: CniEnv, netns: NetnsFa
     assert_nothing_left(env.node, env.ipam_dir, NET, pods)
 
 
-def test_mtu_and_mac_from_runtime_config(env: CniEnv, netns: NetnsFactory) -> None:
+def test_ipv6_only_with_mtu_and_mac_from_runtime_config(env: CniEnv, netns: NetnsFactory) -> None:
     env.write_conflist(NET, [{"type": "podnet-routed", "mtu": 1400, "capabilities": {"mac": True},
-                              "ipam": host_local(env.ipam_dir, V4)}], version="1.1.0")
+                              "ipam": host_local(env.ipam_dir, V6)}], version="1.1.0")
     pod = netns("pod")
     mac = "02:42:0a:5a:00:99"
     result = env.add(NET, pod, "--cap-args", json.dumps({"mac": mac}))
     assert result["interfaces"][1]["mac"] == mac and link(pod, "eth0")["address"] == mac
     assert result["interfaces"][1]["mtu"] == 1400 == result["interfaces"][0]["mtu"]
     assert link(pod, "eth0")["mtu"] == 1400 == link(env.node, result["interfaces"][0]["name"])["mtu"]
+    assert [ip["gateway"] for ip in result["ips"]] == [GW6]
     assert_pod_wired(env.node, pod, result)
+    # IPv6 only: no IPv4 gateway anywhere, and the pod reaches the node over IPv6.
+    assert GW4 not in neighbours(pod) and routes(pod, 4) == []
+    assert sweep(pod, [NODE_IP6]) == []
     env.cni("check", NET, pod)
     env.cni("del", NET, pod)
     assert_nothing_left(env.node, env.ipam_dir, NET, [pod])
