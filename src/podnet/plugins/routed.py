@@ -41,6 +41,8 @@ Choices (and why):
   * ``ipMasq: true`` is refused (code 2): podnet-routed does no NAT.
   * IPv6 forwarding makes the kernel ignore router advertisements on interfaces with
     ``accept_ra=1``; a host that configures its uplink by SLAAC needs ``accept_ra=2`` there.
+  * One routed attachment per pod: a second one finds the gateway route taken and fails cleanly
+    (everything it made is rolled back).
 
 Configuration (the Go ``ptp`` plugin's keys where the role is the same): ``ipam`` (required),
 ``mtu``, ``dns``, ``ipMasq`` (false only); the pod-side MAC from ``runtimeConfig.mac`` (capability
