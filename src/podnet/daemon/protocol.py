@@ -18,7 +18,8 @@ Lengths are checked against the limits before anything is read, so a hostile or 
 make the reader allocate at most ``max_body`` bytes.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here or in the shim: every annotation is a builtin
+# type, and the import would cost the shim one more module load.
 
 DEFAULT_SOCKET = "/run/podnet/podnet.sock"
 REQUEST_MAGIC = b"PNQ1"

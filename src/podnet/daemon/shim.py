@@ -27,8 +27,6 @@ far the request got:
 ``PODNET_SOCKET`` overrides the socket path (default ``/run/podnet/podnet.sock``).
 """
 
-from __future__ import annotations
-
 import _socket
 import posix
 import sys
