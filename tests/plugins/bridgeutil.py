@@ -118,7 +118,8 @@ def ping_matrix(pods: Sequence[tuple[Netns, str]], extra: Sequence[str] = (), wo
     in parallel by one shell, the pods spread over a thread pool. Returns failures 'pod -> target'."""
     def one(job: tuple[Netns, list[str]]) -> list[str]:
         pod, targets = job
-        pings = (f"(ping -n -q -c1 -W3 {a} >/dev/null 2>&1 || echo {a}) &" for a in targets)
+        # -c1 -w5 -i0.2: resend every 0.2 s until one reply, for up to 5 s (a loaded machine).
+        pings = (f"(ping -n -q -c1 -w5 -i0.2 {a} >/dev/null 2>&1 || echo {a}) &" for a in targets)
         script = " ".join(pings) + " wait"
         out = pod.run(["sh", "-c", script], check=False, timeout=120).stdout
         return [f"{pod.name} -> {a}" for a in out.split()]
@@ -127,6 +128,23 @@ def ping_matrix(pods: Sequence[tuple[Netns, str]], extra: Sequence[str] = (), wo
     jobs = [(pod, [a for a in everyone if a != own] + list(extra)) for pod, own in pods]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [f for failures in pool.map(one, jobs) for f in failures]
+
+
+def static_neighbours(pods: Sequence[tuple[Netns, str, str]]) -> None:
+    """Give every pod a permanent neighbour entry (IP -> MAC) for every other pod.
+
+    Why: the kernel's ARP/ND tables are shared by all namespaces and capped machine-wide by
+    ``gc_thresh3`` (1024 by default), a root-namespace setting tests must not change. A full mesh
+    of 50 pods needs ~2500 learned entries and overflows it ("neighbor table overflow"); permanent
+    entries are exempt from that cap. Address resolution itself is covered by the smaller tests.
+    """
+    def one(pod: Netns, own: str) -> None:
+        lines = [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+                 for _, ip, mac in pods if ip != own]
+        pod.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda p: one(p[0], p[1]), pods))
 
 
 def wait_all(procs: Sequence[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
