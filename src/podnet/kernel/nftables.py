@@ -146,13 +146,19 @@ class Transaction:
         _family(self.family)
         check_name(self.table, "table name")
 
+    def _push(self, op: Op) -> None:
+        """Everything is validated when the command is added, so render() cannot fail."""
+        if op.comment is not None:
+            check_comment(op.comment)
+        self.ops.append(op)
+
     def add_table(self, comment: str | None = None) -> Transaction:
         """Create the table if missing ("add" never fails for an existing object)."""
-        self.ops.append(Op("add-table", comment=comment))
+        self._push(Op("add-table", comment=comment))
         return self
 
     def delete_table(self) -> Transaction:
-        self.ops.append(Op("delete-table"))
+        self._push(Op("delete-table"))
         return self
 
     def add_chain(self, name: str, *, type: str | None = None, hook: str | None = None,
@@ -166,17 +172,17 @@ class Transaction:
                                               ("policy", policy)) if v is not None)
         for _, v in spec:
             check_key(v)
-        self.ops.append(Op("add-chain", check_name(name, "chain name"), comment=comment, spec=spec))
+        self._push(Op("add-chain", check_name(name, "chain name"), comment=comment, spec=spec))
         return self
 
     def flush_chain(self, name: str) -> Transaction:
-        self.ops.append(Op("flush-chain", check_name(name, "chain name")))
+        self._push(Op("flush-chain", check_name(name, "chain name")))
         return self
 
     def add_rule(self, chain: str, rule: str, comment: str | None = None) -> Transaction:
-        if "\n" in rule or not rule.strip():
-            raise InvalidArgument(f"nftables rule {rule!r}: one non-empty line")
-        self.ops.append(Op("add-rule", check_name(chain, "chain name"), rule, comment))
+        if not rule.strip() or any(c in rule for c in "\n\r;#\x00"):
+            raise InvalidArgument(f"nftables rule {rule!r}: one non-empty command (no ';', '#', newlines)")
+        self._push(Op("add-rule", check_name(chain, "chain name"), rule, comment))
         return self
 
     def add_set(self, name: str, type: str | Sequence[str], *, flags: Sequence[str] = (),
@@ -185,17 +191,17 @@ class Transaction:
         spec: tuple[tuple[str, str], ...] = (("type", " . ".join(check_name(t, "set type") for t in types)),)
         if flags:
             spec += (("flags", ", ".join(check_name(f, "set flag") for f in flags)),)
-        self.ops.append(Op("add-set", check_name(name, "set name"), comment=comment, spec=spec))
+        self._push(Op("add-set", check_name(name, "set name"), comment=comment, spec=spec))
         return self
 
     def add_element(self, set_name: str, key: str, comment: str | None = None) -> Transaction:
         """Add an element; an existing equal element is left as it is (its comment too)."""
-        self.ops.append(Op("add-element", check_name(set_name, "set name"), check_key(key), comment))
+        self._push(Op("add-element", check_name(set_name, "set name"), check_key(key), comment))
         return self
 
     def delete_element(self, set_name: str, key: str) -> Transaction:
         """Delete an element: the whole transaction fails (NftNotFound) if it is not there."""
-        self.ops.append(Op("delete-element", check_name(set_name, "set name"), check_key(key)))
+        self._push(Op("delete-element", check_name(set_name, "set name"), check_key(key)))
         return self
 
     def set_element(self, set_name: str, key: str, comment: str | None = None) -> Transaction:
