@@ -191,3 +191,32 @@ def test_layer2_only(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
         plugin_ok(node, "CHECK", {**conf, "prevResult": results[i]}, f"c{i}", pod)
         plugin_ok(node, "DEL", conf, f"c{i}", pod)
     assert veths(node) == []
+
+
+def test_macspoofchk(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
+    """Frames from the pod with another source MAC are dropped at the bridge; CHECK, DEL and GC
+    handle the spoof-check elements like the masquerade ones."""
+    env = CniEnv(node, tmp_path)
+    conf = net_conf(env, "bnet", V4, version="1.1.0", isGateway=True, macspoofchk=True)
+    pods = [netns("pod"), netns("pod")]
+    results = [plugin_ok(node, "ADD", conf, f"c{i}", pod) for i, pod in enumerate(pods)]
+    other = results[1]["ips"][0]["address"].split("/")[0]
+    assert pods[0].ping(other) and pods[0].ping("10.88.0.1")
+    checked = {**conf, "prevResult": results[0]}
+    plugin_ok(node, "CHECK", checked, "c0", pods[0])
+    own_mac = results[0]["interfaces"][2]["mac"]
+    pods[0].run(["ip", "link", "set", "eth0", "address", "02:00:00:00:66:66"])
+    pods[0].run(["ip", "neigh", "flush", "all"])
+    assert not pods[0].ping(other, timeout=1)  # spoofed source MAC: dropped
+    pods[0].run(["ip", "link", "set", "eth0", "address", own_mac])
+    assert pods[0].ping(other)
+    spoof = node.run(["nft", "-j", "list", "table", "bridge", "podnet-bridge"]).stdout
+    assert spoof.count('"bnet/c0/eth0"') == 2 and spoof.count('"bnet/c1/eth0"') == 2
+    node.run(["nft", "flush", "set", "bridge", "podnet-bridge", "spoofchk-allowed"])
+    code, out = run_plugin(node, "CHECK", checked, "c0", pods[0])
+    assert code == 1 and "MAC spoof check" in out["msg"]
+    plugin_ok(node, "DEL", conf, "c0")
+    plugin_ok(node, "GC", {**conf, "cni.dev/valid-attachments": []})
+    spoof = node.run(["nft", "-j", "list", "table", "bridge", "podnet-bridge"]).stdout
+    assert "bnet/" not in spoof
+    assert_clean(env, node, "bnet", pods)

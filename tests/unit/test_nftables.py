@@ -25,6 +25,7 @@ from podnet.kernel.nftables import (
     NftPermissionDenied,
     NftSyntaxError,
     NftUnavailable,
+    SpoofCheck,
     Transaction,
     error_from_stderr,
     parse_table_json,
@@ -242,3 +243,24 @@ def test_exec_errors(tmp_path: Path) -> None:
         missing.apply(Transaction("inet", "t").delete_table())
     with pytest.raises(NftUnavailable, match="not found"):
         NftExec(str(tmp_path / "no-such-nft")).apply(Transaction("inet", "t").add_table())
+
+
+def test_spoof_check_on_fake_and_string_keys() -> None:
+    nft = FakeNft()
+    spoof = SpoofCheck(nft, "podnet-bridge")
+    spoof.add("n/a/eth0", "pnabc", "02:00:00:00:00:0A")
+    assert sorted(e.key for _, e in spoof.owned_by("n/a/eth0")) == ['"pnabc"', '"pnabc" . 02:00:00:00:00:0a']
+    assert nft.list_table("bridge", "podnet-bridge") is not None
+    assert nft.list_table("inet", "podnet-bridge") is None
+    chain = "add chain bridge podnet-bridge spoofchk-prerouting { type filter hook prerouting priority dstnat"
+    assert chain in nft.applied[0]
+    with pytest.raises(InvalidArgument):
+        SpoofCheck.keys('bad"name', "02:00:00:00:00:01")
+    assert spoof.remove(lambda c: True) == 2 and spoof.elements(lambda c: True) == []
+    # nft -j writes ifname values without quotes: parsing puts them back, so keys compare equal.
+    doc = {"nftables": [{"set": {"name": "spoofchk-allowed", "type": ["ifname", "ether_addr"], "elem": [
+        {"elem": {"val": {"concat": ["pnabc", "02:00:00:00:00:0a"]}, "comment": "n/a/eth0"}}]}},
+        {"set": {"name": "spoofchk-ports", "type": "ifname", "elem": ["pnabc"]}}]}
+    state = parse_table_json(json.dumps(doc), "bridge", "podnet-bridge")
+    assert state.elements("spoofchk-allowed") == [Element('"pnabc" . 02:00:00:00:00:0a', "n/a/eth0")]
+    assert state.elements("spoofchk-ports") == [Element('"pnabc"')]

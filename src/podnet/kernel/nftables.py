@@ -289,27 +289,35 @@ class TableState:
         return list(found.elements) if found is not None else []
 
 
-def _value(obj: Any) -> str:
-    """One element value from nft's JSON back into the renderer's text form."""
-    if isinstance(obj, (str, int)):
+# Set key types whose values nft writes as quoted strings in a script.
+_STRING_TYPES = frozenset({"ifname", "string"})
+
+
+def _value(obj: Any, kind: str = "") -> str:
+    """One element value from nft's JSON back into the renderer's text form (``kind``: the key type)."""
+    if isinstance(obj, str):
+        return f'"{obj}"' if kind in _STRING_TYPES else obj
+    if isinstance(obj, int):
         return str(obj)
     if isinstance(obj, dict):
         if "concat" in obj:
-            return " . ".join(_value(x) for x in obj["concat"])
+            kinds = kind.split(" . ")
+            kinds += [""] * (len(obj["concat"]) - len(kinds))
+            return " . ".join(_value(x, k) for x, k in zip(obj["concat"], kinds, strict=False))
         if "prefix" in obj:
             return f"{_value(obj['prefix']['addr'])}/{obj['prefix']['len']}"
         if "range" in obj:
             low, high = obj["range"]
-            return f"{_value(low)}-{_value(high)}"
+            return f"{_value(low, kind)}-{_value(high, kind)}"
     raise NftError("nft -j: unexpected element value", json.dumps(obj)[:200])
 
 
-def _element(obj: Any) -> Element:
+def _element(obj: Any, kind: str) -> Element:
     if isinstance(obj, dict) and "elem" in obj:
         inner = obj["elem"]
         comment = inner.get("comment")
-        return Element(_value(inner["val"]), comment if isinstance(comment, str) else None)
-    return Element(_value(obj))
+        return Element(_value(inner["val"], kind), comment if isinstance(comment, str) else None)
+    return Element(_value(obj, kind))
 
 
 def parse_table_json(text: str, family: str, table: str) -> TableState:
@@ -326,12 +334,13 @@ def parse_table_json(text: str, family: str, table: str) -> TableState:
         elif "set" in item:
             raw = item["set"]
             kind = raw.get("type", "")
+            kind = " . ".join(kind) if isinstance(kind, list) else str(kind)
             flags = raw.get("flags", [])
             state.sets[raw["name"]] = SetState(
                 name=raw["name"],
-                type=" . ".join(kind) if isinstance(kind, list) else str(kind),
+                type=kind,
                 flags=tuple(flags) if isinstance(flags, list) else (str(flags),),
-                elements=[_element(e) for e in raw.get("elem", [])],
+                elements=[_element(e, kind) for e in raw.get("elem", [])],
             )
     return state
 
@@ -448,6 +457,51 @@ def _fake_element(state: TableState, op: Op, missing: NftError) -> None:
         del target.elements[index]
 
 
+# ---- per-owner elements ---------------------------------------------------------------------------
+
+
+class OwnedElements:
+    """A component's table whose changing data are set elements commented with their owner.
+
+    Subclasses define the static structure (:meth:`structure`) and what one owner adds; listing
+    and removing by owner are shared here.
+    """
+
+    family: Family = "inet"
+    sets: tuple[str, ...] = ()
+
+    def __init__(self, nft: Nft, table: str, *, description: str = "podnet") -> None:
+        self.nft = nft
+        self.table = check_name(table, "table name")
+        self.description = description
+
+    def structure(self) -> Transaction:
+        raise NotImplementedError
+
+    def elements(self, owner_filter: Callable[[str], bool]) -> list[tuple[str, Element]]:
+        """(set, element) of every element whose owner comment passes the filter."""
+        state = self.nft.list_table(self.family, self.table)
+        if state is None:
+            return []
+        return [(name, e) for name in self.sets for e in state.elements(name)
+                if e.comment is not None and owner_filter(e.comment)]
+
+    def owned_by(self, owner: str) -> list[tuple[str, Element]]:
+        return self.elements(lambda c: c == owner)
+
+    def remove(self, owner_filter: Callable[[str], bool]) -> int:
+        """Remove every element whose owner passes the filter; returns how many. Idempotent and
+        safe against a concurrent remover (see :meth:`Transaction.remove_element`)."""
+        found = self.elements(owner_filter)
+        if not found:
+            return 0
+        tx = Transaction(self.family, self.table)
+        for name, element in found:
+            tx.remove_element(name, element.key)
+        self.nft.apply(tx)
+        return len(found)
+
+
 # ---- masquerade ----------------------------------------------------------------------------------
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -463,20 +517,18 @@ MASQ_SETS = {4: MasqSets("masq-pods-v4", "masq-local-v4"), 6: MasqSets("masq-pod
 MASQ_CHAIN = "nat-postrouting"
 
 
-class Masquerade:
+class Masquerade(OwnedElements):
     """Source NAT for pod addresses, in a table owned by one component (``inet podnet-bridge``).
 
     The rules never change; each pod address is two elements (``P`` in the pods set and
     ``P . S`` in the local set), both commented with the owner (one attachment).
     """
 
-    def __init__(self, nft: Nft, table: str, *, description: str = "podnet masquerade") -> None:
-        self.nft = nft
-        self.table = check_name(table, "table name")
-        self.description = description
+    family: Family = "inet"
+    sets = tuple(name for s in MASQ_SETS.values() for name in (s.pods, s.local))
 
-    def _structure(self) -> Transaction:
-        tx = Transaction("inet", self.table).add_table(f"{self.description}; managed by podnet")
+    def structure(self) -> Transaction:
+        tx = Transaction(self.family, self.table).add_table(f"{self.description}; managed by podnet")
         for family, sets in MASQ_SETS.items():
             addr = "ipv4_addr" if family == 4 else "ipv6_addr"
             tx.add_set(sets.pods, addr, comment=f"IPv{family} pod addresses to masquerade")
@@ -503,35 +555,57 @@ class Masquerade:
     def add(self, owner: str, addresses: Iterable[IPInterface]) -> None:
         """One transaction: the table's structure plus the owner's elements (re-owned if an
         element for the same address was left by someone else)."""
-        tx = self._structure()
+        tx = self.structure()
         for address in addresses:
             pods, pod_key, local, local_key = self.keys(address)
             tx.set_element(pods, pod_key, owner)
             tx.set_element(local, local_key, owner)
         self.nft.apply(tx)
 
-    def elements(self, owner_filter: Callable[[str], bool]) -> list[tuple[str, Element]]:
-        """(set, element) of every masquerade element whose owner comment passes the filter."""
-        state = self.nft.list_table("inet", self.table)
-        if state is None:
-            return []
-        return [(name, e) for sets in MASQ_SETS.values() for name in (sets.pods, sets.local)
-                for e in state.elements(name) if e.comment is not None and owner_filter(e.comment)]
 
-    def owned_by(self, owner: str) -> list[tuple[str, Element]]:
-        return self.elements(lambda c: c == owner)
+# ---- MAC spoof check -----------------------------------------------------------------------------
 
-    def remove(self, owner_filter: Callable[[str], bool]) -> int:
-        """Remove every element whose owner passes the filter; returns how many. Idempotent and
-        safe against a concurrent remover (see :meth:`Transaction.remove_element`)."""
-        found = self.elements(owner_filter)
-        if not found:
-            return 0
-        tx = Transaction("inet", self.table)
-        for name, element in found:
-            tx.remove_element(name, element.key)
-        self.nft.apply(tx)
-        return len(found)
+SPOOF_PORTS = "spoofchk-ports"
+SPOOF_ALLOWED = "spoofchk-allowed"
+SPOOF_CHAIN = "spoofchk-prerouting"
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+=-]{1,15}")
+_ETHER = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+class SpoofCheck(OwnedElements):
+    """Frames entering the bridge from a checked port must carry the pod's own source MAC.
+
+    A bridge-family table (``bridge podnet-bridge``): the port is an element of the ports set,
+    its (port . MAC) pair an element of the allowed set; two static rules let allowed frames
+    through and drop anything else from a checked port, before the bridge learns or forwards it.
+    """
+
+    family: Family = "bridge"
+    sets = (SPOOF_PORTS, SPOOF_ALLOWED)
+
+    def structure(self) -> Transaction:
+        tx = Transaction(self.family, self.table).add_table(f"{self.description}; managed by podnet")
+        tx.add_set(SPOOF_PORTS, "ifname", comment="bridge ports whose pods may only use their own MAC")
+        tx.add_set(SPOOF_ALLOWED, ("ifname", "ether_addr"), comment="port . the pod's MAC")
+        # dstnat priority (-300) in prerouting: before anything else sees the frame.
+        tx.add_chain(SPOOF_CHAIN, type="filter", hook="prerouting", priority="dstnat", policy="accept")
+        tx.flush_chain(SPOOF_CHAIN)
+        tx.add_rule(SPOOF_CHAIN, f"iifname . ether saddr @{SPOOF_ALLOWED} return", "the pod's own MAC")
+        tx.add_rule(SPOOF_CHAIN, f"iifname @{SPOOF_PORTS} drop", "any other source MAC from a checked port")
+        return tx
+
+    @staticmethod
+    def keys(port: str, mac: str) -> tuple[str, str]:
+        """(ports key, allowed key) as nft writes them."""
+        mac = mac.lower()
+        if not _IFNAME.fullmatch(port) or not _ETHER.fullmatch(mac):
+            raise InvalidArgument(f"spoof check for {port!r} / {mac!r}: not an interface name and MAC")
+        return f'"{port}"', f'"{port}" . {mac}'
+
+    def add(self, owner: str, port: str, mac: str) -> None:
+        port_key, allowed_key = self.keys(port, mac)
+        self.nft.apply(self.structure().set_element(SPOOF_PORTS, port_key, owner)
+                       .set_element(SPOOF_ALLOWED, allowed_key, owner))
 
 
 __all__ = [
@@ -548,7 +622,9 @@ __all__ = [
     "NftPermissionDenied",
     "NftSyntaxError",
     "NftUnavailable",
+    "OwnedElements",
     "SetState",
+    "SpoofCheck",
     "TableState",
     "Transaction",
     "error_from_stderr",

@@ -2,17 +2,18 @@
 
 Configuration keys are those of the reference ``bridge`` plugin: ``bridge`` (default ``cni0``),
 ``isGateway``, ``isDefaultGateway`` (implies ``isGateway`` and adds a default route), ``forceAddress``,
-``ipMasq``, ``mtu``, ``hairpinMode``, ``promiscMode``, ``vlan``, ``preserveDefaultVlan``, ``ipam``,
-``dns``; the pod MAC comes from ``CNI_ARGS`` ``MAC=``, ``args.cni.mac`` or ``runtimeConfig.mac``
-(capability ``mac``), the later one winning.
+``ipMasq``, ``mtu``, ``hairpinMode``, ``promiscMode``, ``vlan``, ``preserveDefaultVlan``,
+``macspoofchk``, ``ipam``, ``dns``; the pod MAC comes from ``CNI_ARGS`` ``MAC=``, ``args.cni.mac``
+or ``runtimeConfig.mac`` (capability ``mac``), the later one winning.
 
 What an attachment owns, and how DEL and GC find it without the pod or a cached result:
 
 * the host veth, named from (network, container ID, ifname) and labelled with an alias
   (:mod:`podnet.plugins.veth`); its peer is the pod interface, so deleting it removes both;
 * its addresses, held by the IPAM plugin;
-* with ``ipMasq``, elements in the shared ``inet podnet-bridge`` nftables table whose comment is
-  the attachment's owner string (:func:`owner`).
+* with ``ipMasq``, elements in the shared ``inet podnet-bridge`` nftables table, with
+  ``macspoofchk`` in ``bridge podnet-bridge``; each element's comment is the attachment's owner
+  string (:func:`owner`).
 
 The bridge, its gateway addresses and the forwarding sysctls are shared by every attachment of
 the network and are never removed, as in the reference plugin.
@@ -44,11 +45,12 @@ from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
 from podnet.kernel.errors import NotSupported
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import IPIface, Netlink, random_mac
-from podnet.kernel.nftables import Masquerade, Nft, NftExec, NftUnavailable
+from podnet.kernel.nftables import Masquerade, Nft, NftExec, NftUnavailable, OwnedElements, SpoofCheck
 from podnet.plugins import ipam_delegate, podside, veth
 
 DEFAULT_BRIDGE = "cni0"
-MASQ_TABLE = "podnet-bridge"
+# Both nftables tables (inet for ipMasq, bridge for macspoofchk) have this name.
+NFT_TABLE = "podnet-bridge"
 MTU_MIN, MTU_MAX = 68, 65535
 VLAN_MAX = 4094
 # Result.interfaces order, as in the reference plugin: bridge, host veth, pod interface.
@@ -76,6 +78,7 @@ class BridgeConf:
     promisc: bool
     vlan: int
     preserve_default_vlan: bool
+    macspoofchk: bool
     mac: str | None
     has_ipam: bool
     dns: DNS | None  # the network config's own dns, which wins over IPAM's
@@ -155,7 +158,8 @@ def load_conf(args: skel.CmdArgs) -> BridgeConf:
         is_default_gateway=default_gw, force_address=_bool(c, "forceAddress"), ip_masq=_bool(c, "ipMasq"),
         mtu=_int(c, "mtu", MTU_MIN, MTU_MAX, "MTU") or None, hairpin=_bool(c, "hairpinMode"),
         promisc=_bool(c, "promiscMode"), vlan=_int(c, "vlan", 1, VLAN_MAX, "VLAN ID"),
-        preserve_default_vlan=_bool(c, "preserveDefaultVlan", True), mac=_pod_mac(args),
+        preserve_default_vlan=_bool(c, "preserveDefaultVlan", True), macspoofchk=_bool(c, "macspoofchk"),
+        mac=_pod_mac(args),
         has_ipam=bool(_section(c, "ipam").get("type")), dns=_conf_dns(c, args.cni_version),
     )
     if conf.hairpin and conf.promisc:
@@ -198,7 +202,11 @@ def _names(args: skel.CmdArgs, conf: BridgeConf) -> tuple[str, str, str]:
 
 
 def _masq() -> Masquerade:
-    return Masquerade(nft_backend(), MASQ_TABLE, description="podnet-bridge ipMasq")
+    return Masquerade(nft_backend(), NFT_TABLE, description="podnet-bridge ipMasq")
+
+
+def _spoof() -> SpoofCheck:
+    return SpoofCheck(nft_backend(), NFT_TABLE, description="podnet-bridge macspoofchk")
 
 
 # ---- ADD helpers -------------------------------------------------------------------------------
@@ -350,8 +358,11 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
         undo.callback(_best_effort, "IPAM DEL", ipam_delegate.ipam_del, args)
     ips, routes = pod_ips(conf, ipam) if conf.has_ipam else ([], [])
     undo.callback(_best_effort, f"delete {host_name}", veth.delete_host_side, host, host_name)
-    veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname, alias=alias,
-                     mtu=conf.mtu, pod_mac=conf.mac)
+    pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname, alias=alias,
+                            mtu=conf.mtu, pod_mac=conf.mac)
+    if conf.macspoofchk:  # before the port forwards anything
+        undo.callback(_best_effort, "remove spoof check", _spoof().remove, own.__eq__)
+        _spoof().add(own, host_name, pair.pod.mac or "")
     setup_host_veth(host, conf, host_name, bridge)
     if ips:
         setup_pod_veth(pod, args.ifname, ips, routes)
@@ -372,21 +383,24 @@ def cmd_del(args: skel.CmdArgs) -> None:
     to another pod while this one's masquerade elements still exist."""
     conf = load_conf(args)
     host_name, _, own = _names(args, conf)
-    _remove_masquerade(conf, own.__eq__)
+    _remove_owned(conf, own.__eq__)
     with Netlink() as host:
         veth.delete_host_side(host, host_name)
     if conf.has_ipam:
         ipam_delegate.ipam_del(args)
 
 
-def _remove_masquerade(conf: BridgeConf, which: Callable[[str], bool]) -> None:
-    """Elements are removed even when ipMasq has since been turned off in the config; without nft
-    installed there can be none, unless the config asks for masquerading."""
-    try:
-        _masq().remove(which)
-    except NftUnavailable:
-        if conf.ip_masq:
-            raise
+def _remove_owned(conf: BridgeConf, which: Callable[[str], bool]) -> None:
+    """Remove the attachments' nftables elements (masquerade and spoof check), even when the
+    feature has since been turned off in the config. Without nft installed there can be none,
+    unless the config asks for the feature."""
+    tables: list[tuple[OwnedElements, bool]] = [(_masq(), conf.ip_masq), (_spoof(), conf.macspoofchk)]
+    for table, enabled in tables:
+        try:
+            table.remove(which)
+        except NftUnavailable:
+            if enabled:
+                raise
 
 
 def cmd_check(args: skel.CmdArgs) -> None:
@@ -406,6 +420,8 @@ def cmd_check(args: skel.CmdArgs) -> None:
         podside.check_routes(pod, args.ifname, prev.routes)
     if conf.ip_masq:
         check_masquerade(own, [ip.address for ip in ips])
+    if conf.macspoofchk:
+        check_spoof(own, host_name, prev, args)
 
 
 def _ips_of_pod(prev: Result, args: skel.CmdArgs) -> list[IPConfig]:
@@ -450,7 +466,15 @@ def check_masquerade(own: str, addresses: Sequence[IPIface]) -> None:
     for address in addresses:
         pods, pod_key, local, local_key = Masquerade.keys(address)
         if (pods, pod_key) not in have or (local, local_key) not in have:
-            raise CNIError(f"CHECK: masquerade for {address.ip} is missing from table inet {MASQ_TABLE}")
+            raise CNIError(f"CHECK: masquerade for {address.ip} is missing from table inet {NFT_TABLE}")
+
+
+def check_spoof(own: str, host_name: str, prev: Result, args: skel.CmdArgs) -> None:
+    mac = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), "")
+    have = {e.key for _, e in _spoof().owned_by(own)}
+    if not mac or set(SpoofCheck.keys(host_name, mac)) - have:
+        raise CNIError(f"CHECK: MAC spoof check for {host_name} ({mac}) is missing from table bridge "
+                       f"{NFT_TABLE}")
 
 
 def cmd_gc(args: skel.CmdArgs) -> None:
@@ -463,7 +487,7 @@ def cmd_gc(args: skel.CmdArgs) -> None:
     keep_owners = {owner(conf.network, cid, ifname) for cid, ifname in valid if ifname}
     net = network_token(conf.network) + "/"
     whole = tuple(f"{net}{cid}/" for cid, ifname in valid if not ifname)
-    _remove_masquerade(conf, lambda c: c.startswith(net) and c not in keep_owners
+    _remove_owned(conf, lambda c: c.startswith(net) and c not in keep_owners
                        and not (whole and c.startswith(whole)))
     whole_alias = tuple(f"{veth.network_alias_prefix(conf.network)}{cid}/" for cid, ifname in valid
                         if not ifname)
