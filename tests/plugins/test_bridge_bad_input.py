@@ -49,6 +49,9 @@ def _nothing_built(env: CniEnv, node: Netns, pod: Netns, pod_links: list[str]) -
     assert sorted(x["ifname"] for x in links(pod)) == sorted(pod_links)
 
 
+# Configuration checks happen before any kernel work, the same code in both modes: run once (the
+# daemon's error relay is covered by the other tests here).
+@pytest.mark.inprocess_only
 @pytest.mark.parametrize(("changes", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_config(node: Netns, netns: NetnsFactory, tmp_path: Path, changes: Any, code: int,
                     words: tuple[str, ...]) -> None:
