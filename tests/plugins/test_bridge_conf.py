@@ -11,6 +11,7 @@ import pytest
 from podnet.cni import skel
 from podnet.cni.errors import CNIError
 from podnet.cni.result import DNS, IPConfig, Result, Route
+from podnet.kernel.nftables import FakeNft
 from podnet.plugins import bridge
 
 
@@ -98,3 +99,56 @@ def test_owner_strings() -> None:
     assert bridge.owner(long_net, "cid", "eth0").startswith(bridge.network_token(long_net) + "/")
     assert bridge.network_token(long_net).startswith("#") and len(bridge.network_token(long_net)) == 17
     assert bridge.owner("net", "a", "b") != bridge.owner("net", "a", "c")
+
+
+class _NoLinks:
+    """Stands in for the node's Netlink session: no host veths (this test never touches a kernel)."""
+
+    def __init__(self, *a: object) -> None:
+        self.deleted: list[str] = []
+
+    def __enter__(self) -> _NoLinks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def links(self) -> list[object]:
+        return []
+
+    def find_link(self, name: str) -> None:
+        return None
+
+
+def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNft()
+    monkeypatch.setattr(bridge, "nft_backend", lambda: fake)
+    monkeypatch.setattr(bridge, "Netlink", _NoLinks)
+    masq, spoof = bridge._masq(), bridge._spoof()
+    long_net = "n" * 80
+    owners = {
+        "a": bridge.owner("net", "a", "eth0"), "b": bridge.owner("net", "b", "eth0"),
+        "b1": bridge.owner("net", "b", "eth1"), "c": bridge.owner("net", "c", "eth0"),
+        "other": bridge.owner("net2", "a", "eth0"), "long": bridge.owner(long_net, "a", "eth0"),
+    }
+    for i, own in enumerate(owners.values()):
+        masq.add(own, [ipaddress.ip_interface(f"10.0.0.{i + 2}/24")])
+        spoof.add(own, f"pn{i}", f"02:00:00:00:00:0{i}")
+
+    def left() -> set[str]:
+        return {e.comment or "" for _, e in masq.elements(lambda c: True) + spoof.elements(lambda c: True)}
+
+    # DEL without ipMasq or macspoofchk in the config still removes the attachment's elements.
+    bridge.cmd_del(_gc_args({}, "DEL", "a"))
+    assert left() == set(owners.values()) - {owners["a"]}
+    # GC keeps listed attachments, whole containers listed without ifname, and other networks.
+    bridge.cmd_gc(_gc_args({"cni.dev/valid-attachments": [{"containerID": "b"}]}, "GC"))
+    assert left() == {owners["b"], owners["b1"], owners["other"], owners["long"]}
+    bridge.cmd_gc(_gc_args({"cni.dev/valid-attachments": []}, "GC", name=long_net))
+    assert left() == {owners["b"], owners["b1"], owners["other"]}
+
+
+def _gc_args(conf: dict[str, Any], command: str, cid: str = "", name: str = "net") -> skel.CmdArgs:
+    full = {"cniVersion": "1.1.0", "name": name, "type": "podnet-bridge", **conf}
+    return skel.CmdArgs(command=command, container_id=cid, netns="", ifname="eth0", args=[], path=[],
+                        stdin_data=b"", conf=full, cni_version="1.1.0")

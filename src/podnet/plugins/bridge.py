@@ -25,11 +25,9 @@ import contextlib
 import hashlib
 import ipaddress
 import re
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from podnet.cni import skel
@@ -511,20 +509,5 @@ PLUGIN = skel.Plugin(add=cmd_add, delete=cmd_del, check=cmd_check, status=cmd_st
                      about="podnet-bridge: attaches pods to a Linux bridge through veth pairs")
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """A runtime that times out sends SIGTERM: turn it into an error so ADD's rollback runs
-    (SIGKILL cannot be caught; DEL and GC reclaim what it leaves)."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise InternalError("podnet-bridge: terminated (SIGTERM)")
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main() -> None:
-    with _sigterm_raises():
-        code = skel.run(PLUGIN)
-    sys.exit(code)
+    skel.main(PLUGIN)
