@@ -220,3 +220,18 @@ def test_macspoofchk(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
     spoof = node.run(["nft", "-j", "list", "table", "bridge", "podnet-bridge"]).stdout
     assert "bnet/" not in spoof
     assert_clean(env, node, "bnet", pods)
+
+
+def test_two_ipv4_range_sets(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
+    """Two IPv4 range sets: both gateways live on the bridge (neither is "another address")."""
+    env = CniEnv(node, tmp_path)
+    conf = net_conf(env, "bnet", V4, "10.87.0.0/24", isGateway=True)
+    pod = netns("pod")
+    result = plugin_ok(node, "ADD", conf, "cid", pod)
+    assert addresses(node, "br-test") == {"10.88.0.1/24", "10.87.0.1/24"}
+    assert addresses(pod, "eth0") == {ip["address"] for ip in result["ips"]} and len(result["ips"]) == 2
+    assert pod.ping("10.88.0.1") and pod.ping("10.87.0.1")
+    plugin_ok(node, "ADD", conf, "cid2", netns("pod"))  # the second ADD finds both in place
+    plugin_ok(node, "DEL", conf, "cid", pod)
+    plugin_ok(node, "DEL", conf, "cid2")
+    assert veths(node) == [] and env.ip_files("bnet") == []

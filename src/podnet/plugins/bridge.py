@@ -54,6 +54,7 @@ VLAN_MAX = 4094
 # Result.interfaces order, as in the reference plugin: bridge, host veth, pod interface.
 BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
 _MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
+_ZERO_MAC = "00:00:00:00:00:00"
 _OWNER_SAFE = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
 # Tests swap in a FakeNft; plugins never run nft themselves.
@@ -221,6 +222,10 @@ def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
     except NotSupported as exc:
         raise CNIError(f"bridge {conf.bridge}: cannot enable VLAN filtering for 'vlan' {conf.vlan}",
                        f"this kernel lacks bridge VLAN filtering ({exc.details})") from None
+    if (bridge.mac or _ZERO_MAC) == _ZERO_MAC:
+        # A bridge somebody else made, without ports: the kernel shows 00:00:00:00:00:00 until a
+        # port joins and then borrows that port's MAC. Give it its own, pinned, MAC now.
+        host.set_mac(bridge, random_mac())
     if conf.promisc and not bridge.flags & 0x100:  # IFF_PROMISC
         host.set_promisc(bridge, True)
     # The plugin owns the bridge's routes: router advertisements must not add any.
@@ -283,7 +288,7 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
     wanted = _gateway_addresses(ips)
     for have in host.addresses(bridge):
         addr = have.interface
-        conflict = any(addr.version == w.version and addr != w and (
+        conflict = addr not in wanted and any(addr.version == w.version and (
             w.version == 4 or addr.ip in w.network or w.ip in addr.network) for w in wanted)
         if conflict and not conf.force_address:
             raise CNIError(f"bridge {conf.bridge} already has an IP address different from "
@@ -294,6 +299,11 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
     for gw in wanted:
         # No DAD for the gateway either: pods would not reach a tentative IPv6 gateway.
         host.add_address(bridge, gw, nodad=gw.version == 6, exist_ok=True)
+    mac = host.link(bridge.index).mac or _ZERO_MAC
+    if mac != _ZERO_MAC:
+        # Setting the bridge's MAC to itself pins it (NET_ADDR_SET) on a bridge this plugin did
+        # not create: it then no longer follows the lowest port MAC as pods come and go.
+        host.set_mac(bridge, mac)
     for family in sorted({w.version for w in wanted}):
         key = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
         if host.sysctl(key) != "1":
