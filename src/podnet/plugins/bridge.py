@@ -55,6 +55,7 @@ VLAN_MAX = 4094
 BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
 _MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
 _ZERO_MAC = "00:00:00:00:00:00"
+_IFF_PROMISC = 0x100
 _OWNER_SAFE = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
 # Tests swap in a FakeNft; plugins never run nft themselves.
@@ -226,7 +227,7 @@ def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
         # A bridge somebody else made, without ports: the kernel shows 00:00:00:00:00:00 until a
         # port joins and then borrows that port's MAC. Give it its own, pinned, MAC now.
         host.set_mac(bridge, random_mac())
-    if conf.promisc and not bridge.flags & 0x100:  # IFF_PROMISC
+    if conf.promisc and not bridge.flags & _IFF_PROMISC:
         host.set_promisc(bridge, True)
     # The plugin owns the bridge's routes: router advertisements must not add any.
     with contextlib.suppress(CNIError):
@@ -341,7 +342,7 @@ def cmd_add(args: skel.CmdArgs) -> Result:
             return result
         finally:
             if not success:
-                # Runs the steps registered so far in reverse: masquerade elements, the veth
+                # Runs the steps registered so far in reverse: nftables elements, the veth
                 # pair, the addresses. The bridge and gateway are shared and stay.
                 undo.close()
 
@@ -444,7 +445,7 @@ def check_bridge(host: Netlink, conf: BridgeConf) -> Link:
     if bridge is None or bridge.kind != "bridge":
         raise CNIError(f"CHECK: bridge {conf.bridge} is missing",
                        "" if bridge is None else f"{conf.bridge} is a {bridge.kind or 'plain'} link")
-    if bool(bridge.flags & 0x100) != conf.promisc:
+    if bool(bridge.flags & _IFF_PROMISC) != conf.promisc:
         raise CNIError(f"CHECK: bridge {conf.bridge} promiscuous mode is not {conf.promisc}")
     return bridge
 
