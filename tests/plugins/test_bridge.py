@@ -235,3 +235,27 @@ def test_two_ipv4_range_sets(node: Netns, netns: NetnsFactory, tmp_path: Path) -
     plugin_ok(node, "DEL", conf, "cid", pod)
     plugin_ok(node, "DEL", conf, "cid2")
     assert veths(node) == [] and env.ip_files("bnet") == []
+
+
+@pytest.mark.inprocess_only  # the elements themselves are checked in both modes by test_lifecycle
+def test_ipmasq_reaches_a_host_without_a_route_back(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
+    """An "outside" namespace on the node with no route to the pod subnets answers the pod only
+    because ipMasq rewrote the source to the node's address; without the pod's elements it cannot."""
+    env = CniEnv(node, tmp_path)
+    outside = netns("ext")
+    node.run(["ip", "link", "add", "to-ext", "type", "veth", "peer", "name", "ext0", "netns", outside.name])
+    for ns, dev, v4, v6 in ((node, "to-ext", "192.0.2.1/24", "fd99::1/64"),
+                            (outside, "ext0", "192.0.2.2/24", "fd99::2/64")):
+        ns.run(["ip", "addr", "add", v4, "dev", dev])
+        ns.run(["ip", "addr", "add", v6, "dev", dev, "nodad"])
+        ns.run(["ip", "link", "set", dev, "up"])
+    conf = net_conf(env, "bnet", V4, V6, version="1.1.0", isDefaultGateway=True, ipMasq=True)
+    pod = netns("pod")
+    plugin_ok(node, "ADD", conf, "cid", pod)
+    assert pod.ping("192.0.2.2") and pod.ping("fd99::2")
+    for family in ("v4", "v6"):
+        node.run(["nft", "flush", "set", "inet", "podnet-bridge", f"masq-pods-{family}"])
+    assert not pod.ping("192.0.2.2", timeout=1) and not pod.ping("fd99::2", timeout=1)
+    plugin_ok(node, "DEL", conf, "cid", pod)
+    node.run(["ip", "link", "del", "to-ext"])
+    assert_clean(env, node, "bnet", [pod])
