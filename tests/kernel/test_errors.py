@@ -18,6 +18,7 @@ from podnet.kernel import errors as E
     (errno.ENOENT, "neighbour", E.NotFound),
     (errno.ESRCH, "route", E.NotFound),
     (errno.EADDRNOTAVAIL, "address", E.NotFound),
+    (errno.EADDRNOTAVAIL, "link", E.InvalidArgument),  # an unusable MAC on a link write
     (errno.ENOENT, "netns", E.NetnsNotFound),
     (errno.EEXIST, "address", E.Exists),
     (errno.EPERM, "link", E.PermissionDenied),

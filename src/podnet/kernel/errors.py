@@ -94,6 +94,9 @@ def from_errno(err: int, subject: Subject, what: str, reason: str = "") -> Kerne
     """
     details = reason or os.strerror(err)
     msg = f"{what}: {_VERB.get(err, 'failed')}"
+    if err == _errno.EADDRNOTAVAIL and subject == "link":
+        # On a link write it means the hardware address given is unusable, not a missing link.
+        return InvalidArgument(f"{what}: hardware address not usable", details, errno=err)
     if err == _errno.ENODEV or (err in _NOT_FOUND and subject == "link"):
         return LinkNotFound(msg, details, errno=err)
     if err in _NOT_FOUND:
