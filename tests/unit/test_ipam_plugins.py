@@ -178,6 +178,10 @@ def test_static_add_check_del(version: str) -> None:
         moved = {**result, "ips": [{"address": "10.7.0.6/24", "gateway": "10.7.0.1"}]}
         rc, err = call(static.PLUGIN, "CHECK", {**conf, "prevResult": moved})
         assert rc == 1 and "10.7.0.5/24 is not in the previous result" in err["msg"]
+        # A main plugin may report the address with its own prefix and gateway (routed: /32).
+        routed = {**result, "ips": [{"address": "10.7.0.5/32", "gateway": "169.254.1.1"},
+                                    {"address": "fd07::5/128", "gateway": "fe80::1"}]}
+        assert call(static.PLUGIN, "CHECK", {**conf, "prevResult": routed}) == (0, {})
     assert call(static.PLUGIN, "DEL", conf) == (0, {})
     if version == "1.1.0":
         assert call(static.PLUGIN, "STATUS", conf) == (0, {})
