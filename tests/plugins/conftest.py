@@ -4,7 +4,9 @@ in the node namespace (``[daemon]``) and with no daemon, the shims running the p
 
 The mode is chosen with ``PODNET_SOCKET`` in this process's environment, which every way of
 running a plugin here passes on (``CniEnv.env()``, the helpers' ``plugin_env()``). A test that
-must run only one way says so with ``@pytest.mark.inprocess_only``.
+must run only one way says so with ``@pytest.mark.inprocess_only`` (e.g. one whose subject is the
+plugin process dying: through the daemon, the process killed is the shim; tests/daemon kills the
+daemon mid-ADD instead).
 """
 
 from __future__ import annotations
@@ -16,10 +18,6 @@ import pytest
 from cnienv import NO_DAEMON, NodeDaemon
 
 MODES = ("inprocess", "daemon")
-# Tests whose subject is the plugin *process* dying mid-ADD: through the daemon, the process killed
-# is the shim and the daemon finishes the ADD, so their premise does not hold. tests/daemon kills
-# the daemon mid-ADD instead. (Their authors may mark them ``inprocess_only`` instead.)
-INPROCESS_ONLY = frozenset({"test_bridge_crash.py::test_sigkill_during_add"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,9 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    name = f"{metafunc.definition.path.name}::{metafunc.definition.originalname}"
-    if ("node" in metafunc.fixturenames and name not in INPROCESS_ONLY
-            and not metafunc.definition.get_closest_marker("inprocess_only")):
+    if "node" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("inprocess_only"):
         metafunc.parametrize("podnet_mode", MODES, indirect=True)
 
 
