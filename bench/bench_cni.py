@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import pstats
 import shutil
 import signal
 import socket
@@ -103,10 +105,10 @@ class Bench:
 
     # -- the daemon ----------------------------------------------------------------------------------
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, *extra: str) -> None:
         log = open(self.tmp / "daemon.log", "ab")  # noqa: SIM115 - the daemon holds it
         argv = ["ip", "netns", "exec", self.node, sys.executable, "-m", "podnet.cli.main", "daemon",
-                "--socket", str(self.socket)]
+                "--socket", str(self.socket), *extra]
         self.daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         log.close()
         deadline = time.monotonic() + 30
@@ -270,6 +272,26 @@ def profile(b: Bench) -> str:
     return proc.stdout + (proc.stderr[-2000:] if proc.returncode else "")
 
 
+def profile_burst(b: Bench, burst: int) -> str:
+    """The daemon's own profile (every worker thread) over two bursts of ADDs and DELs."""
+    b.stop_daemon()
+    stats_path = b.tmp / "daemon.pstats"
+    b.start_daemon("--profile", str(stats_path))
+    pods = b.ensure_pods(burst)
+    start = time.perf_counter()
+    for r in range(2):
+        b.attach("daemon", "burst", pods, f"p{r}")
+    wall = time.perf_counter() - start
+    b.stop_daemon()
+    text = io.StringIO()
+    stats = pstats.Stats(str(stats_path), stream=text)
+    stats.sort_stats("tottime").print_stats(14)
+    lines = text.getvalue().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("ncalls"))
+    return (f"--- the daemon over 2 bursts of {burst} ADDs + {burst} DELs ({wall:.2f} s including the "
+            f"driver), all worker threads, heaviest own time first:\n" + "\n".join(lines[first:first + 15]))
+
+
 def summarize(raw: dict[str, Any]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for v in VARIANTS:
@@ -364,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = measure(b, args.rounds, args.pods_per_round, args.burst, args.in_process_per_round)
         print(f"   wiring {args.memory_pods} pods through the daemon for its memory", flush=True)
         mem = memory(b, args.memory_pods)
-        prof = "" if args.no_profile else profile(b)
+        prof = "" if args.no_profile else profile(b) + "\n" + profile_burst(b, args.burst)
     summary = summarize(raw)
     missed = report(summary, mem, raw, floor, args.burst)
     OUT.mkdir(exist_ok=True)

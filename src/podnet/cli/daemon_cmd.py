@@ -31,6 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument("--read-timeout", type=float, default=5.0,
                    help="seconds a client has to send its request (default 5)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="profile every request (cProfile) and write the pstats to FILE at exit")
     p.set_defaults(func=run)
 
 
@@ -60,8 +62,9 @@ def run(ns: argparse.Namespace) -> int:
             prom.serve(host, port)
             log.info("metrics", addr=f"{host}:{port}")
             metrics = prom
-        daemon = Daemon(Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout),
-                        log=log, metrics=metrics)
+        config = Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout,
+                        profile_path=ns.profile)
+        daemon = Daemon(config, log=log, metrics=metrics)
         daemon.install_signal_handlers()
         daemon.start()
     except (OSError, RuntimeError, ValueError) as exc:

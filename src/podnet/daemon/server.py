@@ -22,9 +22,11 @@ in-process), requests in flight are finished and answered, then the process exit
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import io
 import json
 import os
+import pstats
 import select
 import signal
 import socket
@@ -76,6 +78,7 @@ class Config:
     max_body: int = p.MAX_REQUEST_BODY
     check_netns: bool = True
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+    profile_path: str | None = None  # cProfile every request; pstats written here at shutdown
 
 
 class _PerThreadStream(io.TextIOBase):
@@ -165,6 +168,8 @@ class Daemon:
         self._inflight_lock = threading.Lock()
         self._stdout: _PerThreadStream | None = None
         self._stderr: _PerThreadStream | None = None
+        self._profiles: list[cProfile.Profile] = []
+        self._profile_local = threading.local()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -259,7 +264,7 @@ class Daemon:
                     conn, _ = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     continue
-                pool.submit(self._serve, conn)
+                pool.submit(self._serve_profiled if self.config.profile_path else self._serve, conn)
         self._shutdown(listener, pool)
 
     def _shutdown(self, listener: socket.socket, pool: ThreadPoolExecutor) -> None:
@@ -277,6 +282,8 @@ class Daemon:
         listener.close()
         pool.shutdown(wait=True)
         self._restore_std_streams()
+        if self.config.profile_path and self._profiles:
+            pstats.Stats(*self._profiles).dump_stats(self.config.profile_path)
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.log.info("stopped", refused_while_stopping=drained)
@@ -353,6 +360,19 @@ class Daemon:
             return name.decode("ascii"), stdin, env
         except UnicodeDecodeError:
             raise Refused("malformed", "plugin name is not ASCII") from None
+
+    def _serve_profiled(self, conn: socket.socket) -> None:
+        """``_serve`` under this worker thread's own cProfile (cProfile sees one thread only)."""
+        prof: cProfile.Profile | None = getattr(self._profile_local, "prof", None)
+        if prof is None:
+            prof = self._profile_local.prof = cProfile.Profile()
+            with self._inflight_lock:
+                self._profiles.append(prof)
+        prof.enable()
+        try:
+            self._serve(conn)
+        finally:
+            prof.disable()
 
     def _serve(self, conn: socket.socket) -> None:
         peer = None
