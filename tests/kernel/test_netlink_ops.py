@@ -286,7 +286,8 @@ def test_abandoned_dump_does_not_poison_the_socket(nl: Netlink) -> None:
     assert len(nl.links()) == 121  # the rest of the abandoned dump was drained first
 
 
-def test_writes_are_bound_to_one_thread(nl: Netlink) -> None:
+def test_writes_work_from_any_thread(nl: Netlink) -> None:
+    """The session's socket is shared under a lock: reads and writes from any thread."""
     add_veth(nl)
     errors: list[BaseException] = []
 
@@ -295,7 +296,26 @@ def test_writes_are_bound_to_one_thread(nl: Netlink) -> None:
             nl.set_up("vh0")
         except KernelError as exc:
             errors.append(exc)
-        assert len(nl.links()) == 3  # reads work from any thread
+        assert len(nl.links()) == 3
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert errors == [] and nl.link("vh0").up
+
+
+def test_vlan_writes_are_bound_to_one_thread(nl: Netlink) -> None:
+    """The bridge VLAN requests go through pyroute2, whose state is per thread."""
+    add_veth(nl)
+    with pytest.raises(KernelError):
+        nl.bridge_vlan_add("vh0", 10)  # not a bridge port: refused, but pyroute2 is now bound here
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            nl.bridge_vlan_add("vh0", 10)
+        except KernelError as exc:
+            errors.append(exc)
 
     t = threading.Thread(target=other_thread)
     t.start()

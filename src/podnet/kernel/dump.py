@@ -21,8 +21,8 @@ Why a raw socket and a struct parser rather than pyroute2 for reads:
 * the socket is opened in the target namespace by a thread (see ``netns``) instead of
   a forked helper.
 
-Writes stay with pyroute2 (``netlink.py``): they are single request/ack exchanges,
-where its request encoders are worth having and its speed does not matter.
+Writes use the same socket (:func:`send_request`, requests encoded by ``requests.py``):
+a write through pyroute2 costs ~0.18 ms of asyncio machinery per request, here ~0.01 ms.
 """
 
 from __future__ import annotations
@@ -308,6 +308,24 @@ def get(sock: RouteSocket, request: DumpRequest[T], subject: Subject) -> list[T]
                 return [] if item is None else [item]
 
 
+def send_request(sock: RouteSocket, msg_type: int, flags: int, body: bytes, subject: Subject,
+                 what: str) -> None:
+    """A write request (``flags`` must ask for NLM_F_ACK): returns when the kernel acknowledged
+    it, raises the typed error for its errno otherwise."""
+    with sock.lock:
+        seq = sock.send(msg_type, flags, body)
+        while True:
+            buf = sock.recv()
+            for hdr in messages(buf):
+                if hdr.seq != seq or hdr.type != NLMSG_ERROR:
+                    continue
+                sock.finished(seq)
+                err, reason = error_of(buf, hdr)
+                if err:
+                    raise from_errno(err, subject, what, reason)
+                return
+
+
 __all__ = [
     "DEFAULT_RETRY",
     "STATS",
@@ -318,4 +336,5 @@ __all__ = [
     "Snapshot",
     "consistent_dump",
     "get",
+    "send_request",
 ]

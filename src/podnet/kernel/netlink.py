@@ -1,15 +1,17 @@
 """``Netlink``: one session bound to one network namespace, for everything plugins do.
 
-Reads (dumps and lookups) use podnet's own NETLINK_ROUTE socket and decoder and go
-through :func:`podnet.kernel.dump.consistent_dump`, so every list is a consistent
-snapshot. Writes use pyroute2's request encoders over a second socket opened in the
-same namespace (no fork, never ``O_CREAT``); every pyroute2 error is translated in
-:meth:`Netlink._write` into the typed errors of :mod:`podnet.kernel.errors`.
+Reads (dumps and lookups) and writes go over podnet's own NETLINK_ROUTE socket, opened
+in the session's namespace (no fork, never ``O_CREAT``). Every dump goes through
+:func:`podnet.kernel.dump.consistent_dump`, so every list is a consistent snapshot.
+Write requests are encoded by :mod:`podnet.kernel.requests` and their errors become
+the typed errors of :mod:`podnet.kernel.errors`. Only the bridge VLAN requests still
+use pyroute2 (imported when first needed): this kernel cannot run them (no
+CONFIG_BRIDGE_VLAN_FILTERING), so their encoding stays with pyroute2's tested encoders.
 
-Threads: reads may come from any thread (they are serialised). pyroute2 keeps
-per-thread asyncio state, so writes are bound to the first thread that writes: use one
-session per thread. Do not call from inside a running asyncio event loop (pyroute2
-would try to reuse it); use ``asyncio.to_thread``.
+Threads: the socket is shared under a lock, so any thread may read and write. The
+pyroute2 part keeps per-thread asyncio state and is bound to the first thread that
+uses it. Do not call it from inside a running asyncio event loop (pyroute2 would try
+to reuse it); use ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
-
-from podnet.kernel import model
+from podnet.kernel import model, requests
 from podnet.kernel.dump import (
     DEFAULT_RETRY,
     DumpRequest,
@@ -33,6 +33,7 @@ from podnet.kernel.dump import (
     Snapshot,
     consistent_dump,
     get,
+    send_request,
 )
 from podnet.kernel.errors import (
     Exists,
@@ -79,7 +80,7 @@ class Netlink:
         except BaseException:
             self.netns.close()
             raise
-        self._ipr: Any = None  # pyroute2 IPRoute, made on first write
+        self._ipr: Any = None  # pyroute2 IPRoute, made on the first VLAN write
         self._ipr_sock: socket.socket | None = None
         self._ipr_thread: int | None = None
 
@@ -179,9 +180,15 @@ class Netlink:
             return ref
         return self.link(ref).index
 
-    # -- writes (pyroute2) ---------------------------------------------------------------
+    # -- writes ------------------------------------------------------------------------------
+
+    def _send(self, subject: Subject, what: str, request: requests.Request) -> None:
+        send_request(self._rt, request.msg_type, request.flags, request.body, subject, what)
 
     def _iproute(self) -> Any:
+        """pyroute2, for the bridge VLAN requests only (imported on first use: it is heavy)."""
+        from pyroute2 import IPRoute
+
         me = threading.get_ident()
         if self._ipr is None:
             sock = socket_in_netns(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
@@ -191,7 +198,7 @@ class Netlink:
             self._ipr = IPRoute(use_socket=sock, groups=0)
             self._ipr_sock, self._ipr_thread = sock, me
         elif self._ipr_thread != me:
-            raise KernelError("netlink session: writes are bound to the thread that made the first one",
+            raise KernelError("netlink session: VLAN writes are bound to the thread that made the first one",
                               "open one Netlink session per thread")
         return self._ipr
 
@@ -214,13 +221,10 @@ class Netlink:
         creating the peer inside the target namespace means its name (often eth0) never
         has to be free in this one. Returns this side's link.
         """
-        extra: dict[str, Any] = {} if mtu is None else {"mtu": mtu}
-        peer: dict[str, Any] = {"ifname": peer_name, "address": peer_mac, **extra}
         with contextlib.ExitStack() as stack:
-            if peer_netns is not None:
-                peer["net_ns_fd"] = stack.enter_context(opened(peer_netns)).fd
-            self._write("link", f"veth {name}/{peer_name}", "link", "add", ifname=name, kind="veth",
-                        address=mac, peer=peer, **extra)
+            fd = None if peer_netns is None else stack.enter_context(opened(peer_netns)).fd
+            self._send("link", f"veth {name}/{peer_name}", requests.add_veth(
+                name, peer_name, mac=mac, peer_mac=peer_mac, peer_netns_fd=fd, mtu=mtu))
         return self.link(name)
 
     def ensure_bridge(self, name: str, *, mac: str | None = None, mtu: int | None = None,
@@ -230,18 +234,9 @@ class Netlink:
         bridge is changed only for ``vlan_filtering`` (None: leave the setting alone)."""
         link = self.find_link(name)
         if link is None:
-            attrs: dict[str, Any] = {}
-            if mac is not None:
-                attrs["address"] = mac
-            if mtu is not None:
-                attrs["mtu"] = mtu
-            # Off is the default: not sending it keeps kernels without
-            # CONFIG_BRIDGE_VLAN_FILTERING working (they refuse the attribute outright).
-            if vlan_filtering:
-                attrs["br_vlan_filtering"] = 1
             # Exists: made concurrently by someone else; reuse it, its kind is checked below.
             with contextlib.suppress(Exists):
-                self._write("link", f"bridge {name}", "link", "add", ifname=name, kind="bridge", **attrs)
+                self._add_bridge(name, mac, mtu, vlan_filtering)
             link = self.link(name)
         if link.kind != "bridge":
             raise Exists(f"bridge {name}: name taken", f"by a link of kind {link.kind or 'none'}")
@@ -251,17 +246,30 @@ class Netlink:
             link = self.link(link.index)
         return link
 
+    def _add_bridge(self, name: str, mac: str | None, mtu: int | None, vlan_filtering: bool | None) -> None:
+        if not vlan_filtering:
+            # Off is the default: not sending it keeps kernels without
+            # CONFIG_BRIDGE_VLAN_FILTERING working (they refuse the attribute outright).
+            self._send("link", f"bridge {name}", requests.add_bridge(name, mac=mac, mtu=mtu))
+            return
+        attrs: dict[str, Any] = {"br_vlan_filtering": 1}
+        if mac is not None:
+            attrs["address"] = mac
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        self._write("link", f"bridge {name}", "link", "add", ifname=name, kind="bridge", **attrs)
+
     def set_up(self, link: LinkRef) -> None:
-        self._set(link, state="up")
+        self._set(link, flags=model.IFF_UP, change=model.IFF_UP)
 
     def set_down(self, link: LinkRef) -> None:
-        self._set(link, state="down")
+        self._set(link, flags=0, change=model.IFF_UP)
 
     def set_mtu(self, link: LinkRef, mtu: int) -> None:
         self._set(link, mtu=mtu)
 
     def set_mac(self, link: LinkRef, mac: str) -> None:
-        self._set(link, address=mac)
+        self._set(link, mac=mac)
 
     def set_master(self, link: LinkRef, master: LinkRef | None) -> None:
         """Enslave to a bridge (``None``: release; IFLA_MASTER 0 means no master)."""
@@ -274,8 +282,7 @@ class Netlink:
     def set_hairpin(self, link: LinkRef, on: bool = True) -> None:
         """A bridge port's hairpin mode (IFLA_BRPORT_MODE): frames may go back out the port
         they came in on, so a pod can reach itself through a service address."""
-        self._write("link", f"bridge port {_name(link)}", "brport", "set", index=self.index(link),
-                    mode=int(on))
+        self._send("link", f"bridge port {_name(link)}", requests.set_hairpin(self.index(link), on))
 
     def bridge_vlan_add(self, link: LinkRef, vid: int, *, pvid: bool = False, untagged: bool = False) -> None:
         """Add VLAN ``vid`` to a bridge port (needs vlan_filtering on the bridge and a kernel
@@ -293,29 +300,27 @@ class Netlink:
                 raise
 
     def set_alias(self, link: LinkRef, alias: str) -> None:
-        self._set(link, ifalias=alias)
+        self._set(link, alias=alias)
 
     def rename(self, link: LinkRef, new_name: str) -> None:
         """Rename (the kernel refuses while the link is up: EBUSY)."""
-        self._set(link, ifname=new_name)
+        self._set(link, name=new_name)
 
     def set_netns(self, link: LinkRef, netns: NetnsRef, *, new_name: str | None = None) -> None:
         """Move the link to another namespace, optionally renaming it on the way."""
-        extra: dict[str, Any] = {} if new_name is None else {"ifname": new_name}
         with opened(netns) as target:
-            self._set(link, net_ns_fd=target.fd, **extra)
+            self._set(link, netns_fd=target.fd, name=new_name)
 
     def delete_link(self, link: LinkRef, *, missing_ok: bool = False) -> None:
         """Delete the link (a veth takes its peer with it)."""
         try:
-            index = self.index(link)
-            self._write("link", f"link {_name(link)}", "link", "del", index=index)
+            self._send("link", f"link {_name(link)}", requests.delete_link(self.index(link)))
         except LinkNotFound:
             if not missing_ok:
                 raise
 
     def _set(self, link: LinkRef, **changes: Any) -> None:
-        self._write("link", f"link {_name(link)}", "link", "set", index=self.index(link), **changes)
+        self._send("link", f"link {_name(link)}", requests.set_link(self.index(link), **changes))
 
     # addresses
 
@@ -325,20 +330,19 @@ class Netlink:
         ``scope`` (IPv4: RT_SCOPE_*) overrides the kernel's default (universe)."""
         iface = _interface(cidr)
         flags = model.IFA_F_NODAD if nodad else 0
-        extra: dict[str, Any] = {} if scope is None else {"scope": scope}
+        request = requests.address(self.index(link), str(iface.ip), iface.network.prefixlen, flags=flags,
+                                   scope=scope or 0)
         try:
-            self._write("address", f"address {iface} on {_name(link)}", "addr", "add",
-                        index=self.index(link), address=str(iface.ip),
-                        prefixlen=iface.network.prefixlen, flags=flags, **extra)
+            self._send("address", f"address {iface} on {_name(link)}", request)
         except Exists:
             if not exist_ok:
                 raise
 
     def del_address(self, link: LinkRef, cidr: str | IPIface, *, missing_ok: bool = False) -> None:
         iface = _interface(cidr)
+        request = requests.address(self.index(link), str(iface.ip), iface.network.prefixlen, delete=True)
         try:
-            self._write("address", f"address {iface} on {_name(link)}", "addr", "del",
-                        index=self.index(link), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            self._send("address", f"address {iface} on {_name(link)}", request)
         except NotFound:
             if not missing_ok:
                 raise
@@ -351,51 +355,38 @@ class Netlink:
         """Add (or with ``replace``, add-or-replace) a route. ``dst`` is a CIDR or "default";
         the family follows dst. ``onlink`` lets the gateway sit outside the link's subnets
         (169.254.1.1 in routed pod setups)."""
-        spec = self._route_spec(dst, gateway=gateway, oif=oif, table=table, metric=metric)
-        if scope is not None:
-            spec["scope"] = scope
-        if onlink:
-            spec["flags"] = model.RTNH_F_ONLINK
-        if src is not None:
-            spec["prefsrc"] = src
-        self._write("route", f"route {dst}", "route", "replace" if replace else "add", **spec)
+        request = self._route(dst, gateway, oif, table, metric, scope=scope or 0, onlink=onlink,
+                              src=_optional_address(src), mode="replace" if replace else "add")
+        self._send("route", f"route {dst}", request)
 
     def del_route(self, dst: str | IPNet, *, gateway: str | None = None, oif: LinkRef | None = None,
                   table: int | None = None, metric: int | None = None, missing_ok: bool = False) -> None:
-        spec = self._route_spec(dst, gateway=gateway, oif=oif, table=table, metric=metric)
+        request = self._route(dst, gateway, oif, table, metric, mode="delete")
         try:
-            self._write("route", f"route {dst}", "route", "del", **spec)
+            self._send("route", f"route {dst}", request)
         except NotFound:
             if not missing_ok:
                 raise
 
-    def _route_spec(self, dst: str | IPNet, *, gateway: str | None, oif: LinkRef | None,
-                    table: int | None, metric: int | None) -> dict[str, Any]:
+    def _route(self, dst: str | IPNet, gateway: str | None, oif: LinkRef | None, table: int | None,
+               metric: int | None, **extra: Any) -> requests.Request:
         net = _destination(dst, gateway)
-        spec: dict[str, Any] = {"family": _family(net.version), "dst": str(net.network_address),
-                                "dst_len": net.prefixlen}
-        if gateway is not None:
-            spec["gateway"] = gateway
-        if oif is not None:
-            spec["oif"] = self.index(oif)
-        if table is not None:
-            spec["table"] = table
-        if metric is not None:
-            spec["priority"] = metric
-        return spec
+        index = None if oif is None else self.index(oif)
+        return requests.route(_family(net.version), str(net.network_address), net.prefixlen,
+                              gateway=_optional_address(gateway), oif=index, table=table, metric=metric,
+                              **extra)
 
     # neighbours
 
     def set_neighbour(self, link: LinkRef, ip: str, mac: str) -> None:
         """A permanent neighbour entry (static ARP/NDP), added or replaced."""
-        self._write("neighbour", f"neighbour {ip} on {_name(link)}", "neigh", "replace",
-                    ifindex=self.index(link), dst=ip, lladdr=mac, state=model.NUD_PERMANENT,
-                    family=_family(ipaddress.ip_address(ip).version))
+        self._send("neighbour", f"neighbour {ip} on {_name(link)}",
+                   requests.neighbour(self.index(link), _address(ip), mac))
 
     def del_neighbour(self, link: LinkRef, ip: str, *, missing_ok: bool = False) -> None:
         try:
-            self._write("neighbour", f"neighbour {ip} on {_name(link)}", "neigh", "del",
-                        ifindex=self.index(link), dst=ip, family=_family(ipaddress.ip_address(ip).version))
+            self._send("neighbour", f"neighbour {ip} on {_name(link)}",
+                       requests.neighbour(self.index(link), _address(ip)))
         except NotFound:
             if not missing_ok:
                 raise
@@ -417,6 +408,17 @@ def _name(link: LinkRef) -> str:
 
 def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _address(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError as exc:
+        raise InvalidArgument(f"address {ip}: not an IP address", str(exc)) from None
+
+
+def _optional_address(ip: str | None) -> str | None:
+    return None if ip is None else _address(ip)
 
 
 def _interface(cidr: str | IPIface) -> IPIface:

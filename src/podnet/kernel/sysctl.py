@@ -2,7 +2,7 @@
 
 ``/proc/sys/net`` is resolved against the network namespace of the *thread* that opens
 the file (measured; see ``netns``), so a namespace's sysctls are accessed from a
-short-lived thread inside it (:func:`podnet.kernel.netns.run_in_netns`). Only ``net.*``
+thread inside it (:func:`podnet.kernel.netns.run_in_netns`). Only ``net.*``
 keys are per-namespace: any other key would change the whole machine, so with a
 namespace given such keys are refused.
 """

@@ -1,0 +1,175 @@
+"""rtnetlink write requests, encoded by podnet: links, addresses, routes, neighbours.
+
+Pure functions from arguments to ``(message type, flags, body)``, no sockets, so they are
+unit-tested byte for byte. :class:`~podnet.kernel.netlink.Netlink` sends them over its own
+NETLINK_ROUTE socket and reads the kernel's acknowledgement.
+
+Why not pyroute2 for these: a pyroute2 request runs its asyncio machinery once per call,
+~0.18 ms, and opening its socket costs ~0.6 ms; the same request encoded here and sent on
+podnet's socket takes ~0.01 ms. A pod ADD makes about ten of them. The messages carry the
+same attributes pyroute2 sends for the same call (proto ``static`` and type ``unicast`` for
+routes, both IFA_LOCAL and IFA_ADDRESS for IPv4 addresses, ...), so the kernel state is the
+same. The bridge VLAN requests stay with pyroute2 (see ``netlink.py``).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import NamedTuple
+
+from podnet.kernel import model
+from podnet.kernel.wire import NLM_F_ACK, NLM_F_REQUEST, attr
+
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+SET = NLM_F_REQUEST | NLM_F_ACK
+CREATE = SET | NLM_F_CREATE | NLM_F_EXCL
+REPLACE = SET | NLM_F_CREATE | NLM_F_REPLACE
+
+RTM_DELADDR = 21
+RTM_DELROUTE = 25
+RTM_DELNEIGH = 29
+IFLA_NET_NS_FD = 28
+IFLA_INFO_SLAVE_DATA = 5
+IFLA_BRPORT_MODE = 4
+VETH_INFO_PEER = 1
+RTPROT_STATIC = 4
+RTN_UNICAST = 1
+_ORDER = sys.byteorder
+
+
+class Request(NamedTuple):
+    msg_type: int
+    flags: int
+    body: bytes
+
+
+def _u32(n: int) -> bytes:
+    return n.to_bytes(4, _ORDER)
+
+
+def _ifname(name: str) -> bytes:
+    return attr(model.IFLA_IFNAME, name.encode() + b"\0")
+
+
+def _mac(mac: str) -> bytes:
+    return attr(model.IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "").replace("-", "")))
+
+
+def _ip(address: str) -> tuple[int, bytes]:
+    """(family, packed address)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return family, socket.inet_pton(family, address)
+
+
+def _ifinfo(index: int = 0, flags: int = 0, change: int = 0, family: int = socket.AF_UNSPEC) -> bytes:
+    return model.IFINFOMSG.pack(family, 0, index, flags, change)
+
+
+def _linkinfo(kind: str, data: bytes = b"", data_type: int = model.IFLA_INFO_DATA) -> bytes:
+    inner = attr(model.IFLA_INFO_KIND, kind.encode() + b"\0")
+    return attr(model.IFLA_LINKINFO, inner + (attr(data_type, data) if data else b""))
+
+
+# -- links ------------------------------------------------------------------------------------
+
+
+def add_veth(name: str, peer: str, *, mac: str, peer_mac: str, peer_netns_fd: int | None = None,
+             mtu: int | None = None) -> Request:
+    """A veth pair; the peer is made directly in the namespace ``peer_netns_fd`` refers to."""
+    mtu_attr = b"" if mtu is None else attr(model.IFLA_MTU, _u32(mtu))
+    netns = b"" if peer_netns_fd is None else attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
+    peer_msg = _ifinfo() + _ifname(peer) + _mac(peer_mac) + mtu_attr + netns
+    info = _linkinfo("veth", attr(VETH_INFO_PEER, peer_msg))
+    return Request(model.RTM_NEWLINK, CREATE, _ifinfo() + _ifname(name) + _mac(mac) + mtu_attr + info)
+
+
+def add_bridge(name: str, *, mac: str | None = None, mtu: int | None = None) -> Request:
+    body = _ifinfo() + _ifname(name)
+    if mac is not None:
+        body += _mac(mac)
+    if mtu is not None:
+        body += attr(model.IFLA_MTU, _u32(mtu))
+    return Request(model.RTM_NEWLINK, CREATE, body + _linkinfo("bridge"))
+
+
+def set_link(index: int, *, flags: int = 0, change: int = 0, mtu: int | None = None, mac: str | None = None,
+             master: int | None = None, alias: str | None = None, name: str | None = None,
+             netns_fd: int | None = None) -> Request:
+    """Change a link: the flags in ``change`` to their values in ``flags``, and any attribute given."""
+    body = _ifinfo(index, flags, change)
+    if netns_fd is not None:
+        body += attr(IFLA_NET_NS_FD, _u32(netns_fd))
+    if name is not None:
+        body += _ifname(name)
+    if mtu is not None:
+        body += attr(model.IFLA_MTU, _u32(mtu))
+    if mac is not None:
+        body += _mac(mac)
+    if master is not None:
+        body += attr(model.IFLA_MASTER, _u32(master))
+    if alias is not None:
+        body += attr(model.IFLA_IFALIAS, alias.encode() + b"\0")
+    return Request(model.RTM_NEWLINK, SET, body)
+
+
+def set_hairpin(index: int, on: bool) -> Request:
+    """A bridge port's IFLA_BRPORT_MODE, as bridge-slave data of the port (what pyroute2 sends)."""
+    info = _linkinfo("bridge_slave", attr(IFLA_BRPORT_MODE, bytes([int(on)])), IFLA_INFO_SLAVE_DATA)
+    return Request(model.RTM_NEWLINK, SET, _ifinfo(index) + info)
+
+
+def delete_link(index: int) -> Request:
+    return Request(model.RTM_DELLINK, SET, _ifinfo(index))
+
+
+# -- addresses, routes, neighbours ----------------------------------------------------------------
+
+
+def address(index: int, ip: str, prefixlen: int, *, delete: bool = False, flags: int = 0,
+            scope: int = 0) -> Request:
+    """Add (or delete) an address. IPv4 carries IFA_LOCAL too: without it the kernel takes
+    IFA_ADDRESS as the peer of a point-to-point link."""
+    family, packed = _ip(ip)
+    body = model.IFADDRMSG.pack(family, prefixlen, 0, scope, index) + attr(model.IFA_ADDRESS, packed)
+    if not delete:
+        body += attr(model.IFA_FLAGS, _u32(flags))
+    if family == socket.AF_INET:
+        body += attr(model.IFA_LOCAL, packed)
+    return Request(RTM_DELADDR if delete else model.RTM_NEWADDR, SET if delete else CREATE, body)
+
+
+def route(family: int, dst: str, dst_len: int, *, gateway: str | None = None, oif: int | None = None,
+          table: int | None = None, metric: int | None = None, scope: int = 0, onlink: bool = False,
+          src: str | None = None, mode: str = "add") -> Request:
+    """``mode``: add, replace or delete. A table above 255 goes in RTA_TABLE only."""
+    table = model.RT_TABLE_MAIN if table is None else table
+    delete = mode == "delete"
+    proto, kind = (0, 0) if delete else (RTPROT_STATIC, RTN_UNICAST)
+    header = model.RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else model.RT_TABLE_MAIN,
+                              proto, scope, kind, model.RTNH_F_ONLINK if onlink else 0)
+    body = header + (attr(model.RTA_DST, _ip(dst)[1]) if dst_len else b"")
+    if gateway is not None:
+        body += attr(model.RTA_GATEWAY, _ip(gateway)[1])
+    if oif is not None:
+        body += attr(model.RTA_OIF, _u32(oif))
+    if table != model.RT_TABLE_MAIN:
+        body += attr(model.RTA_TABLE, _u32(table))
+    if metric is not None:
+        body += attr(model.RTA_PRIORITY, _u32(metric))
+    if src is not None:
+        body += attr(model.RTA_PREFSRC, _ip(src)[1])
+    flags = {"add": CREATE, "replace": REPLACE, "delete": SET}[mode]
+    return Request(RTM_DELROUTE if delete else model.RTM_NEWROUTE, flags, body)
+
+
+def neighbour(index: int, ip: str, mac: str | None = None) -> Request:
+    """A permanent neighbour, added or replaced; with ``mac`` None, its deletion."""
+    family, packed = _ip(ip)
+    body = model.NDMSG.pack(family, index, model.NUD_PERMANENT, 0, 0) + attr(model.NDA_DST, packed)
+    if mac is None:
+        return Request(RTM_DELNEIGH, SET, body)
+    lladdr = attr(model.NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+    return Request(model.RTM_NEWNEIGH, REPLACE, body + lladdr)
