@@ -127,3 +127,70 @@ def test_data_dir_that_is_a_file_is_an_io_error(tmp_path: Path) -> None:
     with pytest.raises(IOFailure) as exc:
         DiskStore(tmp_path / "file", "n")
     assert exc.value.code == 5 and str(tmp_path / "file" / "n") in str(exc.value)
+
+
+# -- the in-memory index (podnet.ipam.dir_index) ----------------------------------------------------
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from podnet.ipam import dir_index
+
+    seen: list[str] = []
+    real = dir_index.read_file
+
+    def counting(path: str) -> bytes | None:
+        seen.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(dir_index, "read_file", counting)
+    return seen
+
+
+def test_index_reads_the_directory_once_while_nobody_else_writes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = _count_reads(monkeypatch)
+    store = DiskStore(tmp_path, "n")
+    for i in range(5):
+        allocate(store, [V4], f"c{i}", "eth0")
+    assert release(store, "c1", "eth0") == [ip("10.0.0.3")]
+    assert reads == []  # the first lock read an empty directory; every change since was ours
+    other = DiskStore(tmp_path, "n")  # another store object, same process: same index
+    with other.lock():
+        assert len(other.reservations()) == 4
+    assert reads == []
+
+
+def test_index_sees_what_others_write_and_remove(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = _count_reads(monkeypatch)
+    store = DiskStore(tmp_path, "n")
+    allocate(store, [V4], "mine", "eth0")  # 10.0.0.2
+    d = tmp_path / "n"
+    (d / "10.0.0.3").write_bytes(b"theirs\r\neth0")  # another process (Go's host-local, say)
+    assert str(allocate(store, [V4], "next", "eth0")[0].address) == "10.0.0.4/24"
+    assert "10.0.0.3" in reads  # the directory was read again
+    os.unlink(d / "10.0.0.2")  # removed behind our back
+    with store.lock():
+        assert sorted(str(r.ip) for r in store.reservations()) == ["10.0.0.3", "10.0.0.4"]
+    assert release(store, "theirs", "eth0") == [ip("10.0.0.3")]
+    (d / f"{TEMP_PREFIX}99-dead").write_bytes(b"half")  # a writer that died
+    assert gc(store, [("next", "eth0")]) == []
+    assert sorted(os.listdir(d)) == ["10.0.0.4", "last_reserved_ip.0", "lock"]
+
+
+def test_index_follows_a_replaced_directory(tmp_path: Path) -> None:
+    allocate(DiskStore(tmp_path, "n"), [V4], "a", "eth0")
+    for name in os.listdir(tmp_path / "n"):
+        os.unlink(tmp_path / "n" / name)
+    os.rmdir(tmp_path / "n")
+    store = DiskStore(tmp_path, "n")
+    assert str(allocate(store, [V4], "b", "eth0")[0].address) == "10.0.0.2/24"
+    with store.lock():
+        assert store.reservations() == [Reservation(ip("10.0.0.2"), "b", "eth0")]
+
+
+def test_prepared_files_vanish_unused_and_never_show(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, "n")
+    with store.prepared("a", "eth0", 2), store.lock():
+        assert store.reserve("a", "eth0", ip("10.0.0.9"), 0)
+    assert sorted(os.listdir(tmp_path / "n")) == ["10.0.0.9", "last_reserved_ip.0", "lock"]
+    assert (tmp_path / "n" / "10.0.0.9").read_bytes() == b"a\r\neth0"

@@ -116,7 +116,9 @@ def _take_requested(att: _Attempt, idx: int, ip: IPAddress) -> IPAddress:
 
 def _take_next(att: _Attempt, idx: int, rs: RangeSet) -> IPAddress:
     capacity = rs.capacity()
-    if in_use(rs, att.taken) < capacity:
+    # Counting the set's own reservations costs ~6 us each; fewer reservations in all than the set
+    # can hold already says it is not full.
+    if len(att.taken) < capacity or in_use(rs, att.taken) < capacity:
         for ip in round_robin(rs, att.store.last_reserved(idx)):
             if ip not in att.taken and rs.allocatable(ip) and att.take(ip, idx):
                 return ip
@@ -145,7 +147,7 @@ def allocate(store: Store, range_sets: Sequence[RangeSet], container_id: str, if
              requested: Iterable[IPAddress] = ()) -> list[IPConfig]:
     """One address per range set for the attachment, all under one lock; all or nothing."""
     plan = assign_requested(range_sets, requested)
-    with store.lock():
+    with store.prepared(container_id, ifname, len(range_sets)), store.lock():
         store.clean_debris()
         taken = {r.ip: r for r in store.reservations()}
         held = [r.ip for r in select_owned(taken.values(), container_id, ifname)]

@@ -6,46 +6,50 @@
   ``lock``                   ``flock``-ed for the whole allocation; the reference takes the same lock,
                              so both can share a data directory
 
-Crash safety: a reservation file is written under a temporary name, fsync-ed, then ``link``-ed to the
-IP's name. ``link`` fails when the name exists, so it claims the address exactly like ``O_EXCL`` does,
-but the file appears with its full content or not at all (the reference creates the file, then
-writes, so a crash in between leaves an empty file). A crash can leave a temporary file behind; every
-writer holds the lock, so whatever temporary file exists while we hold it is debris and is removed.
+Crash safety: a reservation file is written as an unnamed file (``O_TMPFILE``) in the directory,
+fsync-ed, then ``link``-ed to the IP's name. ``link`` fails when the name exists, so it claims the
+address exactly like ``O_EXCL`` does, but the file appears with its full content or not at all (the
+reference creates the file, then writes, so a crash in between leaves an empty file). An unnamed file
+vanishes with the process that made it, so it can be written and synced *before* the lock is taken
+(:meth:`DiskStore.prepared`), and the lock is held only for the ``link``. The directory is fsync-ed
+once, after the lock is released and before the caller goes on: a reservation that was reported is
+on disk. Where ``O_TMPFILE`` is not supported the file is written under a temporary name while the
+lock is held.
+
+``last_reserved_ip.N`` is only a hint (garbage restarts the round robin): it is replaced atomically
+(temporary name, ``rename``), so no reader ever sees half of it, but it is not fsync-ed.
+
+Temporary names are only ever created while the lock is held, so whatever temporary file exists while
+we hold it is debris of a writer that died, and is removed.
+
+What the directory holds is read through :mod:`podnet.ipam.dir_index`: in a long-running process
+(the daemon) it is read once and then kept up to date, as long as nobody else changes it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import ipaddress
 import os
 from collections.abc import Iterator
 
-from podnet.cni.errors import IOFailure
 from podnet.cni.result import IPAddress
-from podnet.ipam.config import canonical
+from podnet.ipam.dir_index import TEMP_PREFIX, DirIndex, DirView, index_for, read_file
+from podnet.ipam.dir_index import io_error as _io_error
+from podnet.ipam.dir_index import ip_from_name as _ip_from_name
 from podnet.ipam.store import Reservation, format_owner, parse_owner, select_owned
 
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
-TEMP_PREFIX = ".podnet-tmp-"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-MAX_FILE = 4096
+__all__ = ["LAST_RESERVED_PREFIX", "LOCK_NAME", "TEMP_PREFIX", "DiskStore"]
 
 
-def _ip_from_name(name: str) -> IPAddress | None:
-    if not name or name[0] == "." or "%" in name:
-        return None
-    try:
-        return canonical(ipaddress.ip_address(name))
-    except ValueError:
-        return None
-
-
-def _io_error(what: str, exc: OSError) -> IOFailure:
-    return IOFailure(what, exc.strerror or str(exc))
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class DiskStore:
@@ -53,6 +57,10 @@ class DiskStore:
 
     def __init__(self, data_dir: str | os.PathLike[str], network: str, *, create: bool = True) -> None:
         self.dir = os.path.join(os.fspath(data_dir), network)
+        self._changed = False  # something was written under the current lock: sync the directory
+        self._ready: list[tuple[bytes, int]] = []  # prepared unnamed files: (content, fd)
+        self._index: DirIndex | None = None  # while the lock is held
+        self._touched: set[str] = set()  # names this holder created, removed or renamed
         if create:
             try:
                 os.makedirs(self.dir, mode=DIR_MODE, exist_ok=True)
@@ -64,15 +72,45 @@ class DiskStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
+        """The network's flock. What was changed under it is made durable (one directory fsync)
+        after the lock is dropped, so other writers do not wait for the disk."""
         try:
             fd = os.open(self._path(LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise _io_error(f"cannot open IPAM lock file in {self.dir}", exc) from None
+        self._changed = False
+        self._touched = set()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._index = index_for(self.dir)
+            self._index.begin()
+            yield
+            self._index.end(self._touched)
+        finally:
+            self._index = None
+            os.close(fd)  # closing the descriptor drops the flock (and so does dying)
+        if self._changed:
+            try:
+                self._sync_dir()
+            except OSError as exc:
+                raise _io_error(f"cannot sync IPAM directory {self.dir}", exc) from None
+
+    @contextlib.contextmanager
+    def prepared(self, container_id: str, ifname: str, count: int) -> Iterator[None]:
+        """Write and sync up to ``count`` reservation files for the attachment before the lock is
+        taken (unnamed, so unused ones vanish on exit, and a crash leaves nothing)."""
+        data = format_owner(container_id, ifname)
+        try:
+            for _ in range(count):
+                self._ready.append((data, self._unnamed_file(data)))
+        except OSError:
+            pass  # no O_TMPFILE here: reserve() writes named temporary files for the rest
+        try:
             yield
         finally:
-            os.close(fd)  # closing the descriptor drops the flock (and so does dying)
+            for _, fd in self._ready:
+                os.close(fd)
+            self._ready = []
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -80,21 +118,27 @@ class DiskStore:
         return os.path.join(self.dir, name)
 
     def _temp_path(self) -> str:
-        return self._path(f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}")
+        name = f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
+        self._touched.add(name)
+        return self._path(name)
+
+    def _view(self) -> DirView:
+        if self._index is None:
+            raise RuntimeError("IPAM store used without holding its lock")
+        return self._index.view()
 
     @staticmethod
     def _unlink(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
-    def _write_temp(self, data: bytes) -> str:
+    def _write_temp(self, data: bytes, *, sync: bool = True) -> str:
         path = self._temp_path()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            _write_all(fd, data)
+            if sync:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             self._unlink(path)
@@ -109,7 +153,48 @@ class DiskStore:
         finally:
             os.close(fd)
 
+    def _unnamed_file(self, data: bytes) -> int:
+        """An O_TMPFILE in the directory holding ``data``, synced: linking it publishes it whole."""
+        fd = os.open(self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _take_ready(self, data: bytes) -> int | None:
+        for i, (ready, fd) in enumerate(self._ready):
+            if ready == data:
+                del self._ready[i]
+                return fd
+        return None
+
     def _link_reservation(self, data: bytes, ip: IPAddress) -> bool:
+        self._touched.add(str(ip))
+        fd = self._take_ready(data)
+        if fd is None:
+            return self._link_named(data, ip)
+        try:
+            # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names the unnamed file (no
+            # CAP_DAC_READ_SEARCH needed, unlike AT_EMPTY_PATH). Python calls plain link(),
+            # which would link the /proc symlink itself, unless a directory fd is given.
+            dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(f"/proc/self/fd/{fd}", str(ip), dst_dir_fd=dir_fd, follow_symlinks=True)
+            finally:
+                os.close(dir_fd)
+        except FileExistsError:
+            self._ready.append((data, fd))  # still unnamed: good for the next candidate
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return True
+
+    def _link_named(self, data: bytes, ip: IPAddress) -> bool:
         temp = self._write_temp(data)
         try:
             os.link(temp, self._path(str(ip)))
@@ -120,7 +205,8 @@ class DiskStore:
         return True
 
     def _write_last_reserved(self, ip: IPAddress, range_id: int) -> None:
-        temp = self._write_temp(str(ip).encode())
+        # A hint: atomic (readers see the old or the new address) but not synced.
+        temp = self._write_temp(str(ip).encode(), sync=False)
         try:
             os.replace(temp, self._path(f"{LAST_RESERVED_PREFIX}{range_id}"))
         except BaseException:
@@ -128,76 +214,58 @@ class DiskStore:
             raise
 
     def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int) -> bool:
+        view = self._view()
         try:
             if not self._link_reservation(format_owner(container_id, ifname), ip):
+                # The view said free: somebody wrote without the lock. Read the directory again.
+                if self._index is not None:
+                    self._index.forget()
                 return False
+            view.reservations[str(ip)] = Reservation(ip, *parse_owner(format_owner(container_id, ifname)))
+            self._changed = True
             self._write_last_reserved(ip, range_id)
-            self._sync_dir()
         except OSError as exc:
             raise _io_error(f"cannot write reservation for {ip} in {self.dir}", exc) from None
         return True
 
     def release(self, ip: IPAddress) -> None:
+        name = str(ip)
+        self._touched.add(name)
         try:
-            self._unlink(self._path(str(ip)))
+            self._unlink(self._path(name))
         except OSError as exc:
-            raise _io_error(f"cannot remove reservation {self._path(str(ip))}", exc) from None
+            raise _io_error(f"cannot remove reservation {self._path(name)}", exc) from None
+        self._view().reservations.pop(name, None)
+        self._changed = True
 
     def release_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
         released = [r.ip for r in select_owned(self.reservations(), container_id, ifname)]
         for ip in released:
             self.release(ip)
-        if released:
-            self._sync_dir()
         return released
 
     def clean_debris(self) -> int:
-        removed = 0
-        for entry in self._entries():
-            if entry.name.startswith(TEMP_PREFIX):
-                self._unlink(entry.path)
-                removed += 1
+        debris = self._view().debris
+        removed = len(debris)
+        for name in debris:
+            self._touched.add(name)
+            try:
+                self._unlink(self._path(name))
+            except OSError as exc:
+                raise _io_error(f"cannot remove {self._path(name)}", exc) from None
+        debris.clear()
         return removed
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _entries(self) -> list[os.DirEntry[str]]:
-        try:
-            with os.scandir(self.dir) as it:
-                return list(it)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise _io_error(f"cannot list IPAM directory {self.dir}", exc) from None
-
-    def _read(self, path: str) -> bytes | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
-                return None
-            raise _io_error(f"cannot read {path}", exc) from None
-        try:
-            return os.read(fd, MAX_FILE)
-        finally:
-            os.close(fd)
-
     def reservations(self) -> list[Reservation]:
-        out = []
-        for entry in self._entries():
-            ip = _ip_from_name(entry.name)
-            if ip is None or not entry.is_file(follow_symlinks=False):
-                continue
-            data = self._read(entry.path)
-            if data is not None:
-                out.append(Reservation(ip, *parse_owner(data)))
-        return out
+        return list(self._view().reservations.values())
 
     def get_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
         return [r.ip for r in select_owned(self.reservations(), container_id, ifname)]
 
     def last_reserved(self, range_id: int) -> IPAddress | None:
-        data = self._read(self._path(f"{LAST_RESERVED_PREFIX}{range_id}"))
+        data = read_file(self._path(f"{LAST_RESERVED_PREFIX}{range_id}"))
         if data is None:
             return None
         # A hint only: garbage (or a file from another configuration) just restarts the round robin.

@@ -35,6 +35,11 @@ class FakeStore:
         finally:
             self.locked = False
 
+    def prepared(self, container_id: str, ifname: str, count: int) -> contextlib.AbstractContextManager[None]:
+        if self.locked:
+            raise LockNotHeld("prepared() belongs before the lock, not inside it")
+        return contextlib.nullcontext()
+
     def _need_lock(self) -> None:
         if not self.locked:
             raise LockNotHeld("store used without holding its lock")

@@ -69,6 +69,12 @@ class Store(Protocol):
         """Exclusive access to the network for a whole allocation, release or GC."""
         ...
 
+    def prepared(self, container_id: str, ifname: str, count: int) -> AbstractContextManager[None]:
+        """Entered before ``lock()`` when up to ``count`` reservations for the attachment may follow:
+        the store can do slow work (writing and syncing the files' content) while nobody waits for
+        the lock. Whatever was prepared and not used is discarded on exit."""
+        ...
+
     def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int) -> bool:
         """Take ``ip`` for the attachment and remember it as range set ``range_id``'s last
         reservation. False when the address is already taken."""
