@@ -366,7 +366,7 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
         ipam = ipam_delegate.ipam_add(args)
         undo.callback(_best_effort, "IPAM DEL", ipam_delegate.ipam_del, args)
     ips, routes = pod_ips(conf, ipam) if conf.has_ipam else ([], [])
-    undo.callback(_best_effort, f"delete {host_name}", veth.delete_host_side, host, host_name)
+    undo.callback(_best_effort, f"delete {host_name}", veth.delete_host_side, host, host_name, args.netns)
     pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname, alias=alias,
                             mtu=conf.mtu, pod_mac=conf.mac)
     if conf.macspoofchk:  # before the port forwards anything
@@ -394,7 +394,7 @@ def cmd_del(args: skel.CmdArgs) -> None:
     host_name, _, own = _names(args, conf)
     _remove_owned(conf, own.__eq__)
     with Netlink() as host:
-        veth.delete_host_side(host, host_name)
+        veth.delete_host_side(host, host_name, args.netns)
     if conf.has_ipam:
         ipam_delegate.ipam_del(args)
 

@@ -273,7 +273,8 @@ def cmd_add(args: skel.CmdArgs) -> Result:
             routes = pod_routes(ips, ipam.routes)
             alias = veth.attachment_alias(cfg.network, args.container_id, args.ifname)
             # Registered before creating: a failure halfway through creation still removes it.
-            undo.callback(_best_effort, "removing the veth", veth.delete_host_side, host, host_name)
+            undo.callback(_best_effort, "removing the veth", veth.delete_host_side, host, host_name,
+                          args.netns)
             pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname,
                                     alias=alias, mtu=cfg.mtu, pod_mac=cfg.pod_mac)
             setup_host_veth(host, pair.host, ips, pair.pod.mac or "")
@@ -297,7 +298,7 @@ def cmd_del(args: skel.CmdArgs) -> None:
     The veth goes first so that a released address is never still routed to the old pod."""
     network = str(args.conf["name"])
     with Netlink() as host:
-        veth.delete_host_side(host, veth.host_veth_name(network, args.container_id, args.ifname))
+        veth.delete_host_side(host, veth.host_veth_name(network, args.container_id, args.ifname), args.netns)
     ipam_delegate.ipam_del(args)
 
 

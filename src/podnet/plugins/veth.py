@@ -20,6 +20,7 @@ from podnet.cni.errors import InvalidEnvironment
 from podnet.kernel.errors import Exists
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink, random_mac
+from podnet.kernel.unregister import open_netns, unregister
 
 HOST_PREFIX = "pn"
 ALIAS_PREFIX = "podnet:"
@@ -75,11 +76,22 @@ def create_pair(host: Netlink, pod: Netlink, *, host_name: str, pod_ifname: str,
     return VethPair(host=host.link(host_name), pod=pod.link(pod_ifname))
 
 
-def delete_host_side(host: Netlink, host_name: str) -> bool:
-    """Remove the pair from the host side (the pod end goes with it). False if it was not there."""
-    if host.find_link(host_name) is None:
+def delete_host_side(host: Netlink, host_name: str, pod_netns: str = "") -> bool:
+    """Remove the pair from the host side (the pod end goes with it). False if it was not there.
+
+    Returns once both ends are out of their namespaces (closed, unlisted, addresses and routes
+    gone), without waiting for the ~15 ms the kernel then spends reclaiming them (see
+    podnet.kernel.unregister). Without the pod's namespace (``pod_netns``) that cannot be
+    observed for the pod end, and the whole deletion is waited for."""
+    link = host.find_link(host_name)
+    if link is None:
         return False
-    host.delete_link(host_name, missing_ok=True)
+    pod = open_netns(pod_netns)
+    try:
+        unregister(host, link, pod)
+    finally:
+        if pod is not None:
+            pod.close()
     return True
 
 
