@@ -49,6 +49,7 @@ from podnet.daemon.metrics import Metrics, NoMetrics
 
 DEFAULT_SOCKET = p.DEFAULT_SOCKET
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_RECV_SIZE = 1 << 16
 
 
 class Refused(Exception):
@@ -121,14 +122,25 @@ def netns_identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray()
+def _recv_until(conn: socket.socket, buf: bytearray, n: int) -> None:
+    """Receive into ``buf`` until it holds at least ``n`` bytes."""
     while len(buf) < n:
         chunk = conn.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise p.ProtocolError(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
-    return bytes(buf)
+
+
+@dataclass
+class _Outcome:
+    """A plugin call that ran: what goes back to the shim, and what the log and metrics need."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+    network: str | None
+    conf: dict[str, Any] | None
 
 
 def decode_env(entries: list[bytes]) -> dict[str, str]:
@@ -320,18 +332,19 @@ class Daemon:
                 return
             limit -= len(chunk)
 
-    def _wait_for_data(self, conn: socket.socket) -> None:
-        """Wait for the first byte without reading it: a peer that closes without sending anything
-        (a liveness probe, such as a starting daemon checking the socket) needs no answer."""
-        conn.settimeout(self.config.read_timeout)
+    def _first_bytes(self, conn: socket.socket) -> bytes:
+        """Whatever of the request has arrived (usually all of it: one recv, not one per part).
+        A peer that closes without sending anything (a liveness probe, such as a starting daemon
+        checking the socket) needs no answer."""
         try:
-            first = conn.recv(1, socket.MSG_PEEK)
+            first = conn.recv(_RECV_SIZE)
         except TimeoutError:
             raise Refused("malformed", "request not received in time") from None
         except OSError:
             raise _Hangup from None
         if not first:
             raise _Hangup
+        return first
 
     def _check_peer(self, conn: socket.socket) -> Peer:
         peer = peer_credentials(conn)
@@ -346,11 +359,13 @@ class Daemon:
                 raise Refused("peer-netns", "the caller is in another network namespace than the daemon")
         return peer
 
-    def _read_request(self, conn: socket.socket) -> tuple[str, bytes, list[bytes]]:
-        conn.settimeout(self.config.read_timeout)
+    def _read_request(self, conn: socket.socket, first: bytes) -> tuple[str, bytes, list[bytes]]:
         try:
-            size = p.parse_header(recv_exact(conn, p.HEADER_SIZE), p.REQUEST_MAGIC, self.config.max_body)
-            name, stdin, env = p.decode_request(recv_exact(conn, size))
+            buf = bytearray(first)
+            _recv_until(conn, buf, p.HEADER_SIZE)
+            size = p.parse_header(bytes(buf[:p.HEADER_SIZE]), p.REQUEST_MAGIC, self.config.max_body)
+            _recv_until(conn, buf, p.HEADER_SIZE + size)
+            name, stdin, env = p.decode_request(bytes(buf[p.HEADER_SIZE:p.HEADER_SIZE + size]))
         except TimeoutError:
             raise Refused("malformed", "request not received in time") from None
         except p.ProtocolError as exc:
@@ -377,22 +392,20 @@ class Daemon:
     def _serve(self, conn: socket.socket) -> None:
         peer = None
         try:
-            self._wait_for_data(conn)
+            # One timeout for the whole exchange (each settimeout is a system call).
+            conn.settimeout(self.config.read_timeout)
+            first = self._first_bytes(conn)
             peer = self._check_peer(conn)
-            name, stdin, env_entries = self._read_request(conn)
+            name, stdin, env_entries = self._read_request(conn, first)
             try:
                 plugin = registry.load(name)
             except registry.UnknownPlugin as exc:
                 raise Refused("unknown-plugin", str(exc)) from None
             env = decode_env(env_entries)
-            code, out, err = self._run(name, plugin, env, stdin, peer)
-            try:
-                conn.settimeout(self.config.read_timeout)
-                conn.sendall(p.encode_response(p.KIND_RAN, code, out.encode(), err.encode()))
-            except OSError as exc:
-                # The shim is gone (killed by a runtime timeout?): the work is done; the runtime
-                # saw a failure and will DEL, which the attachment lock orders after this call.
-                self.log.warning("answer-lost", plugin=name, command=env.get("CNI_COMMAND"), error=str(exc))
+            outcome = self._run(name, plugin, env, stdin)
+            self._answer(conn, name, env, outcome)
+            # Logs and metrics after the answer: the shim (and the runtime) need not wait for them.
+            self._record(name, env, outcome, peer)
         except Refused as exc:
             self._refuse(conn, exc.reason, str(exc), peer)
             return
@@ -402,8 +415,16 @@ class Daemon:
             self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
         conn.close()
 
-    def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes,
-             peer: Peer) -> tuple[int, str, str]:
+    def _answer(self, conn: socket.socket, name: str, env: Mapping[str, str], outcome: _Outcome) -> None:
+        try:
+            answer = p.encode_response(p.KIND_RAN, outcome.code, outcome.out.encode(), outcome.err.encode())
+            conn.sendall(answer)
+        except OSError as exc:
+            # The shim is gone (killed by a runtime timeout?): the work is done; the runtime
+            # saw a failure and will DEL, which the attachment lock orders after this call.
+            self.log.warning("answer-lost", plugin=name, command=env.get("CNI_COMMAND"), error=str(exc))
+
+    def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes) -> _Outcome:
         command = env.get("CNI_COMMAND", "")
         network, conf = request_identity(env, stdin)
         out, err = io.StringIO(), io.StringIO()
@@ -414,22 +435,24 @@ class Daemon:
                 code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
         finally:
             self._count(-1)
-        seconds = time.perf_counter() - start
-        result = "ok" if code == 0 else "error"
-        self.metrics.request(name, command or "none", seconds, result)
+        return _Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - start, network, conf)
+
+    def _record(self, name: str, env: Mapping[str, str], outcome: _Outcome, peer: Peer) -> None:
+        command = env.get("CNI_COMMAND", "")
+        code, conf = outcome.code, outcome.conf
+        self.metrics.request(name, command or "none", outcome.seconds, "ok" if code == 0 else "error")
         if conf is not None and code == 0 and command in ("ADD", "STATUS"):
             version = conf.get("cniVersion")
             self.metrics.saw_ipam(conf, version if isinstance(version, str) else "0.1.0")
         fields: dict[str, Any] = {
-            "plugin": name, "command": command, "network": network,
+            "plugin": name, "command": command, "network": outcome.network,
             "container_id": env.get("CNI_CONTAINERID"), "ifname": env.get("CNI_IFNAME"), "exit": code,
-            "ms": round(seconds * 1000, 3), "peer_pid": peer.pid}
+            "ms": round(outcome.seconds * 1000, 3), "peer_pid": peer.pid}
         if code != 0:
-            fields["error"] = out.getvalue().strip()[:1000]
+            fields["error"] = outcome.out.strip()[:1000]
             self.log.warning("request", **fields)
         else:
             self.log.info("request", **fields)
-        return code, out.getvalue(), err.getvalue()
 
     def _lock_for(self, command: str, network: str | None,
                   env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:

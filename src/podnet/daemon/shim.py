@@ -31,7 +31,13 @@ import _socket
 import posix
 import sys
 
-from podnet.daemon import protocol as p
+try:
+    from podnet.daemon import protocol as p
+except ModuleNotFoundError:
+    # Loaded on its own by a shim that `podnet install` wrote (see install_cmd.shim_text): the
+    # podnet package is not on sys.path yet, protocol.py is a top-level module next to this one.
+    # Skipping the package imports saves ~0.4 ms of every plugin call's start-up.
+    import protocol as p  # type: ignore[import-not-found, no-redef]
 
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 120.0
