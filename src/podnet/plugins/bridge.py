@@ -236,17 +236,17 @@ def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
     return bridge
 
 
-def setup_host_veth(host: Netlink, conf: BridgeConf, name: str, bridge: Link) -> None:
+def setup_host_veth(host: Netlink, conf: BridgeConf, port: Link, bridge: Link) -> None:
     """Enslave the host end to the bridge, set the port options and bring it up."""
-    host.set_master(name, bridge)
+    host.set_master(port, bridge)
     if conf.hairpin:
-        host.set_hairpin(name, True)
+        host.set_hairpin(port, True)
     if conf.vlan:
         if not conf.preserve_default_vlan:
-            host.bridge_vlan_del(name, 1, missing_ok=True)
+            host.bridge_vlan_del(port, 1, missing_ok=True)
         # Access port: frames enter untagged and are tagged with the pvid on the bridge.
-        host.bridge_vlan_add(name, conf.vlan, pvid=True, untagged=True)
-    host.set_up(name)
+        host.bridge_vlan_add(port, conf.vlan, pvid=True, untagged=True)
+    host.set_up(port)
 
 
 def pod_ips(conf: BridgeConf, ipam: Result) -> tuple[list[IPConfig], list[Route]]:
@@ -266,13 +266,14 @@ def pod_ips(conf: BridgeConf, ipam: Result) -> tuple[list[IPConfig], list[Route]
     return ips, routes
 
 
-def setup_pod_veth(pod: Netlink, ifname: str, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
+def setup_pod_veth(pod: Netlink, link: Link, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
     # Addresses are ours by allocation: duplicate address detection would only keep an IPv6
     # address tentative (unusable) for a second or more. arp_notify announces the new MAC.
+    ifname = link.name
     for key, value in ((f"net/ipv6/conf/{ifname}/accept_dad", 0), (f"net/ipv4/conf/{ifname}/arp_notify", 1)):
         with contextlib.suppress(CNIError):
             pod.set_sysctl(key, value)
-    podside.configure(pod, ifname, ips, routes)
+    podside.configure(pod, link, ips, routes)
 
 
 def _gateway_addresses(ips: Sequence[IPConfig]) -> list[IPIface]:
@@ -287,7 +288,8 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
     forceAddress is replaced, as in the reference plugin.
     """
     wanted = _gateway_addresses(ips)
-    for have in host.addresses(bridge):
+    have_all = host.addresses(bridge)
+    for have in have_all:
         addr = have.interface
         conflict = addr not in wanted and any(addr.version == w.version and (
             w.version == 4 or addr.ip in w.network or w.ip in addr.network) for w in wanted)
@@ -297,9 +299,11 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
                            f"found {addr} (set forceAddress to replace it)")
         if conflict:
             host.del_address(bridge, addr, missing_ok=True)
+    present = {a.interface for a in have_all}
     for gw in wanted:
-        # No DAD for the gateway either: pods would not reach a tentative IPv6 gateway.
-        host.add_address(bridge, gw, nodad=gw.version == 6, exist_ok=True)
+        if gw not in present:
+            # No DAD for the gateway either: pods would not reach a tentative IPv6 gateway.
+            host.add_address(bridge, gw, nodad=gw.version == 6, exist_ok=True)
     mac = host.link(bridge.index).mac or _ZERO_MAC
     if mac != _ZERO_MAC:
         # Setting the bridge's MAC to itself pins it (NET_ADDR_SET) on a bridge this plugin did
@@ -372,11 +376,11 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
     if conf.macspoofchk:  # before the port forwards anything
         undo.callback(_best_effort, "remove spoof check", _spoof().remove, own.__eq__)
         _spoof().add(own, host_name, pair.pod.mac or "")
-    setup_host_veth(host, conf, host_name, bridge)
+    setup_host_veth(host, conf, pair.host, bridge)
     if ips:
-        setup_pod_veth(pod, args.ifname, ips, routes)
+        setup_pod_veth(pod, pair.pod, ips, routes)
     else:
-        pod.set_up(args.ifname)  # layer 2 only: the pod configures its own addresses
+        pod.set_up(pair.pod)  # layer 2 only: the pod configures its own addresses
     if conf.is_gateway:
         setup_gateway(host, conf, bridge, ips)
     if conf.ip_masq and ips:

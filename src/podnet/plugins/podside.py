@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from podnet.cni.errors import CNIError
 from podnet.cni.result import IPConfig, Route
+from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink
 
 # RT_SCOPE_LINK: a route to a directly reachable neighbour (the routed plugin's gateway).
@@ -30,27 +31,28 @@ def _default_gateway(ips: Sequence[IPConfig], version: int) -> str | None:
     return None
 
 
-def add_addresses(nl: Netlink, ifname: str, ips: Sequence[IPConfig]) -> None:
+def add_addresses(nl: Netlink, link: str | Link, ips: Sequence[IPConfig]) -> None:
+    """``link``: its name, or the Link itself (which spares a lookup per address)."""
     if any(ip.address.version == 6 for ip in ips):
-        enable_ipv6(nl, ifname)
+        enable_ipv6(nl, link if isinstance(link, str) else link.name)
     for ip in ips:
         # nodad: the address is ours by allocation; waiting for DAD would only delay the pod.
-        nl.add_address(ifname, ip.address, nodad=ip.address.version == 6)
+        nl.add_address(link, ip.address, nodad=ip.address.version == 6)
 
 
-def add_routes(nl: Netlink, ifname: str, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
+def add_routes(nl: Netlink, link: str | Link, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
     """Routes without ``gw`` go via the gateway of the pod address of their family, as in the
     reference plugins; a route with no gateway at all is a direct (link) route."""
     for route in routes:
         gw = str(route.gw) if route.gw is not None else _default_gateway(ips, route.dst.version)
-        nl.add_route(route.dst, gateway=gw, oif=ifname, metric=route.priority or None,
+        nl.add_route(route.dst, gateway=gw, oif=link, metric=route.priority or None,
                      table=route.table, scope=route.scope, replace=False)
 
 
-def configure(nl: Netlink, ifname: str, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
-    nl.set_up(ifname)
-    add_addresses(nl, ifname, ips)
-    add_routes(nl, ifname, ips, routes)
+def configure(nl: Netlink, link: str | Link, ips: Sequence[IPConfig], routes: Sequence[Route]) -> None:
+    nl.set_up(link)
+    add_addresses(nl, link, ips)
+    add_routes(nl, link, ips, routes)
 
 
 def check_addresses(nl: Netlink, ifname: str, ips: Sequence[IPConfig]) -> None:

@@ -13,6 +13,7 @@ appears, which broke pods whose static gateway neighbour entry still held the ol
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -70,10 +71,10 @@ def create_pair(host: Netlink, pod: Netlink, *, host_name: str, pod_ifname: str,
     if host.find_link(host_name) is not None:
         raise Exists(f"host interface {host_name} already exists",
                      "an earlier ADD for this attachment was not deleted")
-    host.add_veth(host_name, pod_ifname, mac=random_mac(), peer_mac=pod_mac or random_mac(),
-                  peer_netns=pod.netns, mtu=mtu)
-    host.set_alias(host_name, alias)
-    return VethPair(host=host.link(host_name), pod=pod.link(pod_ifname))
+    link = host.add_veth(host_name, pod_ifname, mac=random_mac(), peer_mac=pod_mac or random_mac(),
+                         peer_netns=pod.netns, mtu=mtu)
+    host.set_alias(link, alias)
+    return VethPair(host=dataclasses.replace(link, alias=alias), pod=pod.link(pod_ifname))
 
 
 def delete_host_side(host: Netlink, host_name: str, pod_netns: str = "") -> bool:
