@@ -194,3 +194,17 @@ def test_prepared_files_vanish_unused_and_never_show(tmp_path: Path) -> None:
         assert store.reserve("a", "eth0", ip("10.0.0.9"), 0)
     assert sorted(os.listdir(tmp_path / "n")) == ["10.0.0.9", "last_reserved_ip.0", "lock"]
     assert (tmp_path / "n" / "10.0.0.9").read_bytes() == b"a\r\neth0"
+
+
+def test_index_is_not_kept_where_inotify_cannot_see_every_change(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from podnet.ipam import dir_index
+
+    monkeypatch.setattr(dir_index, "sees_every_change", lambda path: False)  # NFS, FUSE, overlayfs
+    reads = _count_reads(monkeypatch)
+    store = DiskStore(tmp_path, "nfs")
+    allocate(store, [V4], "a", "eth0")
+    allocate(store, [V4], "b", "eth0")
+    with store.lock():
+        assert len(store.reservations()) == 2
+    assert reads.count("10.0.0.2") == 2  # read again by every later lock

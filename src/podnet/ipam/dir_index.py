@@ -13,8 +13,10 @@ nothing but this process changed the directory:
 * when the next holder takes the lock, any relevant name in the queue is a change another process
   made meanwhile (a shim running in-process, Go's host-local sharing the directory): the index is
   dropped and the directory is read again;
-* a lost watch (directory removed or replaced, events dropped) or no inotify at all means the
-  directory is read on every lock, as before.
+* a lost watch (directory removed or replaced, events dropped), no inotify at all, or a
+  filesystem where changes can happen elsewhere (NFS, FUSE, overlayfs: another machine or a
+  lower layer changes it without an event here) means the directory is read on every lock,
+  as before.
 
 The kernel queues an inotify event inside the system call that makes the change, so nothing a
 writer did before releasing the lock can be missed by the next holder.
@@ -34,7 +36,7 @@ from podnet.cni.errors import IOFailure
 from podnet.cni.result import IPAddress
 from podnet.ipam.config import canonical
 from podnet.ipam.store import Reservation, parse_owner
-from podnet.kernel.inotify import DirWatch
+from podnet.kernel.inotify import DirWatch, sees_every_change
 
 TEMP_PREFIX = ".podnet-tmp-"
 MAX_FILE = 4096
@@ -122,7 +124,7 @@ class DirIndex:
 
     def view(self) -> DirView:
         if self._view is None:
-            if self._watch is None:
+            if self._watch is None and sees_every_change(self.path):
                 with contextlib.suppress(OSError):  # no inotify (or no instances left): read every time
                     self._watch = DirWatch(self.path)  # before reading, so no change can slip between
             self._view = scan(self.path)

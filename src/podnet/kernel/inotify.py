@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import sys
 
 from podnet.kernel.errors import from_errno
 
@@ -31,8 +32,21 @@ CHANGES = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_
 # The watch itself is gone or events were lost: nothing about the directory is known any more.
 LOST = IN_DELETE_SELF | IN_MOVE_SELF | IN_Q_OVERFLOW | IN_IGNORED
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (then len bytes of NUL-padded name)
+# Filesystems whose every change goes through this kernel, so inotify reports all of them
+# (statfs f_type): ext2/3/4, xfs, btrfs, tmpfs. Not NFS, CIFS, FUSE or overlayfs, where another
+# machine or a lower layer can change a directory without any event here.
+LOCAL_FILESYSTEMS = frozenset({0xEF53, 0x58465342, 0x9123683E, 0x01021994})
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sees_every_change(path: str) -> bool:
+    """Whether inotify on ``path`` reports every change to it (a local filesystem)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type (a long) comes first
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    f_type = int.from_bytes(buf.raw[:ctypes.sizeof(ctypes.c_long)], sys.byteorder, signed=True)
+    return f_type in LOCAL_FILESYSTEMS
 
 
 class DirWatch:
