@@ -75,3 +75,15 @@ def test_many_at_once(node: Netns, netns: NetnsFactory, nl: Netlink) -> None:
                 handle.close()
     assert node.links() == ["lo"] and all(p.links() == ["lo"] for p in pods)
     print(f"\n5 pairs unregistered in {(time.monotonic() - start) * 1e3:.1f} ms")
+
+
+def test_a_namespace_that_does_not_hold_the_peer_proves_nothing(netns: NetnsFactory, nl: Netlink) -> None:
+    pod, other = netns("pod"), netns("other")
+    link = nl.add_veth("vh0", "eth0", mac=random_mac(), peer_mac=random_mac(), peer_netns=pod.name)
+    handle = open_netns(other.path)  # the wrong namespace: the whole deletion is waited for
+    assert handle is not None
+    try:
+        unregister(nl, link, handle)
+    finally:
+        handle.close()
+    assert nl.find_link("vh0") is None and pod.links() == ["lo"]

@@ -112,7 +112,13 @@ def _same_netns_peer(link: model.Link) -> set[int]:
 
 
 def _other_netns_peer(link: model.Link, peer_netns: NetnsRef | None) -> tuple[NetnsRef, int] | None:
+    """(namespace, index) of a veth's peer, when ``peer_netns`` really holds it: its link at that
+    index points back at ``link`` (otherwise a notification there would prove nothing)."""
     if link.kind != "veth" or not link.peer_index or link.link_netnsid is None or not peer_netns:
+        return None
+    with Netlink(peer_netns) as there:
+        peer = there.find_link(link.peer_index)
+    if peer is None or peer.peer_index != link.index:
         return None
     return peer_netns, link.peer_index
 
