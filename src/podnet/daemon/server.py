@@ -7,10 +7,12 @@ and runs the plugin with :func:`podnet.cni.skel.run` — the same code path as a
 with the request's environment and stdin injected and its output captured. Requests run
 concurrently in a thread pool under per-network locks (:mod:`podnet.daemon.locks`).
 
-What stays warm: the interpreter, pyroute2 and every plugin module (imported at start). IPAM
-state deliberately stays on disk, in host-local's store with its file lock: shims that fall back
-to running in-process, and Go's host-local sharing the directory, must see the same state, and a
-daemon killed at any point must leave nothing only it knew about. Every plugin already undoes a
+What stays warm: the interpreter and every plugin module (imported at start), and a read-only
+index of each IPAM directory (podnet.ipam.dir_index). IPAM state itself deliberately stays on
+disk, in host-local's store with its file lock: shims that fall back to running in-process, and
+Go's host-local sharing the directory, must see the same state (the index is dropped whenever
+inotify shows a change it did not make), and a daemon killed at any point must leave nothing
+only it knew about. Every plugin already undoes a
 failed ADD; a daemon killed mid-ADD leaves a veth and a reservation named after the attachment,
 which DEL and GC find without the daemon.
 
