@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from podnet.cni.attachments import ValidAttachments
 from podnet.cni.errors import CNIError, InvalidNetworkConfig, UnknownContainer
 from podnet.ipam.allocator import (
     AddressUnavailable,
@@ -192,11 +193,21 @@ def test_gc_keeps_valid_and_releases_the_rest() -> None:
     store.owners[ip("10.0.0.6")] = ("legacy", None)
     store.owners[ip("10.0.0.5")] = ("", None)  # unreadable
     store.debris = 2
-    released = gc(store, [("keep", "eth0"), ("legacy", "eth9")])
+    released = gc(store, ValidAttachments.of([("keep", "eth0"), ("legacy", "eth9")]))
     assert sorted(map(str, released)) == ["10.0.0.3", "10.0.0.4", "10.0.0.5"]
     assert sorted(store.owners.values(), key=str) == [("keep", "eth0"), ("legacy", None)]
     assert store.debris == 0
-    assert gc(store, []) and store.owners == {}
+    assert gc(store, ValidAttachments()) and store.owners == {}
+
+
+def test_gc_entry_without_ifname_keeps_every_interface_of_its_container() -> None:
+    # The same rule the veth plugins apply: otherwise the pod keeps its interface while its
+    # address goes back to the pool and is handed to the next pod.
+    store = FakeStore()
+    for cid, ifn in (("pod", "eth0"), ("pod", "net1"), ("gone", "eth0")):
+        allocate(store, [V4], cid, ifn)
+    gc(store, ValidAttachments.of([("pod", "")]))
+    assert sorted(store.owners.values(), key=str) == [("pod", "eth0"), ("pod", "net1")]
 
 
 def test_check() -> None:
@@ -252,7 +263,7 @@ def test_random_operations_never_double_allocate(ops: list[tuple[str, int, str]]
             live.pop(key, None)
         else:
             keep = [k for i, k in enumerate(sorted(live)) if i % 2 == 0]
-            gc(store, keep)
+            gc(store, ValidAttachments.of(keep))
             live = {k: live[k] for k in keep}
         held = sorted(f"{ip}" for ip in store.owners)
         assert len(held) == len(set(held)) == 2 * len(live)

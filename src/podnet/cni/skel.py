@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from podnet.cni import version as ver
 from podnet.cni.args import parse_cni_args, validate_container_id, validate_ifname, validate_network_name
+from podnet.cni.attachments import ValidAttachments
 from podnet.cni.config import VALID_ATTACHMENTS_KEY
 from podnet.cni.errors import (
     CNIError,
@@ -60,6 +61,9 @@ class CmdArgs:
     conf: dict[str, Any]
     cni_version: str
     env: Mapping[str, str] = field(default_factory=dict)
+    # Where a plugin reports what does not fail the call (a rollback step that failed): the
+    # skel's stream, so the daemon gets each request's messages without touching sys.stderr.
+    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
 
     @property
     def prev_result(self) -> Result | None:
@@ -87,6 +91,11 @@ class CmdArgs:
                     f"got {item!r}")
             out.append((item["containerID"], item.get("ifname", "")))
         return out
+
+    @property
+    def attachments_to_keep(self) -> ValidAttachments:
+        """GC's valid attachments as the one shared definition of what must be kept."""
+        return ValidAttachments.of(self.valid_attachments)
 
     def arg(self, key: str, default: str = "") -> str:
         """A CNI_ARGS value (last one wins)."""
@@ -140,7 +149,8 @@ def _check_command_version(command: str, version: str) -> None:
         raise IncompatibleVersion(f"config version {version} does not allow {command} (needs 1.1.0 or later)")
 
 
-def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin) -> CmdArgs:
+def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin,
+               stderr: IO[str] | None = None) -> CmdArgs:
     command = env.get("CNI_COMMAND", "")
     if not command:
         raise InvalidEnvironment("required environment variables missing: CNI_COMMAND")
@@ -167,6 +177,7 @@ def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin) -> Cmd
         conf=conf,
         cni_version=version,
         env=env,
+        stderr=sys.stderr if stderr is None else stderr,
     )
 
 
@@ -231,7 +242,7 @@ def run(
             _emit(stdout, ver.version_info(plugin.supported_versions))
             return 0
         stdin_data = _read_stdin(stdin)
-        _dispatch(plugin, build_args(env, stdin_data, plugin), stdout)
+        _dispatch(plugin, build_args(env, stdin_data, plugin, stderr), stdout)
         return 0
     except CNIError as err:
         if not env.get("CNI_COMMAND") and plugin.about:

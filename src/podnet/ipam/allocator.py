@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from podnet.cni.attachments import ValidAttachments
 from podnet.cni.errors import INTERNAL, CNIError, InvalidNetworkConfig, UnknownContainer
 from podnet.cni.result import IPAddress, IPConfig
 from podnet.ipam.config import RangeSet
@@ -168,21 +169,11 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
         return store.release_by_id(container_id, ifname)
 
 
-def _kept(r: Reservation, keep: set[tuple[str, str]], ids: set[str]) -> bool:
-    if not r.container_id:
-        return False  # unreadable: nobody can own it
-    if r.ifname is None:
-        return r.container_id in ids  # legacy reservations name the container only
-    return (r.container_id, r.ifname) in keep
-
-
-def gc(store: Store, valid: Iterable[tuple[str, str]]) -> list[IPAddress]:
-    """Release every reservation whose attachment is not in ``valid``, and a crash's debris."""
-    keep = set(valid)
-    ids = {cid for cid, _ in keep}
+def gc(store: Store, valid: ValidAttachments) -> list[IPAddress]:
+    """Release every reservation whose attachment ``valid`` does not keep, and a crash's debris."""
     with store.lock():
         store.clean_debris()
-        stale = [r.ip for r in store.reservations() if not _kept(r, keep, ids)]
+        stale = [r.ip for r in store.reservations() if not valid.keeps(r.container_id, r.ifname)]
         for ip in stale:
             store.release(ip)
     return stale

@@ -55,7 +55,7 @@ def cmd_check(args: skel.CmdArgs) -> None:
 
 
 def cmd_gc(args: skel.CmdArgs) -> None:
-    valid = args.valid_attachments
+    valid = args.attachments_to_keep
     store = existing_store(args)
     if store is not None:
         allocator.gc(store, valid)
