@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from podnet.cni.attachments import ValidAttachments
 from podnet.cni.errors import IOFailure
 from podnet.ipam.allocator import allocate, gc, release
 from podnet.ipam.config import parse_range_set
@@ -84,7 +85,7 @@ def test_debris_is_cleaned_by_allocation_and_gc(tmp_path: Path) -> None:
     (d / f"{TEMP_PREFIX}123-abc").write_bytes(b"half")
     allocate(store, [V4], "c", "eth0")
     (d / f"{TEMP_PREFIX}456-def").write_bytes(b"c\r\neth0")
-    assert gc(store, [("c", "eth0")]) == []
+    assert gc(store, ValidAttachments.of([("c", "eth0")])) == []
     assert sorted(os.listdir(d)) == ["10.0.0.2", "last_reserved_ip.0", "lock"]
 
 
@@ -92,7 +93,7 @@ def test_gc_and_release_keep_bookkeeping_files(tmp_path: Path) -> None:
     store = DiskStore(tmp_path, "n")
     allocate(store, [V4], "c", "eth0")
     (tmp_path / "n" / "10.0.0.77").write_bytes(b"")
-    assert sorted(map(str, gc(store, []))) == ["10.0.0.2", "10.0.0.77"]
+    assert sorted(map(str, gc(store, ValidAttachments()))) == ["10.0.0.2", "10.0.0.77"]
     assert sorted(os.listdir(tmp_path / "n")) == ["last_reserved_ip.0", "lock"]
     assert release(store, "c", "eth0") == []
 
@@ -173,7 +174,7 @@ def test_index_sees_what_others_write_and_remove(tmp_path: Path, monkeypatch: py
         assert sorted(str(r.ip) for r in store.reservations()) == ["10.0.0.3", "10.0.0.4"]
     assert release(store, "theirs", "eth0") == [ip("10.0.0.3")]
     (d / f"{TEMP_PREFIX}99-dead").write_bytes(b"half")  # a writer that died
-    assert gc(store, [("next", "eth0")]) == []
+    assert gc(store, ValidAttachments.of([("next", "eth0")])) == []
     assert sorted(os.listdir(d)) == ["10.0.0.4", "last_reserved_ip.0", "lock"]
 
 
