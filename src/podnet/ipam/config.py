@@ -27,15 +27,19 @@ Every problem is an ``InvalidNetworkConfig`` (code 7) whose message names the ke
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.cni import version as ver
+from podnet.cni.args import validate_network_name
 from podnet.cni.errors import CNIError, InvalidNetworkConfig
 from podnet.cni.result import DNS, IPAddress, IPInterface, IPNetwork, Result, Route
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+MAX_RESOLV_CONF = 64 * 1024  # far more than any resolv.conf; a bound so /dev/zero cannot fill memory
 
 # ---- small parsers (all errors are code 7 and name the key) ----------------------------------
 
@@ -142,14 +146,45 @@ def parse_dns(value: object, where: str = "ipam.dns") -> DNS:
         raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
 
 
+def absolute_path(value: object, where: str, default: str = "") -> str:
+    """A path that names the same file for every caller. A relative one would be resolved against
+    the working directory of whichever process runs the plugin (the node daemon, or a shim running
+    it in-process), so two pods could get two data directories and the same address."""
+    path = _string(value, where) or default
+    if "\0" in path:
+        raise InvalidNetworkConfig(f"{where} {path!r} contains a NUL byte")
+    if path and not os.path.isabs(path):
+        raise InvalidNetworkConfig(f"{where} {path!r} is not an absolute path",
+                                   "a relative path would depend on the working directory of the caller")
+    return path
+
+
+def _read_regular_file(path: str, where: str) -> str:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidNetworkConfig(f"{where}: cannot read {path!r}", exc.strerror or str(exc)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidNetworkConfig(f"{where} {path!r} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_RESOLV_CONF and (chunk := os.read(fd, MAX_RESOLV_CONF + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InvalidNetworkConfig(f"{where}: cannot read {path!r}", exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if size > MAX_RESOLV_CONF:
+        raise InvalidNetworkConfig(f"{where} {path!r} is larger than {MAX_RESOLV_CONF} bytes")
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
 def parse_resolv_conf(path: str) -> DNS:
     """The DNS settings of a resolv.conf file (nameserver, domain, search, options)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError as exc:
-        raise InvalidNetworkConfig(f"ipam.resolvConf: cannot read {path!r}",
-                                   exc.strerror or str(exc)) from None
+    text = _read_regular_file(absolute_path(path, "ipam.resolvConf"), "ipam.resolvConf")
     dns = DNS()
     for line in text.splitlines():
         words = line.split()
@@ -363,10 +398,13 @@ class HostLocalConfig:
 
 
 def store_location(conf: dict[str, Any]) -> tuple[str, str]:
-    """``(dataDir, network name)``: all DEL and GC need, so they work even when the ranges do not parse."""
+    """``(dataDir, network name)``: all DEL and GC need, so they work even when the ranges do not parse.
+
+    A location ADD refuses (relative, a NUL byte, a name that is not one path component) raises
+    ``InvalidNetworkConfig``; DEL and GC take that to mean nothing was ever reserved there."""
     ipam = ipam_section(conf)
-    data_dir = _string(ipam.get("dataDir"), "ipam.dataDir") or DEFAULT_DATA_DIR
-    return data_dir, str(conf.get("name", ""))
+    data_dir = absolute_path(ipam.get("dataDir"), "ipam.dataDir", DEFAULT_DATA_DIR)
+    return data_dir, validate_network_name(conf.get("name"))
 
 
 def load_host_local(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]],
@@ -381,7 +419,7 @@ def load_host_local(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]],
         range_sets=sets,
         routes=parse_routes(ipam.get("routes")),
         data_dir=data_dir,
-        resolv_conf=_string(ipam.get("resolvConf"), "ipam.resolvConf"),
+        resolv_conf=absolute_path(ipam.get("resolvConf"), "ipam.resolvConf"),
         requested=_requested_ips(conf, cni_args),
     )
 

@@ -10,7 +10,7 @@ code 50 when a range set has no free address.
 from __future__ import annotations
 
 from podnet.cni import skel
-from podnet.cni.errors import PluginNotAvailable, UnknownContainer
+from podnet.cni.errors import InvalidNetworkConfig, PluginNotAvailable, UnknownContainer
 from podnet.cni.result import DNS, Result
 from podnet.ipam import allocator
 from podnet.ipam.config import HostLocalConfig, load_host_local, parse_resolv_conf, store_location
@@ -22,8 +22,13 @@ def load(args: skel.CmdArgs) -> HostLocalConfig:
 
 
 def existing_store(args: skel.CmdArgs) -> DiskStore | None:
-    """The network's store when its directory exists; never creates it."""
-    data_dir, name = store_location(args.conf)
+    """The network's store when its directory exists; never creates it. A location that ADD refuses
+    (see ``store_location``) never held a reservation: there is no store to find, and DEL and GC
+    must not look for one elsewhere (a relative path would mean whatever the caller's cwd holds)."""
+    try:
+        data_dir, name = store_location(args.conf)
+    except InvalidNetworkConfig:
+        return None
     store = DiskStore(data_dir, name, create=False)
     return store if store.exists() else None
 

@@ -1,0 +1,112 @@
+"""Paths in IPAM configuration: ``dataDir`` and ``resolvConf`` must mean the same file whoever runs the
+plugin (the daemon and an in-process shim have different working directories), and a path the
+kernel cannot take (a NUL byte) is a configuration error, never an internal one.
+
+ADD, CHECK and STATUS refuse such a configuration (code 7, naming the value); DEL and GC succeed
+without touching anything, since ADD could never have reserved anything under it."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_ipam_plugins import call, hl_conf, ip_files
+
+from podnet.plugins import host_local
+
+RELATIVE = "rel-data"
+
+
+def gc_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    return {**conf, "cni.dev/valid-attachments": []}
+
+
+def test_relative_data_dir_never_allocates_from_a_cwd(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reported fault: two pods, two working directories, two directories, one address."""
+    conf = hl_conf(Path(RELATIVE), "1.1.0")
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        rc, err = call(host_local.PLUGIN, "ADD", conf, cid=f"ctr-{name}")
+        assert rc == 1 and err["code"] == 7, err
+        assert f"ipam.dataDir {RELATIVE!r} is not an absolute path" in err["msg"]
+        assert os.listdir(cwd) == []
+    for command in ("CHECK", "STATUS"):
+        rc, err = call(host_local.PLUGIN, command, conf)
+        assert rc == 1 and err["code"] == 7 and RELATIVE in err["msg"], (command, err)
+
+
+def test_del_and_gc_with_relative_data_dir_release_nothing(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reservation that happens to sit under the cwd is not ours to release: DEL and GC never
+    resolve the relative path, they succeed and leave it."""
+    monkeypatch.chdir(tmp_path)
+    assert call(host_local.PLUGIN, "ADD", hl_conf(tmp_path / RELATIVE, "1.1.0"))[0] == 0
+    conf = hl_conf(Path(RELATIVE), "1.1.0")
+    assert call(host_local.PLUGIN, "DEL", conf) == (0, {})
+    assert call(host_local.PLUGIN, "GC", gc_conf(conf)) == (0, {})
+    assert ip_files(tmp_path / RELATIVE) == ["10.5.0.2", "fd05::2"]
+
+
+@pytest.mark.parametrize("data_dir", ["/var/lib/cni\0/networks", "", "."])
+def test_unusable_data_dir_is_invalid_config_and_del_gc_succeed(tmp_path: Path, data_dir: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    conf = hl_conf(Path("/unused"), "1.1.0", {"dataDir": data_dir})
+    if data_dir == "":
+        # Absent, null and "" all mean the default directory: not refused.
+        assert host_local.load_host_local(conf, [], "1.1.0").data_dir == "/var/lib/cni/networks"
+        return
+    for command in ("ADD", "CHECK", "STATUS"):
+        rc, err = call(host_local.PLUGIN, command, conf)
+        assert rc == 1 and err["code"] == 7 and "ipam.dataDir" in err["msg"], (command, err)
+    assert call(host_local.PLUGIN, "DEL", conf) == (0, {})
+    assert call(host_local.PLUGIN, "GC", gc_conf(conf)) == (0, {})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("resolv", "text"), [
+    ("/etc/resolv\0.conf", "contains a NUL byte"),
+    ("resolv.conf", "is not an absolute path"),
+    ("/", "is not a regular file"),
+])
+def test_bad_resolv_conf_is_invalid_config_before_anything_is_reserved(tmp_path: Path, resolv: str,
+                                                                       text: str) -> None:
+    conf = hl_conf(tmp_path, "1.1.0", {"resolvConf": resolv})
+    rc, err = call(host_local.PLUGIN, "ADD", conf)
+    assert rc == 1 and err["code"] == 7 and "ipam.resolvConf" in err["msg"] and text in err["msg"], err
+    assert ip_files(tmp_path) == []
+    assert call(host_local.PLUGIN, "DEL", conf) == (0, {})
+
+
+@pytest.mark.timeout(20)
+def test_resolv_conf_that_is_a_fifo_does_not_hang_add(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes; ADD must not wait for one."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    conf = hl_conf(tmp_path, "1.1.0", {"resolvConf": str(fifo)})
+    # Unblock a hanging open after the assertion window, so a regression fails instead of hanging.
+    rescue = threading.Timer(10, lambda: open(fifo, "wb").close())
+    rescue.start()
+    try:
+        rc, err = call(host_local.PLUGIN, "ADD", conf)
+    finally:
+        rescue.cancel()
+    assert rc == 1 and err["code"] == 7 and "is not a regular file" in err["msg"], err
+    assert ip_files(tmp_path) == []
+
+
+def test_network_name_that_is_a_path_is_refused_by_the_store_location() -> None:
+    """The skel validates the name, but the IPAM delegate may hand over an edited configuration:
+    the location itself refuses a name that would leave dataDir."""
+    from podnet.cni.errors import InvalidNetworkConfig
+    from podnet.ipam.config import store_location
+
+    for name in ("../etc", "a/b", "x\0", ""):
+        with pytest.raises(InvalidNetworkConfig):
+            store_location({"name": name, "ipam": {"dataDir": "/var/lib/cni/networks"}})
