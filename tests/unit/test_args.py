@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from podnet.cni import args
@@ -114,3 +116,21 @@ def test_format_cni_args_round_trips() -> None:
     pairs = [("K8S_POD_NAME", "web-0"), ("IP", "10.1.0.5")]
     assert args.format_cni_args(pairs) == "K8S_POD_NAME=web-0;IP=10.1.0.5"
     assert args.parse_cni_args(args.format_cni_args(pairs)) == pairs
+
+
+@pytest.mark.parametrize("own", ["/proc/self/ns/net", "/proc/thread-self/ns/net",
+                                 f"/proc/{os.getpid()}/ns/net"])
+def test_the_callers_own_namespace_is_never_a_pod(own: str) -> None:
+    """Only looks at namespaces (stat), never enters or changes one: safe outside a test namespace."""
+    for command in ("ADD", "CHECK"):
+        with pytest.raises(InvalidEnvironment) as info:
+            args.pod_netns(command, own)
+        assert info.value.code == 4 and own in str(info.value)
+    assert args.pod_netns("DEL", own) == ""  # DEL goes on without a pod namespace
+    assert args.pod_netns("GC", own) == own  # commands that take no namespace are not judged by it
+
+
+@pytest.mark.parametrize("other", ["", "/run/netns/podnet-no-such-ns", "/etc/hostname", "x" * 5000])
+def test_paths_that_are_not_the_callers_namespace_pass_unchanged(other: str) -> None:
+    for command in ("ADD", "CHECK", "DEL"):
+        assert args.pod_netns(command, other) == other

@@ -1,7 +1,9 @@
-"""Validation of the per-invocation parameters: container ID, interface name, CNI_ARGS, names."""
+"""Validation of the per-invocation parameters: container ID, interface name, pod namespace,
+CNI_ARGS, names."""
 
 from __future__ import annotations
 
+import os
 import re
 
 from podnet.cni.errors import InvalidEnvironment, InvalidNetworkConfig
@@ -41,6 +43,44 @@ def validate_ifname(ifname: str) -> str:
         if ch in "/:\x00" or ch.isspace():
             raise InvalidEnvironment(f"interface name {ifname!r} contains invalid character {ch!r}")
     return ifname
+
+
+# The caller's own network namespace, as its thread sees it and as its process does. They differ
+# in a thread that entered another namespace; in the daemon they are the daemon's, which is also
+# the caller's (it refuses callers from another namespace).
+_OWN_NETNS = ("/proc/thread-self/ns/net", "/proc/self/ns/net")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` resolves to; None if it cannot be looked at. Identity,
+    never the path: /proc/self/ns/net, /proc/PID/ns/net and a bind mount under /run/netns can all
+    be the same namespace."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def pod_netns(command: str, netns: str) -> str:
+    """The pod's namespace path to hand the plugin, after refusing the caller's own.
+
+    A plugin treats CNI_NETNS as the pod and the namespace it runs in as the host: given its own
+    namespace, loopback DEL would take the node's lo down and bridge ADD would move the node's
+    default route to a pod veth (containernetworking/plugins issue 714). ADD and CHECK are refused
+    (code 4). DEL must still remove what an ADD made on the host side, so it gets no namespace at
+    all, the case every plugin already handles (the pod's namespace may be gone by DEL): it then
+    never touches the pod side, which here would be the node. A path that cannot be looked at is
+    passed on: opening it reports why (podnet.kernel.netns)."""
+    if not netns or command not in ("ADD", "CHECK", "DEL"):
+        return netns
+    target = _identity(netns)
+    if target is None or target not in {_identity(own) for own in _OWN_NETNS}:
+        return netns
+    if command == "DEL":
+        return ""
+    raise InvalidEnvironment(
+        f"CNI_NETNS {netns!r} is the plugin's own network namespace (the node's), not a pod's")
 
 
 def validate_network_name(name: object) -> str:

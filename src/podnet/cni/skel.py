@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from podnet.cni import version as ver
-from podnet.cni.args import parse_cni_args, validate_container_id, validate_ifname, validate_network_name
+from podnet.cni.args import (
+    parse_cni_args,
+    pod_netns,
+    validate_container_id,
+    validate_ifname,
+    validate_network_name,
+)
 from podnet.cni.attachments import ValidAttachments
 from podnet.cni.config import VALID_ATTACHMENTS_KEY
 from podnet.cni.errors import (
@@ -162,6 +168,7 @@ def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin,
     if command in ("ADD", "DEL", "CHECK"):
         validate_container_id(container_id)
         validate_ifname(ifname)
+    netns = pod_netns(command, env.get("CNI_NETNS", ""))
     conf = _read_conf(stdin_data)
     validate_network_name(conf.get("name"))
     version = _conf_version(conf, plugin)
@@ -169,7 +176,7 @@ def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin,
     return CmdArgs(
         command=command,
         container_id=container_id,
-        netns=env.get("CNI_NETNS", ""),
+        netns=netns,
         ifname=ifname,
         args=parse_cni_args(env.get("CNI_ARGS", "")),
         path=[p for p in env.get("CNI_PATH", "").split(os.pathsep) if p],
