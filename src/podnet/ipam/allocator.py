@@ -95,9 +95,10 @@ class _Attempt:
     store: Store
     container_id: str
     ifname: str
-    taken: dict[IPAddress, Reservation]
-    held: list[IPAddress]
+    taken: dict[IPAddress, Reservation] = field(default_factory=dict)
+    held: list[IPAddress] = field(default_factory=list)
     new: list[IPAddress] = field(default_factory=list)
+    done: bool = False  # every range set got its address (what fails after this is the lock's exit)
 
     def take(self, ip: IPAddress, range_id: int) -> bool:
         if not self.store.reserve(self.container_id, self.ifname, ip, range_id):
@@ -105,6 +106,12 @@ class _Attempt:
         self.new.append(ip)
         self.taken[ip] = Reservation(ip, self.container_id, self.ifname)
         return True
+
+    def give_back(self) -> None:
+        """Release what this attempt reserved (and only that); the caller holds the lock."""
+        for ip in self.new:
+            with contextlib.suppress(CNIError, OSError):
+                self.store.release(ip)
 
 
 def _take_requested(att: _Attempt, idx: int, ip: IPAddress) -> IPAddress:
@@ -144,22 +151,46 @@ def _allocate_in_set(att: _Attempt, idx: int, rs: RangeSet, wanted: IPAddress | 
     return IPConfig(address=ipaddress.ip_interface((ip, r.subnet.prefixlen)), gateway=r.gateway)
 
 
+def _allocate_locked(att: _Attempt, range_sets: Sequence[RangeSet],
+                     plan: Sequence[IPAddress | None]) -> list[IPConfig]:
+    store = att.store
+    store.clean_debris()
+    att.taken = {r.ip: r for r in store.reservations()}
+    att.held = [r.ip for r in select_owned(att.taken.values(), att.container_id, att.ifname)]
+    try:
+        ips = [_allocate_in_set(att, idx, rs, plan[idx]) for idx, rs in enumerate(range_sets)]
+    except BaseException:
+        att.give_back()
+        raise
+    att.done = True
+    return ips
+
+
+def _give_back_after_failed_sync(att: _Attempt) -> None:
+    """The new reservations were made under the lock, but the lock's exit (making them durable)
+    failed: ADD reports the failure, so nobody will ever DEL them. Release those still ours."""
+    with contextlib.suppress(CNIError, OSError), att.store.lock():
+        mine = {r.ip for r in att.store.reservations() if r.matches(att.container_id, att.ifname)}
+        att.new = [ip for ip in att.new if ip in mine]
+        att.give_back()
+
+
 def allocate(store: Store, range_sets: Sequence[RangeSet], container_id: str, ifname: str,
              requested: Iterable[IPAddress] = ()) -> list[IPConfig]:
     """One address per range set for the attachment, all under one lock; all or nothing."""
     plan = assign_requested(range_sets, requested)
-    with store.prepared(container_id, ifname, len(range_sets)), store.lock():
-        store.clean_debris()
-        taken = {r.ip: r for r in store.reservations()}
-        held = [r.ip for r in select_owned(taken.values(), container_id, ifname)]
-        att = _Attempt(store, container_id, ifname, taken, held)
+    att = _Attempt(store, container_id, ifname)
+    with store.prepared(container_id, ifname, len(range_sets)):
         try:
-            return [_allocate_in_set(att, idx, rs, plan[idx]) for idx, rs in enumerate(range_sets)]
-        except BaseException:
-            for ip in att.new:
-                with contextlib.suppress(CNIError, OSError):
-                    store.release(ip)
-            raise
+            with store.lock():
+                return _allocate_locked(att, range_sets, plan)
+        except CNIError as err:
+            if not att.done:
+                raise
+            _give_back_after_failed_sync(att)
+            released = ", ".join(map(str, att.new)) or "nothing new"
+            raise type(err)(f"{err.msg}; this ADD's reservations were released ({released})",
+                            err.details, code=err.code) from None
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:

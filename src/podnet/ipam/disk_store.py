@@ -14,7 +14,8 @@ vanishes with the process that made it, so it can be written and synced *before*
 (:meth:`DiskStore.prepared`), and the lock is held only for the ``link``. The directory is fsync-ed
 once, after the lock is released and before the caller goes on: a reservation that was reported is
 on disk. Where ``O_TMPFILE`` is not supported the file is written under a temporary name while the
-lock is held.
+lock is held. A failure after the ``link`` (writing ``last_reserved_ip.N`` here, the directory sync
+in the allocator) takes the reservation back: a failed ADD leaves nothing reserved.
 
 ``last_reserved_ip.N`` is only a hint (garbage restarts the round robin): it is replaced atomically
 (temporary name, ``rename``), so no reader ever sees half of it, but it is not fsync-ed.
@@ -215,18 +216,36 @@ class DiskStore:
 
     def reserve(self, container_id: str, ifname: str, ip: IPAddress, range_id: int) -> bool:
         view = self._view()
+        data = format_owner(container_id, ifname)
         try:
-            if not self._link_reservation(format_owner(container_id, ifname), ip):
-                # The view said free: somebody wrote without the lock. Read the directory again.
-                if self._index is not None:
-                    self._index.forget()
-                return False
-            view.reservations[str(ip)] = Reservation(ip, *parse_owner(format_owner(container_id, ifname)))
-            self._changed = True
-            self._write_last_reserved(ip, range_id)
+            linked = self._link_reservation(data, ip)
         except OSError as exc:
             raise _io_error(f"cannot write reservation for {ip} in {self.dir}", exc) from None
+        if not linked:
+            # The view said free: somebody wrote without the lock. Read the directory again.
+            if self._index is not None:
+                self._index.forget()
+            return False
+        self._changed = True
+        try:
+            self._write_last_reserved(ip, range_id)
+        except OSError as exc:
+            # The address is linked but ADD is about to fail: a reservation nobody reported would
+            # leak (a runtime never DELs a failed ADD), so it is taken back before reporting.
+            self._unlink_reservation(ip)
+            raise _io_error(f"cannot write {LAST_RESERVED_PREFIX}{range_id} in {self.dir} after reserving "
+                            f"{ip}; the reservation was released", exc) from None
+        view.reservations[str(ip)] = Reservation(ip, *parse_owner(data))
         return True
+
+    def _unlink_reservation(self, ip: IPAddress) -> None:
+        path = self._path(str(ip))
+        try:
+            self._unlink(path)
+        except OSError as exc:
+            if self._index is not None:
+                self._index.forget()  # the file may still be there: read the directory next time
+            raise _io_error(f"cannot release {path} after a failed reservation", exc) from None
 
     def release(self, ip: IPAddress) -> None:
         name = str(ip)
