@@ -27,9 +27,11 @@ regular file left under /run/netns by a crashed runtime is refused too.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,13 +70,7 @@ class NetnsHandle:
     def open(cls, ref: str) -> NetnsHandle:
         """Open by name or path. Missing or not a network namespace: NetnsNotFound."""
         path = netns_path(ref)
-        try:
-            # Read-only and without O_CREAT: opening must never create anything.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise NetnsNotFound(f"netns {path}: not found", exc.strerror or "") from None
-        except PermissionError as exc:
-            raise PermissionDenied(f"netns {path}: permission denied", exc.strerror or "") from None
+        fd = _open_nsfs(path)
         try:
             _check_netns(fd, path)
         except BaseException:
@@ -126,14 +122,65 @@ class NetnsHandle:
 NetnsRef = str | NetnsHandle
 
 
+class NetnsUnusable(KernelError):
+    """The path cannot be looked at (symlink loop, too long, I/O error): whether a namespace is
+    there is unknown, so this is not NetnsNotFound's "unknown container" (code 3) but code 999,
+    the code the Go plugins give for any namespace path they cannot open."""
+
+
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR})
+_UNUSABLE = {errno.ELOOP: "too many levels of symbolic links", errno.ENAMETOOLONG: "path too long"}
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _shown(path: str) -> str:
+    """The path for a message: a 10,000-character one must not become the message."""
+    return path if len(path) <= 200 else f"{path[:100]}...({len(path)} characters)"
+
+
+def _open_nsfs(path: str) -> int:
+    """An fd on the nsfs inode at ``path``, without opening anything that is not a regular file.
+
+    A namespace file is a regular (nsfs) file. Opening the path for reading would block forever on
+    a FIFO, could make a tty the process's controlling terminal and has side effects on some devices,
+    so the path is opened with O_PATH (no open of the file itself), the type checked, and only then
+    the same inode reopened for reading through /proc/self/fd (no second path lookup)."""
+    try:
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(exc, path) from None
+    try:
+        mode = os.fstat(pfd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise NetnsNotFound(f"netns {_shown(path)}: not a network namespace ({kind})")
+        return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _open_error(exc, path) from None
+    finally:
+        os.close(pfd)
+
+
+def _open_error(exc: OSError, path: str) -> KernelError:
+    err = exc.errno or 0
+    shown = _shown(path)
+    if err in _NOT_THERE:
+        return NetnsNotFound(f"netns {shown}: not found", os.strerror(err))
+    if err in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"netns {shown}: permission denied", os.strerror(err), errno=err)
+    reason = _UNUSABLE.get(err, os.strerror(err))
+    return NetnsUnusable(f"netns {shown}: cannot be opened: {reason}", errno=err)
+
+
 def _check_netns(fd: int, path: str) -> None:
     try:
         nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError as exc:
         # ENOTTY/EINVAL: a regular file (a bind mount that is gone), not an nsfs inode.
-        raise NetnsNotFound(f"netns {path}: not a namespace", exc.strerror or "") from None
+        raise NetnsNotFound(f"netns {_shown(path)}: not a namespace", exc.strerror or "") from None
     if nstype != CLONE_NEWNET:
-        raise NetnsNotFound(f"netns {path}: not a network namespace", f"nstype {nstype:#x}")
+        raise NetnsNotFound(f"netns {_shown(path)}: not a network namespace", f"nstype {nstype:#x}")
 
 
 def _setns(handle: NetnsHandle) -> None:
@@ -248,6 +295,7 @@ __all__ = [
     "NETNS_RUN_DIR",
     "NetnsHandle",
     "NetnsRef",
+    "NetnsUnusable",
     "entered",
     "list_netns",
     "netns_exists",
