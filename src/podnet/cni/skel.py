@@ -223,7 +223,7 @@ def _read_stdin(stdin: IO[bytes] | None) -> bytes:
 def _guess_version(stdin_data: bytes) -> str:
     """The version to write an error in: the config's, when it can be read at all."""
     try:
-        raw = json.loads(stdin_data).get("cniVersion")
+        raw = load_json(stdin_data, "network configuration").get("cniVersion")
         if isinstance(raw, str) and ver.is_supported(raw):
             return ver.normalize(raw)
     except Exception:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import io
-import json
 import os
 import pstats
 import select
@@ -43,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from podnet.cni import skel
+from podnet.cni.errors import DecodingFailure
+from podnet.cni.jsonio import load_json
 from podnet.daemon import protocol as p
 from podnet.daemon import registry
 from podnet.daemon.locks import NetworkLocks
@@ -156,8 +157,8 @@ def decode_env(entries: list[bytes]) -> dict[str, str]:
 def request_identity(env: Mapping[str, str], stdin: bytes) -> tuple[str | None, dict[str, Any] | None]:
     """The network name (for locking) and the parsed config, when stdin is a JSON object."""
     try:
-        conf = json.loads(stdin)
-    except (ValueError, RecursionError):
+        conf = load_json(stdin, "network configuration")  # the skel's own decoder: same verdict
+    except DecodingFailure:
         return None, None
     if not isinstance(conf, dict):
         return None, None
