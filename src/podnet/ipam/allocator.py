@@ -204,7 +204,10 @@ def gc(store: Store, valid: ValidAttachments) -> list[IPAddress]:
     """Release every reservation whose attachment ``valid`` does not keep, and a crash's debris."""
     with store.lock():
         store.clean_debris()
-        stale = [r.ip for r in store.reservations() if not valid.keeps(r.container_id, r.ifname)]
+        found = store.reservations()
+        # Two files can name one address (its IPv4 and IPv4-mapped forms); a kept one keeps it.
+        kept = {r.ip for r in found if valid.keeps(r.container_id, r.ifname)}
+        stale = list(dict.fromkeys(r.ip for r in found if r.ip not in kept))
         for ip in stale:
             store.release(ip)
     return stale

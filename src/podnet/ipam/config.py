@@ -311,11 +311,27 @@ def _range_ip(obj: dict[str, Any], key: str, subnet: IPNetwork, where: str) -> I
     return ip
 
 
+# IPv4-mapped IPv6 (RFC 4291 2.5.5.2) is refused: such an address never appears in an IPv6 packet,
+# the kernel and the pods' sockets treat it as the IPv4 address, so a pod given one has an IPv6
+# address that no IPv6 peer reaches, and a reservation would name an IPv4 address (the reference
+# canonicalizes it) inside an IPv6 range. The files an older version wrote are still released.
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _check_pod_subnet(subnet: IPNetwork, where: str, text: str) -> None:
+    """A subnet pods can be numbered from (``text``: the subnet as configured, for the message)."""
+    if isinstance(subnet, ipaddress.IPv6Network) and subnet.overlaps(_MAPPED):
+        raise InvalidNetworkConfig(
+            f"{where} {text} holds IPv4-mapped IPv6 addresses (::ffff:0:0/96), which cannot number pods",
+            "use the IPv4 subnet itself")
+
+
 def parse_range(value: object, where: str) -> Range:
     obj = _obj(value, where)
     if not _present(obj.get("subnet")):
         raise InvalidNetworkConfig(f"{where} has no 'subnet'")
     subnet = parse_subnet(obj["subnet"], f"{where}.subnet")
+    _check_pod_subnet(subnet, f"{where}.subnet", str(obj["subnet"]))
     if subnet.num_addresses < 4:
         raise InvalidNetworkConfig(f"{where}.subnet {subnet} is too small to allocate from (needs /"
                                    f"{subnet.max_prefixlen - 2} or larger)")

@@ -75,10 +75,35 @@ def read_file(path: str) -> bytes | None:
         os.close(fd)
 
 
+def file_name(ip: IPAddress) -> str:
+    """The one name an address is reserved under: the canonical form, so an IPv4-mapped address
+    is named as IPv4 (as the reference names it)."""
+    return str(canonical(ip))
+
+
 @dataclass
 class DirView:
     reservations: dict[str, Reservation] = field(default_factory=dict)  # by file name
     debris: set[str] = field(default_factory=set)  # temporary files (names)
+    # Reservation files named in another form than file_name(ip) (``::ffff:ad4:3202`` written by an
+    # older version): rare, kept apart so releasing an address finds them without a full scan.
+    aliases: dict[IPAddress, set[str]] = field(default_factory=dict)
+
+    def add(self, name: str, reservation: Reservation) -> None:
+        self.reservations[name] = reservation
+        if name != file_name(reservation.ip):
+            self.aliases.setdefault(reservation.ip, set()).add(name)
+
+    def names_of(self, ip: IPAddress) -> set[str]:
+        """Every file name that reserves ``ip``."""
+        return {file_name(ip), *self.aliases.get(canonical(ip), ())}
+
+    def drop(self, name: str) -> None:
+        found = self.reservations.pop(name, None)
+        if found is not None and found.ip in self.aliases:
+            self.aliases[found.ip].discard(name)
+            if not self.aliases[found.ip]:
+                del self.aliases[found.ip]
 
 
 def scan(path: str) -> DirView:
@@ -100,7 +125,7 @@ def scan(path: str) -> DirView:
             continue
         data = read_file(entry.path)
         if data is not None:
-            view.reservations[entry.name] = Reservation(ip, *parse_owner(data))
+            view.add(entry.name, Reservation(ip, *parse_owner(data)))
     return view
 
 

@@ -35,7 +35,8 @@ import os
 from collections.abc import Iterator
 
 from podnet.cni.result import IPAddress
-from podnet.ipam.dir_index import TEMP_PREFIX, DirIndex, DirView, index_for, read_file
+from podnet.ipam.config import canonical
+from podnet.ipam.dir_index import TEMP_PREFIX, DirIndex, DirView, file_name, index_for, read_file
 from podnet.ipam.dir_index import io_error as _io_error
 from podnet.ipam.dir_index import ip_from_name as _ip_from_name
 from podnet.ipam.store import Reservation, format_owner, parse_owner, select_owned
@@ -173,7 +174,7 @@ class DiskStore:
         return None
 
     def _link_reservation(self, data: bytes, ip: IPAddress) -> bool:
-        self._touched.add(str(ip))
+        self._touched.add(file_name(ip))
         fd = self._take_ready(data)
         if fd is None:
             return self._link_named(data, ip)
@@ -183,7 +184,7 @@ class DiskStore:
             # which would link the /proc symlink itself, unless a directory fd is given.
             dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                os.link(f"/proc/self/fd/{fd}", str(ip), dst_dir_fd=dir_fd, follow_symlinks=True)
+                os.link(f"/proc/self/fd/{fd}", file_name(ip), dst_dir_fd=dir_fd, follow_symlinks=True)
             finally:
                 os.close(dir_fd)
         except FileExistsError:
@@ -198,7 +199,7 @@ class DiskStore:
     def _link_named(self, data: bytes, ip: IPAddress) -> bool:
         temp = self._write_temp(data)
         try:
-            os.link(temp, self._path(str(ip)))
+            os.link(temp, self._path(file_name(ip)))
         except FileExistsError:
             return False
         finally:
@@ -235,11 +236,11 @@ class DiskStore:
             self._unlink_reservation(ip)
             raise _io_error(f"cannot write {LAST_RESERVED_PREFIX}{range_id} in {self.dir} after reserving "
                             f"{ip}; the reservation was released", exc) from None
-        view.reservations[str(ip)] = Reservation(ip, *parse_owner(data))
+        view.add(file_name(ip), Reservation(canonical(ip), *parse_owner(data)))
         return True
 
     def _unlink_reservation(self, ip: IPAddress) -> None:
-        path = self._path(str(ip))
+        path = self._path(file_name(ip))
         try:
             self._unlink(path)
         except OSError as exc:
@@ -248,20 +249,28 @@ class DiskStore:
             raise _io_error(f"cannot release {path} after a failed reservation", exc) from None
 
     def release(self, ip: IPAddress) -> None:
-        name = str(ip)
+        """Every file that reserves ``ip``, whatever form of the address names it."""
+        view = self._view()
+        for name in sorted(view.names_of(ip)):
+            self._remove(view, name)
+
+    def _remove(self, view: DirView, name: str) -> None:
         self._touched.add(name)
         try:
             self._unlink(self._path(name))
         except OSError as exc:
             raise _io_error(f"cannot remove reservation {self._path(name)}", exc) from None
-        self._view().reservations.pop(name, None)
+        view.drop(name)
         self._changed = True
 
     def release_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
-        released = [r.ip for r in select_owned(self.reservations(), container_id, ifname)]
-        for ip in released:
-            self.release(ip)
-        return released
+        # By file name: another attachment's file naming the same address in another form stays.
+        view = self._view()
+        owned = select_owned(view.reservations.values(), container_id, ifname)
+        wanted = set(owned)
+        for name in [name for name, r in view.reservations.items() if r in wanted]:
+            self._remove(view, name)
+        return list(dict.fromkeys(r.ip for r in owned))
 
     def clean_debris(self) -> int:
         debris = self._view().debris
