@@ -24,7 +24,9 @@ far the request got:
 * no answer within ``PODNET_SHIM_TIMEOUT`` seconds (default 120): the daemon may still be working
   on it, so nothing is re-run; the shim reports error 11.
 
-``PODNET_SOCKET`` overrides the socket path (default ``/run/podnet/podnet.sock``).
+``PODNET_SOCKET`` overrides the socket path (default ``/run/podnet/podnet.sock``). A knob with a
+value the shim cannot use is CNI error 4 naming it, before anything runs: a typo must not silently
+become the default.
 """
 
 import _socket
@@ -74,11 +76,50 @@ def _recv_exact(sock: _socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+class _BadKnob(Exception):
+    """An environment knob of the shim has a value it cannot use (reported as CNI error 4)."""
+
+    def __init__(self, name: bytes, value: bytes, want: str) -> None:
+        super().__init__(f"invalid {name.decode()}={value.decode(errors='replace')!r}: {want}")
+
+
+# A socket address holds 108 bytes with the terminating NUL (sockaddr_un.sun_path).
+_SUN_PATH_MAX = 107
+# socket timeouts above this overflow the platform's time_t; no runtime waits a day for a plugin.
+MAX_TIMEOUT = 86400.0
+_YES = (b"1", b"true", b"yes")
+_NO = (b"0", b"false", b"no")
+
+
+def _socket_path(env: dict[bytes, bytes]) -> bytes:
+    path = env.get(b"PODNET_SOCKET") or p.DEFAULT_SOCKET.encode()
+    if not path.startswith(b"/") or len(path) > _SUN_PATH_MAX:
+        raise _BadKnob(b"PODNET_SOCKET", path, f"must be an absolute path of at most {_SUN_PATH_MAX} bytes")
+    return path
+
+
 def _timeout(env: dict[bytes, bytes]) -> float:
-    try:
-        return float(env.get(b"PODNET_SHIM_TIMEOUT", b"") or DEFAULT_TIMEOUT)
-    except ValueError:
+    raw = env.get(b"PODNET_SHIM_TIMEOUT", b"")
+    if not raw:
         return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    # Written so that NaN fails it too (every comparison with NaN is false).
+    if not (0 < value <= MAX_TIMEOUT):
+        raise _BadKnob(b"PODNET_SHIM_TIMEOUT", raw,
+                       f"must be a number of seconds over 0, at most {MAX_TIMEOUT:g}")
+    return value
+
+
+def _redo(env: dict[bytes, bytes]) -> bool:
+    given = env.get(b"PODNET_SHIM_REDO", b"")
+    if given.lower() in _NO:
+        return False
+    if given.lower() in _YES or not given:
+        return True
+    raise _BadKnob(b"PODNET_SHIM_REDO", given, "must be 1, true, yes, 0, false or no")
 
 
 def ask_daemon(path: bytes, frame: bytes, timeout: float) -> tuple[bytes, int, bytes, bytes]:
@@ -122,21 +163,24 @@ def run(plugin: str) -> int:
     """One plugin call through the daemon (or in-process); returns the exit code."""
     env: dict[bytes, bytes] = posix.environ
     command = env.get(b"CNI_COMMAND", b"")
+    try:
+        path, timeout, redo = _socket_path(env), _timeout(env), _redo(env)
+    except _BadKnob as exc:
+        return _fail(plugin, command, str(exc), code=4)
     stdin = b"" if command == b"VERSION" else _read_stdin()
     entries = [k + b"=" + v for k, v in env.items()]
     if len(stdin) > p.MAX_STDIN or sum(map(len, entries)) > p.MAX_ENV_BYTES:
         return in_process(plugin, stdin)  # the skel reports the oversized input properly
-    path = env.get(b"PODNET_SOCKET") or p.DEFAULT_SOCKET.encode()
     frame = p.encode_request(plugin.encode(), stdin, entries)
     try:
-        kind, code, out, err = ask_daemon(path, frame, _timeout(env))
+        kind, code, out, err = ask_daemon(path, frame, timeout)
     except _Unsent:
         return in_process(plugin, stdin)
     except TimeoutError:
         return _fail(plugin, command, "no answer from the podnet daemon in time; it may still be working "
                      "on the request, so it is not repeated")
     except _Broken as exc:
-        return after_broken(plugin, command, stdin, str(exc))
+        return after_broken(plugin, command, stdin, str(exc), redo=redo)
     if kind == p.KIND_REFUSED:
         _say(plugin, f"daemon refused the request ({err.decode(errors='replace').strip()}); "
              "running in-process")
@@ -147,22 +191,21 @@ def run(plugin: str) -> int:
     return code
 
 
-def after_broken(plugin: str, command: bytes, stdin: bytes, why: str) -> int:
+def after_broken(plugin: str, command: bytes, stdin: bytes, why: str, *, redo: bool = True) -> int:
     """The daemon took the request and died (or hung up) before answering."""
     if command in _IDEMPOTENT:
         _say(plugin, f"{why}; running {command.decode()} again in-process (it is idempotent)")
         return in_process(plugin, stdin)
-    redo = posix.environ.get(b"PODNET_SHIM_REDO", b"1") not in (b"0", b"false", b"no")
     if command != b"ADD" or not redo:
         return _fail(plugin, command, f"{why}; the request may have partly happened, run DEL and retry")
     _say(plugin, f"{why}; undoing any partial ADD (DEL in-process), then ADD in-process")
     return in_process(plugin, stdin, clean_first=True)
 
 
-def _fail(plugin: str, command: bytes, msg: str) -> int:
-    """CNI error 11 (try again later), written without json (its input is plain text)."""
+def _fail(plugin: str, command: bytes, msg: str, code: int = 11) -> int:
+    """A CNI error (default 11, try again later), written without json (its input is plain text)."""
     text = "".join(c if c >= " " else " " for c in msg).replace("\\", "\\\\").replace('"', '\\"')
-    _write_all(1, ('{"cniVersion": "1.0.0", "code": 11, "msg": "' + text + '"}\n').encode())
+    _write_all(1, ('{"cniVersion": "1.0.0", "code": ' + str(code) + ', "msg": "' + text + '"}\n').encode())
     _say(plugin, f"{command.decode(errors='replace')} failed: {msg}")
     return 1
 
