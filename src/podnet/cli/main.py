@@ -16,6 +16,9 @@ podnet: pod networking for a Kubernetes node, in Python.
       Run the node daemon: plugin shims hand it their calls over a root-only unix socket.
   podnet install [--bin-dir DIR] [--conf-dir DIR]
       Install the plugin shims into a CNI bin dir and a network config into a CNI conf dir.
+  podnet doctor [--fix] [--json] [--netns NAME] [--conf-dir DIR] [--cache-dir DIR]
+      Find what crashes and udev leave behind on this node (torn cache files, orphaned IP
+      reservations and nftables elements, MAC drift) and, with --fix, repair what is safe.
   podnet demo
       Build throw-away namespaces on this machine, wire them as pods, show a ping matrix, and
       remove everything again.
@@ -28,12 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    from podnet.cli import cni_cmd, daemon_cmd, demo_cmd, install_cmd
+    from podnet.cli import cni_cmd, daemon_cmd, demo_cmd, doctor_cmd, install_cmd
 
     cni_cmd.register(sub)
     demo_cmd.register(sub)
     daemon_cmd.register(sub)
     install_cmd.register(sub)
+    doctor_cmd.register(sub)
     return parser
 
 
