@@ -21,6 +21,8 @@ far the request got:
   ifname) belongs to this one call, so nothing else is touched. ``PODNET_SHIM_REDO=0`` turns this
   off: the shim then reports CNI error 11 (try again later) and leaves the debris to the runtime's
   DEL or to GC.
+
+VERSION is answered by the shim itself (see :func:`answer_version`), with or without a daemon.
 * no answer within ``PODNET_SHIM_TIMEOUT`` seconds (default 120): the daemon may still be working
   on it, so nothing is re-run; the shim reports error 11.
 
@@ -167,7 +169,9 @@ def run(plugin: str) -> int:
         path, timeout, redo = _socket_path(env), _timeout(env), _redo(env)
     except _BadKnob as exc:
         return _fail(plugin, command, str(exc), code=4)
-    stdin = b"" if command == b"VERSION" else _read_stdin()
+    if command == b"VERSION":
+        return answer_version()
+    stdin = _read_stdin()
     entries = [k + b"=" + v for k, v in env.items()]
     if len(stdin) > p.MAX_STDIN or sum(map(len, entries)) > p.MAX_ENV_BYTES:
         return in_process(plugin, stdin)  # the skel reports the oversized input properly
@@ -189,6 +193,20 @@ def run(plugin: str) -> int:
     if err:
         _write_all(2, err)
     return code
+
+
+def answer_version() -> int:
+    """VERSION, answered here: runtimes ask it of every network on every container start and stop,
+    and neither the daemon nor the plugin is needed for it. Every podnet plugin serves the versions
+    of podnet.cni.version (skel.Plugin's default), so this is the skel's own answer, from the same
+    definition (tests/daemon/test_shim_version.py holds each plugin to it), without importing the
+    plugin, the skel or the kernel layer."""
+    import json
+
+    from podnet.cni import version as ver
+
+    _write_all(1, (json.dumps(ver.version_info()) + "\n").encode())
+    return 0
 
 
 def after_broken(plugin: str, command: bytes, stdin: bytes, why: str, *, redo: bool = True) -> int:
