@@ -21,6 +21,11 @@ static
   requested addresses   ``CNI_ARGS IP=cidr,cidr`` and ``GATEWAY=ip,ip``, ``args.cni.ips``,
                         ``runtimeConfig.ips`` (CIDRs)
 
+Beyond the reference: a subnet that cannot number pods (a /0, one overlapping the unspecified,
+loopback, multicast, limited broadcast, link-local or IPv4-mapped blocks) is refused, as is a
+static address or gateway in those blocks (link-local stays allowed there); ``dataDir`` and
+``resolvConf`` must be absolute paths.
+
 Every problem is an ``InvalidNetworkConfig`` (code 7) whose message names the key and the value.
 """
 
@@ -311,19 +316,57 @@ def _range_ip(obj: dict[str, Any], key: str, subnet: IPNetwork, where: str) -> I
     return ip
 
 
-# IPv4-mapped IPv6 (RFC 4291 2.5.5.2) is refused: such an address never appears in an IPv6 packet,
-# the kernel and the pods' sockets treat it as the IPv4 address, so a pod given one has an IPv6
-# address that no IPv6 peer reaches, and a reservation would name an IPv4 address (the reference
-# canonicalizes it) inside an IPv6 range. The files an older version wrote are still released.
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+def _block(cidr: str, what: str) -> tuple[IPNetwork, str]:
+    return ipaddress.ip_network(cidr), f"{what} ({cidr})"
+
+
+# Addresses no interface can be numbered from: a packet from or to them never leaves the host, is
+# never forwarded, or is not a single host. Refused for host-local subnets and static addresses.
+#
+# IPv4-mapped IPv6 (RFC 4291 2.5.5.2) is among them: such an address never appears in an IPv6
+# packet, the kernel and the pods' sockets treat it as the IPv4 address, so a pod given one has an
+# IPv6 address that no IPv6 peer reaches, and its reservation would name an IPv4 address (the
+# reference canonicalizes it) inside an IPv6 range. Files an older version wrote are still released.
+_NOT_UNICAST = (
+    _block("0.0.0.0/8", "the unspecified address and 'this network'"),
+    _block("::/128", "the unspecified address"),
+    _block("127.0.0.0/8", "loopback"),
+    _block("::1/128", "loopback"),
+    _block("224.0.0.0/4", "multicast"),
+    _block("ff00::/8", "multicast"),
+    _block("255.255.255.255/32", "the limited broadcast address"),
+    _block("::ffff:0:0/96", "IPv4-mapped IPv6 addresses"),
+)
+# Link-local is refused for host-local ranges only: the kernel numbers every interface from
+# fe80::/10 itself, routers never forward either block (so pods would be unreachable off the node),
+# and 169.254.0.0/16 holds podnet-routed's pod gateway 169.254.1.1 and clouds' metadata service. A
+# static address may be link-local on purpose (the operator names the one address).
+_LINK_LOCAL = (_block("169.254.0.0/16", "link-local"), _block("fe80::/10", "link-local"))
+
+
+def _overlapping_block(net: IPNetwork, blocks: Iterable[tuple[IPNetwork, str]]) -> str | None:
+    return next((what for block, what in blocks if block.version == net.version and net.overlaps(block)),
+                None)
 
 
 def _check_pod_subnet(subnet: IPNetwork, where: str, text: str) -> None:
     """A subnet pods can be numbered from (``text``: the subnet as configured, for the message)."""
-    if isinstance(subnet, ipaddress.IPv6Network) and subnet.overlaps(_MAPPED):
-        raise InvalidNetworkConfig(
-            f"{where} {text} holds IPv4-mapped IPv6 addresses (::ffff:0:0/96), which cannot number pods",
-            "use the IPv4 subnet itself")
+    if subnet.prefixlen == 0:
+        raise InvalidNetworkConfig(f"{where} {text} cannot number pods: a /0 is every address")
+    what = _overlapping_block(subnet, _NOT_UNICAST + _LINK_LOCAL)
+    if what is not None:
+        raise InvalidNetworkConfig(f"{where} {text} cannot number pods: it overlaps {what}")
+
+
+def check_static_address(address: IPInterface, where: str, text: str) -> None:
+    """An address an interface can hold (any prefix but /0: a /32 or /128 is how routed pods are
+    numbered)."""
+    if address.network.prefixlen == 0:
+        raise InvalidNetworkConfig(f"{where} {text} cannot be an interface address: a /0 prefix is every "
+                                   "address")
+    what = _overlapping_block(ipaddress.ip_network(address.ip), _NOT_UNICAST)
+    if what is not None:
+        raise InvalidNetworkConfig(f"{where} {text} cannot be an interface address: it is in {what}")
 
 
 def parse_range(value: object, where: str) -> Range:
@@ -331,10 +374,10 @@ def parse_range(value: object, where: str) -> Range:
     if not _present(obj.get("subnet")):
         raise InvalidNetworkConfig(f"{where} has no 'subnet'")
     subnet = parse_subnet(obj["subnet"], f"{where}.subnet")
-    _check_pod_subnet(subnet, f"{where}.subnet", str(obj["subnet"]))
     if subnet.num_addresses < 4:
         raise InvalidNetworkConfig(f"{where}.subnet {subnet} is too small to allocate from (needs /"
                                    f"{subnet.max_prefixlen - 2} or larger)")
+    _check_pod_subnet(subnet, f"{where}.subnet", str(obj["subnet"]))
     gateway = _range_ip(obj, "gateway", subnet, where) or subnet.network_address + 1
     start = _range_ip(obj, "rangeStart", subnet, where) or subnet.network_address + 1
     end = _range_ip(obj, "rangeEnd", subnet, where)
@@ -465,7 +508,16 @@ def _static_gateway(value: object, address: IPInterface, where: str) -> IPAddres
     gateway = parse_ip(value, where)
     if gateway.version != address.version:
         raise InvalidNetworkConfig(f"{where} {gateway} is not of the address family of {address}")
+    what = _overlapping_block(ipaddress.ip_network(gateway), _NOT_UNICAST)
+    if what is not None:
+        raise InvalidNetworkConfig(f"{where} {value} cannot be a gateway: it is in {what}")
     return gateway
+
+
+def _static_address(value: object, where: str) -> IPInterface:
+    address = parse_cidr_address(value, where)
+    check_static_address(address, where, str(value))
+    return address
 
 
 def _static_addresses(conf: dict[str, Any], ipam: dict[str, Any],
@@ -474,13 +526,13 @@ def _static_addresses(conf: dict[str, Any], ipam: dict[str, Any],
     for i, item in enumerate(_list(ipam.get("addresses"), "ipam.addresses")):
         where = f"ipam.addresses[{i}]"
         obj = _obj(item, where)
-        address = parse_cidr_address(obj.get("address"), f"{where}.address")
+        address = _static_address(obj.get("address"), f"{where}.address")
         out.append(StaticAddress(address, _static_gateway(obj.get("gateway"), address, f"{where}.gateway")))
     extra = [(f"CNI_ARGS IP[{i}]", v) for i, v in enumerate(cni_arg_list(cni_args, "IP"))]
     extra += [(f"args.cni.ips[{i}]", v) for i, v in enumerate(_args_cni_ips(conf))]
     extra += [(f"runtimeConfig.ips[{i}]", v)
               for i, v in enumerate(_list(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
-    out.extend(StaticAddress(parse_cidr_address(v, where)) for where, v in extra)
+    out.extend(StaticAddress(_static_address(v, where)) for where, v in extra)
     for i, gw_text in enumerate(cni_arg_list(cni_args, "GATEWAY")):
         gateway = parse_ip(gw_text, f"CNI_ARGS GATEWAY[{i}]")
         owners = [a for a in out if gateway in a.address.network]
