@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -58,7 +59,7 @@ class Recorder:
     def work(self, args: skel.CmdArgs) -> None:
         me = self._enter(args)
         try:
-            print(f"printed by {me}")  # a stray print lands in this request's stdout, not the log
+            args.stderr.write(f"said by {me}\n")  # the skel's stream: this request's stderr
             time.sleep(self.delay)
             if args.arg("FAIL"):
                 raise CNIError("asked to fail", code=11)
@@ -82,7 +83,13 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, recorder: Recorder) -> Iterator[Daemon]:
+def std_streams() -> tuple[object, object]:
+    """The process's streams before the daemon started."""
+    return sys.stdout, sys.stderr
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, recorder: Recorder, std_streams: tuple[object, object]) -> Iterator[Daemon]:
     log = io.StringIO()
     d = Daemon(Config(socket_path=str(tmp_path / "run" / "d.sock"), workers=8, read_timeout=1.0,
                       allowed_uids=frozenset({os.getuid()})), log=JsonLog(log))
@@ -130,13 +137,26 @@ def test_socket_is_root_only_from_the_start(daemon: Daemon) -> None:
 
 
 def test_a_call_runs_the_plugin_and_captures_its_output(daemon: Daemon) -> None:
-    kind, code, out, _ = call(daemon, "ADD")
+    kind, code, out, err = call(daemon, "ADD")
     assert (kind, code) == (p.KIND_RAN, 0)
-    text = out.decode()
-    assert text.startswith("printed by ADD:c1\n")
-    assert json.loads(text.splitlines()[1])["cniVersion"] == "1.1.0"
-    kind, code, out, _ = call(daemon, "ADD", args="FAIL=1")
-    assert (kind, code) == (p.KIND_RAN, 1) and json.loads(out.decode().splitlines()[-1])["code"] == 11
+    assert json.loads(out.decode())["cniVersion"] == "1.1.0"  # stdout is the result and nothing else
+    assert err.decode() == "said by ADD:c1\n"
+    kind, code, out, err = call(daemon, "ADD", args="FAIL=1")
+    assert (kind, code) == (p.KIND_RAN, 1) and json.loads(out.decode())["code"] == 11
+    assert err.decode() == "said by ADD:c1\n"
+
+
+def test_requests_get_the_skels_streams_and_the_process_keeps_its_own(
+        daemon: Daemon, std_streams: tuple[object, object]) -> None:
+    """Concurrent requests each get their own messages; sys.stdout/sys.stderr are never swapped
+    for proxies (a plugin writes to args.stderr, which the skel hands it)."""
+    assert (sys.stdout, sys.stderr) == std_streams
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: call(daemon, "DEL", cid=f"c{i}"), range(16)))
+    for i, (kind, code, out, err) in enumerate(answers):
+        assert (kind, code, out) == (p.KIND_RAN, 0, b"")
+        assert err.decode() == f"said by DEL:c{i}\n"
+    assert (sys.stdout, sys.stderr) == std_streams
 
 
 def test_same_attachment_never_overlaps_other_pods_do(daemon: Daemon, recorder: Recorder) -> None:

@@ -33,13 +33,12 @@ import signal
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from podnet.cni import skel
 from podnet.cni.errors import DecodingFailure
@@ -83,36 +82,6 @@ class Config:
     check_netns: bool = True
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
     profile_path: str | None = None  # cProfile every request; pstats written here at shutdown
-
-
-class _PerThreadStream(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` for the daemon: while a request runs, what its thread prints
-    goes into that request's output instead of the daemon's log stream."""
-
-    def __init__(self, fallback: IO[str]) -> None:
-        self.fallback = fallback
-        self._local = threading.local()
-
-    def _target(self) -> IO[str]:
-        stream: IO[str] | None = getattr(self._local, "stream", None)
-        return self.fallback if stream is None else stream
-
-    def write(self, s: str) -> int:
-        return self._target().write(s)
-
-    def flush(self) -> None:
-        self._target().flush()
-
-    def writable(self) -> bool:
-        return True
-
-    @contextlib.contextmanager
-    def capture(self, stream: IO[str]) -> Iterator[None]:
-        self._local.stream = stream
-        try:
-            yield
-        finally:
-            self._local.stream = None
 
 
 def peer_credentials(conn: socket.socket) -> Peer:
@@ -181,8 +150,6 @@ class Daemon:
         self._own_netns = netns_identity("/proc/thread-self/ns/net")
         self._inflight = 0
         self._inflight_lock = threading.Lock()
-        self._stdout: _PerThreadStream | None = None
-        self._stderr: _PerThreadStream | None = None
         self._profiles: list[cProfile.Profile] = []
         self._profile_local = threading.local()
 
@@ -191,26 +158,10 @@ class Daemon:
     def start(self) -> None:
         """Import every plugin, then bind the socket (0600) and listen."""
         self.plugins = registry.available()
-        self._redirect_std_streams()
         self._listener = self._bind(self.config.socket_path)
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="podnet-req")
         self.log.info("listening", socket=self.config.socket_path, pid=os.getpid(), plugins=self.plugins,
                       workers=self.config.workers)
-
-    def _redirect_std_streams(self) -> None:
-        """Make sure sys.stdout/sys.stderr are per-thread proxies (again, if someone swapped them)."""
-        if not isinstance(sys.stdout, _PerThreadStream):
-            self._stdout = _PerThreadStream(sys.stdout)
-            sys.stdout = self._stdout
-        if not isinstance(sys.stderr, _PerThreadStream):
-            self._stderr = _PerThreadStream(sys.stderr)
-            sys.stderr = self._stderr
-
-    def _restore_std_streams(self) -> None:
-        if self._stdout is not None and sys.stdout is self._stdout:
-            sys.stdout = self._stdout.fallback
-        if self._stderr is not None and sys.stderr is self._stderr:
-            sys.stderr = self._stderr.fallback
 
     def _bind(self, path: str) -> socket.socket:
         directory = os.path.dirname(path) or "."
@@ -296,7 +247,6 @@ class Daemon:
             self._refuse(conn, "shutting-down", "the daemon is shutting down")
         listener.close()
         pool.shutdown(wait=True)
-        self._restore_std_streams()
         if self.config.profile_path and self._profiles:
             pstats.Stats(*self._profiles).dump_stats(self.config.profile_path)
         os.close(self._wake_r)
@@ -434,7 +384,9 @@ class Daemon:
         self._count(+1)
         start = time.perf_counter()
         try:
-            with self._lock_for(command, network, env), self._captured(out, err):
+            # The request's streams are the skel's: a plugin reports through args.stderr, never
+            # sys.stderr, so concurrent requests need no per-thread redirection of the process's.
+            with self._lock_for(command, network, env):
                 code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
         finally:
             self._count(-1)
@@ -466,15 +418,6 @@ class Daemon:
         if command in ("ADD", "DEL", "CHECK"):
             return self.locks.shared(network, (env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")))
         return self.locks.shared(network)
-
-    @contextlib.contextmanager
-    def _captured(self, out: IO[str], err: IO[str]) -> Iterator[None]:
-        self._redirect_std_streams()
-        with contextlib.ExitStack() as stack:
-            for stream in (sys.stdout, sys.stderr):
-                if isinstance(stream, _PerThreadStream):
-                    stack.enter_context(stream.capture(out if stream is sys.stdout else err))
-            yield
 
     def _count(self, delta: int) -> None:
         with self._inflight_lock:
