@@ -13,11 +13,23 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
+
+from podnet.cni.errors import CNIError
+from podnet.cni.jsonio import load_json
 
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 CONF_NAME = "10-podnet.conflist"
+# Clear of what other software on a node uses by default: podman and containerd's bridge 10.88/16
+# (Debian's 87-podman-bridge.conflist) and netavark's 10.89/16 pool, CRI-O's 10.85/16, Kubernetes
+# services 10.96/12, flannel and kind 10.244/16, k3s 10.42/16 and 10.43/16, weave 10.32/12, docker
+# 172.17/16 and its 172.16/12 and 192.168/16 pools, Calico 192.168/16.
+DEFAULT_SUBNET = "10.212.0.0/16"
+# The files libcni loads from a conf dir.
+CONF_EXTENSIONS = (".conf", ".conflist", ".json")
+_MAX_CONF = 1 << 20
 SHEBANG_MAX = 255  # the kernel reads this much of a "#!" line (BINPRM_BUF_SIZE - 1)
 
 HELP = """\
@@ -47,8 +59,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-conflist", action="store_true", help="install the plugins only")
     p.add_argument("--conf-name", default=CONF_NAME, help=f"config file name (default {CONF_NAME})")
     p.add_argument("--network", default="podnet", help="generated config: network name (default podnet)")
-    p.add_argument("--subnet", default="10.88.0.0/16",
-                   help="generated config: pod subnet (default 10.88.0.0/16)")
+    p.add_argument("--subnet", default=DEFAULT_SUBNET,
+                   help=f"generated config: pod subnet (default {DEFAULT_SUBNET}); install refuses one that "
+                   "overlaps another network in CONF_DIR")
     p.add_argument("--bridge", default="podnet0", help="generated config: bridge name (default podnet0)")
     p.add_argument("--cni-version", default="1.0.0", help="generated config: cniVersion (default 1.0.0)")
     p.add_argument("--data-dir", help="generated config: host-local dataDir (default host-local's own)")
@@ -132,12 +145,64 @@ def _conflist_bytes(ns: argparse.Namespace) -> bytes:
     if ns.conflist:
         with open(ns.conflist, "rb") as f:
             raw = f.read()
-        body = json.loads(raw)
+        body = load_json(raw, ns.conflist)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(
                 body.get("plugins"), list):
             raise ValueError(f"{ns.conflist}: not a conflist (needs 'name' and 'plugins')")
         return raw
     return (json.dumps(generated_conflist(ns), indent=2) + "\n").encode()
+
+
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def subnets_of(node: object) -> Iterator[Subnet]:
+    """Every ``subnet`` in a network config: host-local's ranges, the legacy ``ipam.subnet``, other
+    IPAM plugins' keys of that name. Routes are not looked at: a 0.0.0.0/0 route overlaps all."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "subnet" and isinstance(value, str):
+                try:
+                    yield ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    continue
+            else:
+                yield from subnets_of(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from subnets_of(item)
+
+
+def other_networks(conf_dir: str, own_path: str) -> Iterator[tuple[str, object]]:
+    """(path, parsed config) of every network config in the conf dir but podnet's own file. A file
+    that cannot be read or parsed is skipped: libcni cannot load it either, it is no network."""
+    try:
+        names = sorted(os.listdir(conf_dir))
+    except FileNotFoundError:
+        return
+    own = os.path.realpath(own_path)
+    for name in names:
+        path = os.path.join(conf_dir, name)
+        if name.startswith(".") or not name.endswith(CONF_EXTENSIONS) or os.path.realpath(path) == own:
+            continue
+        try:
+            with open(path, "rb") as f:
+                yield path, load_json(f.read(_MAX_CONF + 1), path)
+        except (OSError, CNIError):
+            continue
+
+
+def check_overlaps(conflist: bytes, conf_dir: str, own_path: str) -> None:
+    """Refuse pod subnets that overlap another network's: two bridges routing the same addresses
+    break both (the node's route to each goes to whichever was set up last)."""
+    mine = list(subnets_of(load_json(conflist, "the network config to install")))
+    for path, body in other_networks(conf_dir, own_path):
+        for theirs in subnets_of(body):
+            for subnet in mine:
+                if subnet.version == theirs.version and subnet.overlaps(theirs):
+                    name = body.get("name") if isinstance(body, dict) else None
+                    raise ValueError(f"subnet {subnet} overlaps {theirs} of network {name!r} in {path}; "
+                                     "choose another --subnet")
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -147,6 +212,8 @@ def run(ns: argparse.Namespace) -> int:
             raise ValueError(f"interpreter path {python!r} is too long for a '#!' line")
         plugins = _plugins(ns)
         conflist = None if ns.no_conflist else _conflist_bytes(ns)
+        if conflist is not None:
+            check_overlaps(conflist, ns.conf_dir, os.path.join(ns.conf_dir, ns.conf_name))
         os.makedirs(ns.bin_dir, mode=0o755, exist_ok=True)
         root = package_root()
         for plugin in plugins:
@@ -157,7 +224,7 @@ def run(ns: argparse.Namespace) -> int:
             os.makedirs(ns.conf_dir, mode=0o755, exist_ok=True)
             path = os.path.join(ns.conf_dir, ns.conf_name)
             print(f"{write_if_changed(path, conflist, 0o644):9} {path}")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CNIError) as exc:
         print(f"podnet install: {exc}", file=sys.stderr)
         return 1
     return 0
