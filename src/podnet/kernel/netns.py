@@ -20,8 +20,9 @@ How namespaces behave, measured on Linux 6.x and relied on here:
 
 pyroute2 opens namespaces with ``os.O_CREAT`` by default and so silently creates a new,
 empty namespace for a mistyped name. Here a namespace is only ever opened read-only
-without ``O_CREAT``, and the file is checked with the ``NS_GET_NSTYPE`` ioctl: a stale
-regular file left under /run/netns by a crashed runtime is refused too.
+without ``O_CREAT``, and only after an ``O_PATH`` look showed a regular file (a FIFO, a tty
+or a device is never opened); the file is then checked with the ``NS_GET_NSTYPE`` ioctl: a
+stale regular file left under /run/netns by a crashed runtime is refused too.
 """
 
 from __future__ import annotations
