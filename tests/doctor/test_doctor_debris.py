@@ -25,7 +25,6 @@ from doctor_util import (
     wait_until,
 )
 
-from cnienv import CniEnv
 from nsutil import Netns, NetnsFactory, destroy
 from podnet.cli.cni_cmd import default_container_id
 from podnet.plugins.identity import host_veth_name

@@ -37,7 +37,8 @@ def test_link_policy_override_mask_and_match(tmp_path: Path) -> None:
     # An earlier file for veths only, with the policy off, wins for veths.
     _link(etc, "10-veth.link", "[Match]\nKind=veth\n[Link]\nMACAddressPolicy=none\n")
     # A file that does not match veths is skipped.
-    _link(etc, "05-eth.link", "[Match]\nKind=!veth bridge\nOriginalName=eth*\n[Link]\nMACAddressPolicy=random\n")
+    _link(etc, "05-eth.link",
+          "[Match]\nKind=!veth bridge\nOriginalName=eth*\n[Link]\nMACAddressPolicy=random\n")
     (finding,) = udev.check([str(etc), str(usr)])
     assert finding.severity == "note" and finding.where == str(etc / "10-veth.link")
     # Masking the /usr file with an empty one of the same name in /etc leaves no policy at all.

@@ -7,8 +7,3 @@ MACs, gateway MAC drift), :mod:`~podnet.doctor.nft_elements` (podnet-bridge's nf
 netlink dump counters). What makes an attachment *live* is defined in :mod:`~podnet.doctor.live`;
 which networks and files are podnet's in :mod:`~podnet.doctor.scope`.
 """
-
-from podnet.doctor.examine import Options, Report, examine, repair
-from podnet.doctor.findings import Finding
-
-__all__ = ["Finding", "Options", "Report", "examine", "repair"]

@@ -62,7 +62,7 @@ def check(url: str | None, netns: str | None) -> list[Finding]:
                         "check that the daemon runs with --metrics-addr and the URL")]
     summary = ", ".join(f"{k} {counters.get(k, 0)}" for k in KEYS)
     out = [Finding("dump-counters", "note", url, f"netlink dumps since the daemon started: {summary}",
-                   "none needed")]
+                   "none needed", data=counters)]
     gave_up = counters.get("gave_up", 0)
     if gave_up:
         out.append(Finding(

@@ -35,6 +35,7 @@ class Finding:
     fix: str  # what --fix does, or what a person should do
     network: str = ""
     attachment: tuple[str, str] | None = None  # (container ID, ifname) when known
+    data: dict[str, Any] = field(default_factory=dict)  # figures for tools (the dump counters)
     repair: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     status: Status = "found"
     error: str = ""
@@ -56,6 +57,8 @@ class Finding:
         }
         if self.attachment is not None:
             doc["containerID"], doc["ifname"] = self.attachment
+        if self.data:
+            doc["data"] = self.data
         if self.error:
             doc["error"] = self.error
         return doc

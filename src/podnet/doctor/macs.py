@@ -13,9 +13,7 @@ ADD of that pod (which sets and pins one MAC again).
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Iterator
 
 from podnet.doctor.context import Context
 from podnet.doctor.findings import Finding
@@ -24,7 +22,7 @@ from podnet.doctor.sysfs import NET_ADDR_RANDOM, NetSysfs
 from podnet.kernel.errors import KernelError
 from podnet.kernel.model import RT_SCOPE_UNIVERSE, Link
 from podnet.kernel.netlink import Netlink
-from podnet.kernel.netns import NetnsHandle, list_netns, netns_path
+from podnet.kernel.netns import NetnsHandle
 from podnet.plugins.routed import GATEWAY
 from podnet.runtime.cache import ResultCache
 
@@ -53,39 +51,42 @@ def random_macs(ctx: Context, sysfs: NetSysfs) -> list[Finding]:
     return out
 
 
-def _sandboxes(ctx: Context, veth: HostVeth) -> Iterator[str]:
-    """Where the pod's namespace may be: the netns of its cached result, then every named one."""
-    if veth.attachment is not None:
-        with contextlib.suppress(ValueError):
-            read = ResultCache(ctx.cache_dir).read(veth.network, *veth.attachment)
-            for iface in (read.prev_result or {}).get("interfaces", []):
-                if not isinstance(iface, dict) or iface.get("name") != veth.attachment[1]:
-                    continue
-                if iface.get("sandbox"):
-                    yield str(iface["sandbox"])
-    for name in list_netns():
-        yield netns_path(name)
+def _sandbox(ctx: Context, veth: HostVeth) -> str | None:
+    """The pod's namespace path as its cached ADD result records it (the runtime's CNI_NETNS).
+
+    Only that path is trusted: link indices are per namespace, so some other namespace's link at
+    the host veth's peer index pointing back at the same index number proves nothing.
+    """
+    if veth.attachment is None:
+        return None
+    try:
+        read = ResultCache(ctx.cache_dir).read(veth.network, *veth.attachment)
+    except ValueError:
+        return None
+    for iface in (read.prev_result or {}).get("interfaces", []):
+        if isinstance(iface, dict) and iface.get("name") == veth.attachment[1] and iface.get("sandbox"):
+            return str(iface["sandbox"])
+    return None
 
 
 def _pod_end(ctx: Context, veth: HostVeth) -> tuple[Netlink, Link] | None:
-    """A session in the pod's namespace and the pod end of the pair: the link there at the host
-    veth's peer index that names the host veth as its own peer."""
-    node = ctx.nl.netns.identity()
-    peer = veth.link.peer_index
-    if peer is None or veth.link.link_netnsid is None:
+    """A session in the pod's namespace and the pod end of the pair: the attachment's ifname
+    there, a veth at the host veth's peer index that names the host veth's index as its peer."""
+    path, peer = _sandbox(ctx, veth), veth.link.peer_index
+    if path is None or peer is None or veth.link.link_netnsid is None or veth.attachment is None:
         return None
-    for path in dict.fromkeys(_sandboxes(ctx, veth)):
-        try:
-            with NetnsHandle.open(path) as handle:
-                if handle.identity() == node:
-                    continue
-                pod = Netlink(handle)
-        except KernelError:
-            continue
-        link = pod.find_link(peer)
-        if link is not None and link.kind == "veth" and link.peer_index == veth.link.index:
-            return pod, link
-        pod.close()
+    try:
+        with NetnsHandle.open(path) as handle:
+            if handle.identity() == ctx.nl.netns.identity():
+                return None
+            pod = Netlink(handle)
+    except KernelError:
+        return None
+    link = pod.find_link(peer)
+    if link is not None and link.kind == "veth" and link.peer_index == veth.link.index \
+            and link.name == veth.attachment[1]:
+        return pod, link
+    pod.close()
     return None
 
 
@@ -115,9 +116,8 @@ def gateway_drift(ctx: Context) -> tuple[list[Finding], list[Finding]]:
             if found is None:
                 notes.append(Finding(
                     "pod-unreachable", "note", veth.link.name,
-                    f"the pod namespace of {_who(veth)} is not reachable by path: its gateway entry "
-                    "was not checked",
-                    "none needed; name the namespace under /run/netns to have it checked", network=net.name,
+                    f"the pod namespace of {_who(veth)} is not known from a cached result: its gateway "
+                    "entry was not checked", "none needed", network=net.name,
                     attachment=veth.attachment))
                 continue
             pod, link = found
