@@ -22,8 +22,9 @@ from podnet.ipam.allocator import (
     round_robin,
     usage,
 )
-from podnet.ipam.config import RangeSet, parse_range_set
+from podnet.ipam.config import parse_range_set
 from podnet.ipam.fake_store import FakeStore, LockNotHeld
+from podnet.ipam.ranges import RangeSet
 
 ip = ipaddress.ip_address
 

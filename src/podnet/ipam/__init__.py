@@ -2,17 +2,10 @@
 in-memory fake) and the configuration of podnet-host-local and podnet-static."""
 
 from podnet.ipam.allocator import AddressUnavailable, RangeExhausted, allocate, check, gc, release, usage
-from podnet.ipam.config import (
-    HostLocalConfig,
-    Range,
-    RangeSet,
-    StaticAddress,
-    StaticConfig,
-    load_host_local,
-    load_static,
-)
+from podnet.ipam.config import HostLocalConfig, StaticAddress, StaticConfig, load_host_local, load_static
 from podnet.ipam.disk_store import DiskStore
 from podnet.ipam.fake_store import FakeStore
+from podnet.ipam.ranges import Range, RangeSet
 from podnet.ipam.store import Reservation, Store
 
 __all__ = [

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from podnet.cni.attachments import ValidAttachments
 from podnet.cni.errors import INTERNAL, CNIError, InvalidNetworkConfig, UnknownContainer
 from podnet.cni.result import IPAddress, IPConfig
-from podnet.ipam.config import RangeSet
+from podnet.ipam.ranges import RangeSet
 from podnet.ipam.store import Reservation, Store, select_owned
 
 

@@ -42,6 +42,7 @@ from podnet.cni import version as ver
 from podnet.cni.args import validate_network_name
 from podnet.cni.errors import CNIError, InvalidNetworkConfig
 from podnet.cni.result import DNS, IPAddress, IPInterface, IPNetwork, Result, Route
+from podnet.ipam.ranges import Range, RangeSet, overlapping_neighbours
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 MAX_RESOLV_CONF = 64 * 1024  # far more than any resolv.conf; a bound so /dev/zero cannot fill memory
@@ -245,68 +246,6 @@ def _check_family_count(families: Iterable[int], cni_version: str, what: str) ->
 # ---- host-local ranges -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Range:
-    """An inclusive address range inside a subnet; ``gateway`` defaults to the subnet's first address."""
-
-    subnet: IPNetwork
-    start: IPAddress
-    end: IPAddress
-    gateway: IPAddress
-
-    @property
-    def version(self) -> int:
-        return self.subnet.version
-
-    def contains(self, ip: IPAddress) -> bool:
-        return ip.version == self.version and self.start <= ip <= self.end  # type: ignore[operator]
-
-    def is_special(self, ip: IPAddress) -> bool:
-        """Never handed out: the gateway, and the subnet's network address (and IPv4 broadcast)."""
-        if ip == self.gateway or ip == self.subnet.network_address:
-            return True
-        return self.version == 4 and ip == self.subnet.broadcast_address
-
-    def __str__(self) -> str:
-        return f"{self.start}-{self.end} in {self.subnet}"
-
-
-@dataclass(frozen=True)
-class RangeSet:
-    ranges: tuple[Range, ...]
-
-    @property
-    def version(self) -> int:
-        return self.ranges[0].version
-
-    def range_for(self, ip: IPAddress) -> Range | None:
-        return next((r for r in self.ranges if r.contains(ip)), None)
-
-    def contains(self, ip: IPAddress) -> bool:
-        return self.range_for(ip) is not None
-
-    def allocatable(self, ip: IPAddress) -> bool:
-        """In one of the ranges, and neither a gateway nor a network/broadcast address of any range."""
-        return self.contains(ip) and not any(r.is_special(ip) for r in self.ranges)
-
-    def capacity(self) -> int:
-        """How many addresses the set can hand out."""
-        total = 0
-        for r in self.ranges:
-            specials = {s for other in self.ranges
-                        for s in (other.gateway, other.subnet.network_address, other.subnet.broadcast_address)
-                        if r.contains(s) and other.is_special(s)}
-            total += int(r.end) - int(r.start) + 1 - len(specials)
-        return total
-
-    def __str__(self) -> str:
-        return ", ".join(str(r) for r in self.ranges)
-
-
-def _overlaps(a: Range, b: Range) -> bool:
-    return a.version == b.version and a.start <= b.end and b.start <= a.end  # type: ignore[operator]
-
-
 def _range_ip(obj: dict[str, Any], key: str, subnet: IPNetwork, where: str) -> IPAddress | None:
     if not _present(obj.get(key)):
         return None
@@ -394,12 +333,13 @@ def parse_range_set(value: object, where: str) -> RangeSet:
     if not items:
         raise InvalidNetworkConfig(f"{where} is an empty range set")
     ranges = tuple(parse_range(item, f"{where}[{i}]") for i, item in enumerate(items))
-    for i, r in enumerate(ranges):
+    for r in ranges:
         if r.version != ranges[0].version:
             raise InvalidNetworkConfig(f"{where} mixes address families: {ranges[0].subnet} and {r.subnet}")
-        for j in range(i):
-            if _overlaps(ranges[j], r):
-                raise InvalidNetworkConfig(f"{where}: ranges {ranges[j]} and {r} overlap")
+    pairs = overlapping_neighbours(ranges)
+    if pairs:
+        i, j = min(pairs, key=lambda p: (p[1], p[0]))  # the pair a scan in config order meets first
+        raise InvalidNetworkConfig(f"{where}: ranges {ranges[i]} and {ranges[j]} overlap")
     return RangeSet(ranges)
 
 
@@ -422,13 +362,14 @@ def parse_range_sets(conf: dict[str, Any], ipam: dict[str, Any]) -> list[RangeSe
         raise InvalidNetworkConfig(
             "no IP ranges specified: set ipam.ranges (or ipam.subnet, or runtimeConfig.ipRanges)")
     sets = [parse_range_set(value, where) for where, value in raw]
-    for i, rs in enumerate(sets):
-        for j in range(i):
-            clash = next(((a, b) for a in sets[j].ranges for b in rs.ranges if _overlaps(a, b)), None)
-            if clash is not None:
-                raise InvalidNetworkConfig(
-                    f"range set {i} ({raw[i][0]}: {clash[1]}) overlaps "
-                    f"range set {j} ({raw[j][0]}: {clash[0]})")
+    flat = [(idx, r) for idx, rs in enumerate(sets) for r in rs.ranges]
+    # No set overlaps itself any more, so every overlap left is between two sets.
+    pairs = overlapping_neighbours([r for _, r in flat])
+    if pairs:
+        a, b = min(pairs, key=lambda p: (flat[p[1]][0], flat[p[0]][0], p[1], p[0]))
+        (j, earlier), (i, later) = flat[a], flat[b]
+        raise InvalidNetworkConfig(
+            f"range set {i} ({raw[i][0]}: {later}) overlaps range set {j} ({raw[j][0]}: {earlier})")
     return sets
 
 
