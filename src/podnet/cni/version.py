@@ -7,11 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from podnet.cni.errors import DecodingFailure, IncompatibleVersion
+from podnet.cni.spec_versions import CURRENT, IMPLICIT, SUPPORTED
 
-CURRENT = "1.1.0"
-SUPPORTED: tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-# A config without cniVersion is a pre-0.2 config (libcni treats it the same way).
-IMPLICIT = "0.1.0"
+__all__ = ["CURRENT", "IMPLICIT", "SUPPORTED"]
 
 # ASCII digits only, and the whole string: "$" alone would let "1.0.0\n" through.
 _SEMVER = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")

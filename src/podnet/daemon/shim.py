@@ -198,14 +198,12 @@ def run(plugin: str) -> int:
 def answer_version() -> int:
     """VERSION, answered here: runtimes ask it of every network on every container start and stop,
     and neither the daemon nor the plugin is needed for it. Every podnet plugin serves the versions
-    of podnet.cni.version (skel.Plugin's default), so this is the skel's own answer, from the same
+    of podnet.cni.spec_versions (skel.Plugin's default), so this is the skel's own answer, from the same
     definition (tests/daemon/test_shim_version.py holds each plugin to it), without importing the
     plugin, the skel or the kernel layer."""
-    import json
+    from podnet.cni.spec_versions import version_json
 
-    from podnet.cni import version as ver
-
-    _write_all(1, (json.dumps(ver.version_info()) + "\n").encode())
+    _write_all(1, (version_json() + "\n").encode())
     return 0
 
 
