@@ -71,7 +71,8 @@ def test_other_extensions_and_directories_ignored(tmp_path: Path) -> None:
     b"this is not json", b"", b"\xff\xfe", b"[1, 2]", b'"a string"',
     b'{"cniVersion": "1.0.0", "plugins": []}', b'{"name": 7, "plugins": []}',
     b'{"name": "../x", "plugins": [{"type": "a"}]}',
-], ids=["garbage", "empty", "binary", "list", "string", "no-name", "name-int", "bad-name"])
+    '{"cniVersion": "1.0.0", "name": "other", "plugins": [{"type": "a"}]}'.encode("utf-16"),
+], ids=["garbage", "empty", "binary", "list", "string", "no-name", "name-int", "bad-name", "utf-16"])
 def test_broken_files_skipped_but_named(tmp_path: Path, content: bytes) -> None:
     write(tmp_path, "01-broken.conflist", content)
     write(tmp_path, "02-broken.conf", content)
@@ -175,7 +176,7 @@ def test_single_conf_takes_no_drop_ins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "code"), [
     (b"{not json", 6), (b"[]", 6), (b'{"name": "x"}', 7), (b'{"type": "../sh"}', 7),
-    (b'{"type": "a", "capabilities": []}', 7),
+    (b'{"type": "a", "capabilities": []}', 7), ('{"type": "a"}'.encode("utf-16"), 6),
 ])
 def test_broken_drop_in_fails_naming_the_file(tmp_path: Path, content: bytes, code: int) -> None:
     write(tmp_path, "10-net.conflist", conflist("net", "bridge"))

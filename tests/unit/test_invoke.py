@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
@@ -156,6 +157,17 @@ def test_garbage_on_success_decodes_to_code_6(tmp_path: Path) -> None:
     with pytest.raises(CNIError) as info:
         decode_output(str(exe), out)
     assert info.value.code == 6 and "liar" in info.value.msg and "all good!" in info.value.details
+
+
+@pytest.mark.parametrize("body", [
+    '{"cniVersion": "1.0.0"}'.encode("utf-16"), codecs.BOM_UTF8 + b'{"cniVersion": "1.0.0"}',
+    b'{"cniVersion": "1.0.0", "x": NaN}',
+], ids=["utf-16", "utf-8-bom", "nan"])
+def test_plugin_output_must_be_strict_utf8_json(body: bytes) -> None:
+    # Go's libcni refuses these; a result podnet took from a plugin would break the next Go plugin.
+    with pytest.raises(CNIError) as info:
+        decode_output("/opt/cni/bin/liar", body)
+    assert info.value.code == 6 and "liar" in info.value.msg
 
 
 def test_garbage_on_add_through_runtime_is_code_6_and_rolled_back(tmp_path: Path) -> None:

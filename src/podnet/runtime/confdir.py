@@ -10,13 +10,13 @@ the network is not found.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 from podnet.cni.args import validate_network_name, validate_plugin_type
 from podnet.cni.config import NetConfList, PluginConf, parse_conf, parse_conflist
 from podnet.cni.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from podnet.cni.jsonio import load_json
 
 LIST_EXTENSIONS = (".conflist",)
 SINGLE_EXTENSIONS = (".conf", ".json")
@@ -48,9 +48,9 @@ def _probe(data: bytes) -> tuple[str | None, str]:
     """The network name without full validation, to find the file before parsing it strictly,
     and, when there is no usable name, why (so a not-found error can name the broken file)."""
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
-        return None, f"not JSON ({exc})"
+        obj = load_json(data, "network configuration")
+    except CNIError as exc:
+        return None, f"not JSON ({exc.msg}: {exc.details})"
     if not isinstance(obj, dict):
         return None, "not a JSON object"
     name = obj.get("name")
@@ -66,10 +66,7 @@ def _probe(data: bytes) -> tuple[str | None, str]:
 def _drop_in_plugin(path: Path) -> PluginConf:
     """A drop-in file is one plugin configuration object: it needs a ``type``, not a network name."""
     data = _read(path)
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise DecodingFailure(f"cannot parse plugin configuration {path}", str(exc)) from None
+    obj = load_json(data, f"plugin configuration {path}")
     if not isinstance(obj, dict):
         raise DecodingFailure(f"plugin configuration {path} is not a JSON object")
     try:

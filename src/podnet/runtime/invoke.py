@@ -9,7 +9,6 @@ show what it said.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import time
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from podnet.cni.args import format_cni_args
 from podnet.cni.errors import CNIError, DecodingFailure, InvalidNetworkConfig, TryAgainLater
+from podnet.cni.jsonio import load_json
 
 # libcni retries "text file busy" (a plugin binary being replaced while we exec it) a few times.
 ETXTBSY_RETRIES = 5
@@ -79,8 +79,8 @@ def decode_failure(plugin: str, returncode: int, stdout: bytes, stderr: bytes) -
     """The error a failed plugin reported, or one describing how it failed."""
     name = os.path.basename(plugin)
     try:
-        body = json.loads(stdout)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting recurses
+        body = load_json(stdout, f"output of plugin {name}")
+    except CNIError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("code"), int) and "msg" in body:
         err = CNIError.from_dict(body)
@@ -94,11 +94,11 @@ def decode_failure(plugin: str, returncode: int, stdout: bytes, stderr: bytes) -
 
 def decode_output(plugin: str, stdout: bytes) -> Any:
     try:
-        return json.loads(stdout)
-    except (ValueError, RecursionError) as exc:
+        return load_json(stdout, f"output of plugin {os.path.basename(plugin)}")
+    except DecodingFailure as exc:
         text = stdout.decode(errors="replace")[:200]
         raise DecodingFailure(f"plugin {os.path.basename(plugin)} printed output that is not JSON",
-                              f"{exc}; output starts {text!r}") from None
+                              f"{exc.details}; output starts {text!r}") from None
 
 
 class RealExec:
