@@ -19,6 +19,9 @@ VENV_BIN = REPO / ".venv" / "bin"
 ROUTED = "doc-routed"
 BRIDGE = "doc-bridge"
 FOREIGN_NET = "doc-foreign"  # a network of Go plugins: nothing of it is podnet's
+# A podnet network whose name starts the foreign network's: the foreign network's files
+# (doc-foreign-...) start with "doc-" too, and are still not podnet's.
+SHORT = "doc"
 
 
 def host_local(env: CniEnv, subnet: str) -> dict[str, Any]:
@@ -26,7 +29,8 @@ def host_local(env: CniEnv, subnet: str) -> dict[str, Any]:
 
 
 def write_networks(env: CniEnv) -> None:
-    """A routed network, a bridge network with ipMasq and macspoofchk, and a foreign network."""
+    """Two routed networks, a bridge network with ipMasq and macspoofchk, and a foreign network."""
+    env.write_conflist(SHORT, [{"type": "podnet-routed", "ipam": host_local(env, "10.70.0.0/24")}])
     env.write_conflist(ROUTED, [{"type": "podnet-routed", "ipam": host_local(env, "10.71.0.0/24")}])
     env.write_conflist(BRIDGE, [{"type": "podnet-bridge", "bridge": "docbr0", "isGateway": True,
                                  "ipMasq": True, "macspoofchk": True,

@@ -16,6 +16,7 @@ import pytest
 from doctor_util import (
     BRIDGE,
     ROUTED,
+    SHORT,
     Foreign,
     assert_found,
     doctor,
@@ -27,7 +28,9 @@ from doctor_util import (
 
 from nsutil import Netns, NetnsFactory, destroy
 from podnet.cli.cni_cmd import default_container_id
+from podnet.doctor.examine import Options, examine, repair
 from podnet.plugins.identity import host_veth_name
+from podnet.runtime.cache import CacheEntry, ResultCache
 
 pytestmark = pytest.mark.root
 
@@ -51,9 +54,13 @@ def test_clean_node_exits_0(node: Netns, netns: NetnsFactory, tmp_path: Path) ->
     run = doctor(env)
     assert run.code == 0, run.text
     assert run.doc["clean"] and not run.kinds()
-    assert sorted(run.doc["networks"]) == [BRIDGE, ROUTED]
+    assert sorted(run.doc["networks"]) == [SHORT, BRIDGE, ROUTED]
     text = doctor(env, json_out=False)
     assert text.code == 0 and "no problems found" in text.text
+    # Run inside the node namespace itself (no --netns), as a person on the node would.
+    inside = node.run([sys.executable, "-m", "podnet.cli.main", "doctor", "--conf-dir", str(env.conf_dir),
+                       "--cache-dir", str(env.cache_dir)], check=False)
+    assert inside.returncode == 0 and "no problems found" in inside.stdout, inside.stdout + inside.stderr
     assert doctor(env, "--fix").code == 0
     foreign.assert_untouched()
 
@@ -196,3 +203,43 @@ def test_pod_gone_leaves_nft_elements(node: Netns, netns: NetnsFactory, tmp_path
     assert "ghostnet/abc/eth0" in masq
     env.cni("check", BRIDGE, live)
     foreign.assert_untouched()
+
+
+def test_fresh_files_are_left_to_the_operation_under_way(node: Netns, tmp_path: Path) -> None:
+    """A reservation or marker younger than --grace may belong to an ADD still running."""
+    env = make_env(node, tmp_path)
+    planted = env.ipam_dir / ROUTED / "10.71.0.201"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"adding-right-now\r\neth0")
+    run = doctor(env, grace=60)
+    assert run.code == 0 and run.doc["unjudgedRecentFiles"] == 1, run.text
+    assert "not judged" in doctor(env, grace=60, json_out=False).text
+    assert doctor(env, "--fix", grace=60).code == 0 and planted.exists()
+    old = time.time() - 61
+    os.utime(planted, (old, old))
+    assert doctor(env, grace=60).kinds() == ["reservation-orphan"]
+
+
+def test_repair_leaves_alone_what_came_alive_since_the_scan(node: Netns, netns: NetnsFactory,
+                                                            tmp_path: Path) -> None:
+    """Between the scan and --fix a pod with that identity appears: its reservation, cache entry
+    and pending marker are its own now, and the repairs leave them alone."""
+    env = make_env(node, tmp_path)
+    cid = "comes-back"
+    (env.ipam_dir / ROUTED).mkdir(parents=True, exist_ok=True)
+    reservation = env.ipam_dir / ROUTED / "10.71.0.202"
+    reservation.write_bytes(f"{cid}\r\neth0".encode())
+    entry = CacheEntry(ROUTED, cid, "eth0", b"{}", {"cniVersion": "1.0.0"})
+    ResultCache(env.cache_dir).write(entry)
+    ResultCache(env.cache_dir / "podnet-pending").write(entry)
+    opts = Options(conf_dir=str(env.conf_dir), cache_dir=str(env.cache_dir), netns=node.name, grace=0)
+    report = examine(opts)
+    kinds = sorted(f.kind for f in report.findings if f.severity == "problem")
+    assert kinds == ["cache-orphan", "pending-orphan", "reservation-orphan"]
+    pod = netns("pod")
+    node.run(["ip", "link", "add", host_veth_name(ROUTED, cid, "eth0"), "type", "veth", "peer", "name",
+              "eth0", "netns", pod.name])
+    repair(report.findings)
+    assert [f.status for f in report.findings if f.severity == "problem"] == ["changed"] * 3
+    assert reservation.exists() and env.pending_files() and f"{ROUTED}-{cid}-eth0" in env.cache_files()
+    assert report.exit_code == 1

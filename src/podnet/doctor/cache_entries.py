@@ -56,7 +56,7 @@ def _remover(path: Path, guard: Callable[[], None] | None = None) -> Callable[[]
 
 def _not_live(ctx: Context, network: str, container_id: str, ifname: str) -> Callable[[], None]:
     def guard() -> None:
-        if still_live(ctx.nl, network, container_id, ifname):
+        if still_live(ctx.netns, network, container_id, ifname):
             raise Changed(f"attachment {network}/{container_id}/{ifname} is live now; left alone")
     return guard
 

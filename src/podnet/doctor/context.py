@@ -19,7 +19,7 @@ DEFAULT_GRACE_S = 60.0
 
 @dataclass
 class Context:
-    nl: Netlink  # the node's namespace
+    nl: Netlink  # the node's namespace, for the scan (repairs open sessions of their own)
     netns: str | None  # --netns as given (None: the caller's namespace)
     scope: Scope
     cache_dir: Path

@@ -72,6 +72,13 @@ class LiveAttachments:
     def read(cls, nl: Netlink, networks: Iterable[str]) -> LiveAttachments:
         return cls(nl.links(), networks)
 
+    @classmethod
+    def read_now(cls, netns: str | None, networks: Iterable[str]) -> LiveAttachments:
+        """A fresh snapshot through a session of its own (a repair may run after the scan's
+        session is closed)."""
+        with Netlink(netns) as nl:
+            return cls.read(nl, networks)
+
     def veths(self, network: str) -> list[HostVeth]:
         return list(self.by_network.get(network, []))
 
@@ -87,6 +94,8 @@ class LiveAttachments:
         return [v for v in self.by_network.get(network, []) if v.attachment is None]
 
 
-def still_live(nl: Netlink, network: str, container_id: str, ifname: str) -> bool:
-    """One fresh lookup, for a repair about to act on what the scan called dead."""
-    return nl.find_link(host_veth_name(network, container_id, ifname)) is not None
+def still_live(netns: str | None, network: str, container_id: str, ifname: str) -> bool:
+    """One fresh lookup in the node namespace, for a repair about to act on what the scan called
+    dead."""
+    with Netlink(netns) as nl:
+        return nl.find_link(host_veth_name(network, container_id, ifname)) is not None

@@ -48,7 +48,7 @@ def owner_live(live: LiveAttachments, net: PodnetNetwork, comment: str) -> bool 
 
 def _remover(ctx: Context, table: OwnedElements, net: PodnetNetwork, comment: str) -> Callable[[], None]:
     def repair() -> None:
-        fresh = LiveAttachments.read(ctx.nl, [net.name])
+        fresh = LiveAttachments.read_now(ctx.netns, [net.name])
         if owner_live(fresh, net, comment) is not False:
             raise Changed(f"the attachment owning {comment!r} is live now; left alone")
         table.remove(lambda c: c == comment)

@@ -50,16 +50,19 @@ def _release(ctx: Context, store: DiskStore, net: PodnetNetwork, judged: Reserva
                 return  # released meanwhile
             if now != judged:
                 raise Changed(f"{judged.ip} is now reserved for {now.owner()}; left alone")
-            if judged.ifname is not None and still_live(ctx.nl, net.name, judged.container_id, judged.ifname):
+            if _live_now(ctx, net, judged):
                 raise Changed(f"the attachment holding {judged.ip} is live now; left alone")
-            if judged.ifname is None and judged.container_id and _legacy_live_now(ctx, net, judged):
-                raise Changed(f"container {judged.container_id} has a live attachment now; left alone")
             store.release(judged.ip)
     return repair
 
 
-def _legacy_live_now(ctx: Context, net: PodnetNetwork, r: Reservation) -> bool:
-    fresh = LiveAttachments.read(ctx.nl, [net.name])
+def _live_now(ctx: Context, net: PodnetNetwork, r: Reservation) -> bool:
+    """Looked up again, under the IPAM lock, right before releasing (unsure counts as live)."""
+    if not r.container_id:
+        return False
+    if r.ifname is not None:
+        return still_live(ctx.netns, net.name, r.container_id, r.ifname)
+    fresh = LiveAttachments.read_now(ctx.netns, [net.name])
     return fresh.container_live(net.name, r.container_id) or bool(fresh.unidentified(net.name))
 
 
