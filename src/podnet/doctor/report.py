@@ -17,6 +17,8 @@ def line(f: Finding) -> str:
     text = f"{head} [{f.kind}] {f.where}: {f.what}"
     if f.status == "found" and f.severity != "note":
         text += f" -> {f.fix}"
+    elif f.status == "fixed":
+        text += f" -> done: {f.fix.removeprefix('--fix ')}"
     if f.error:
         text += f" ({f.error})"
     return text
