@@ -9,13 +9,8 @@ from typing import Any
 import pytest
 
 from podnet.cni.errors import InvalidNetworkConfig
-from podnet.ipam.config import (
-    DEFAULT_DATA_DIR,
-    load_host_local,
-    load_static,
-    parse_resolv_conf,
-    store_location,
-)
+from podnet.ipam.config import DEFAULT_DATA_DIR, load_host_local, load_static, store_location
+from podnet.ipam.dns import parse_resolv_conf
 
 ip = ipaddress.ip_address
 

@@ -110,3 +110,46 @@ def test_network_name_that_is_a_path_is_refused_by_the_store_location() -> None:
     for name in ("../etc", "a/b", "x\0", ""):
         with pytest.raises(InvalidNetworkConfig):
             store_location({"name": name, "ipam": {"dataDir": "/var/lib/cni/networks"}})
+
+
+# ---- DNS strings: they end up in the pod's resolv.conf, one setting per line ---------------------
+
+BAD_DNS = [
+    ({"nameservers": ["10.7.0.53\0"]}, "ipam.dns.nameservers[0]"),
+    ({"nameservers": ["not-an-ip"]}, "ipam.dns.nameservers[0]"),
+    ({"nameservers": ["10.7.0.53\nnameserver 6.6.6.6"]}, "ipam.dns.nameservers[0]"),
+    ({"domain": "svc.local\nnameserver 6.6.6.6"}, "ipam.dns.domain"),
+    ({"search": ["ok.local", "bad\0.local"]}, "ipam.dns.search[1]"),
+    ({"options": ["ndots:5 timeout:1"]}, "ipam.dns.options[0]"),
+]
+
+
+@pytest.mark.parametrize(("dns", "where"), BAD_DNS)
+def test_static_dns_strings_that_would_break_resolv_conf_are_invalid_config(dns: dict[str, Any],
+                                                                             where: str) -> None:
+    from test_ipam_plugins import static_conf
+
+    from podnet.plugins import static
+
+    rc, err = call(static.PLUGIN, "ADD", static_conf("1.1.0", dns=dns))
+    assert rc == 1 and err["code"] == 7 and where in err["msg"], err
+    assert call(static.PLUGIN, "DEL", static_conf("1.1.0", dns=dns)) == (0, {})
+
+
+def test_static_dns_keeps_scoped_ipv6_nameservers() -> None:
+    from test_ipam_plugins import static_conf
+
+    from podnet.plugins import static
+
+    dns = {"nameservers": ["fe80::53%eth0", "10.7.0.53"], "domain": "svc.local", "search": ["a.b"],
+           "options": ["ndots:5"]}
+    rc, result = call(static.PLUGIN, "ADD", static_conf("1.1.0", dns=dns))
+    assert rc == 0 and result["dns"] == dns, result
+
+
+def test_resolv_conf_with_a_nul_byte_in_a_value_is_invalid_config(tmp_path: Path) -> None:
+    (tmp_path / "resolv.conf").write_bytes(b"nameserver 10.5.0.10\nsearch svc\0.local\n")
+    conf = hl_conf(tmp_path, "1.1.0", {"resolvConf": str(tmp_path / "resolv.conf")})
+    rc, err = call(host_local.PLUGIN, "ADD", conf)
+    assert rc == 1 and err["code"] == 7 and "search" in err["msg"] and "resolv.conf" in err["msg"], err
+    assert ip_files(tmp_path) == []

@@ -32,8 +32,6 @@ Every problem is an ``InvalidNetworkConfig`` (code 7) whose message names the ke
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,170 +40,34 @@ from podnet.cni import version as ver
 from podnet.cni.args import validate_network_name
 from podnet.cni.errors import CNIError, InvalidNetworkConfig
 from podnet.cni.result import DNS, IPAddress, IPInterface, IPNetwork, Result, Route
+from podnet.ipam.dns import parse_dns as parse_dns  # re-exported: podnet.plugins.podconf uses it
+from podnet.ipam.fields import (
+    absolute_path,
+    list_field,
+    obj_field,
+    parse_cidr_address,
+    parse_ip,
+    parse_requested_ip,
+    parse_subnet,
+    present,
+)
 from podnet.ipam.ranges import Range, RangeSet, overlapping_neighbours
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-MAX_RESOLV_CONF = 64 * 1024  # far more than any resolv.conf; a bound so /dev/zero cannot fill memory
-
-# ---- small parsers (all errors are code 7 and name the key) ----------------------------------
-
-
-def _present(value: object) -> bool:
-    """Absent, null and "" all mean "not set" (Go decodes an empty IP string to nil)."""
-    return value is not None and value != ""
-
-
-def canonical(ip: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 address is the IPv4 address (the reference canonicalizes the same way)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def parse_ip(value: object, where: str) -> IPAddress:
-    if not isinstance(value, str) or not value or "%" in value or "/" in value:
-        raise InvalidNetworkConfig(f"{where}: invalid IP address {value!r}")
-    try:
-        return canonical(ipaddress.ip_address(value))
-    except ValueError:
-        raise InvalidNetworkConfig(f"{where}: invalid IP address {value!r}") from None
-
-
-def _split_cidr(value: object, where: str, what: str) -> tuple[str, int]:
-    """Go's ParseCIDR form only: ``address/decimal-prefix`` (no netmask, no zone)."""
-    if not isinstance(value, str) or "/" not in value:
-        raise InvalidNetworkConfig(f"{where}: invalid {what} {value!r}: expected CIDR notation (a.b.c.d/n)")
-    addr, _, prefix = value.partition("/")
-    if not (prefix.isascii() and prefix.isdigit()) or "%" in addr or len(prefix) > 3:
-        raise InvalidNetworkConfig(f"{where}: invalid {what} {value!r}: expected CIDR notation (a.b.c.d/n)")
-    return addr, int(prefix)
-
-
-def parse_subnet(value: object, where: str) -> IPNetwork:
-    """A subnet; host bits are dropped as Go's ParseCIDR does (10.1.2.3/24 -> 10.1.2.0/24)."""
-    _split_cidr(value, where, "subnet")
-    try:
-        return ipaddress.ip_network(str(value), strict=False)
-    except ValueError as exc:
-        raise InvalidNetworkConfig(f"{where}: invalid subnet {value!r}", str(exc)) from None
-
-
-def parse_cidr_address(value: object, where: str) -> IPInterface:
-    """An address with its prefix, host bits kept (10.1.2.3/24)."""
-    _split_cidr(value, where, "address")
-    try:
-        return ipaddress.ip_interface(str(value))
-    except ValueError as exc:
-        raise InvalidNetworkConfig(f"{where}: invalid address {value!r}", str(exc)) from None
-
-
-def parse_requested_ip(value: object, where: str) -> IPAddress:
-    """host-local's requested IPs: a plain IP, or a CIDR whose prefix is ignored."""
-    if isinstance(value, str) and "/" in value:
-        return canonical(parse_cidr_address(value, where).ip)
-    return parse_ip(value, where)
-
-
-def _obj(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidNetworkConfig(f"{where} must be an object", f"got {value!r}")
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidNetworkConfig(f"{where} must be a list", f"got {value!r}")
-    return value
-
-
-def _string(value: object, where: str, default: str = "") -> str:
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise InvalidNetworkConfig(f"{where} must be a string", f"got {value!r}")
-    return value
-
 
 def ipam_section(conf: dict[str, Any]) -> dict[str, Any]:
     if "ipam" not in conf or conf["ipam"] is None:
         raise InvalidNetworkConfig("network configuration has no 'ipam' object")
-    return _obj(conf["ipam"], "ipam")
+    return obj_field(conf["ipam"], "ipam")
 
 
 def parse_routes(value: object, where: str = "ipam.routes") -> list[Route]:
     """Routes with the result's rules (1.1.0 attributes included), reported as config errors."""
-    items = _list(value, where)
+    items = list_field(value, where)
     try:
         return Result.from_json({"cniVersion": ver.CURRENT, "routes": items}).routes
     except CNIError as err:
         raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
-
-
-def parse_dns(value: object, where: str = "ipam.dns") -> DNS:
-    if value is None:
-        return DNS()
-    try:
-        return Result.from_json({"cniVersion": ver.CURRENT, "dns": _obj(value, where)}).dns
-    except CNIError as err:
-        raise InvalidNetworkConfig(f"{where}: {err.msg}", err.details) from None
-
-
-def absolute_path(value: object, where: str, default: str = "") -> str:
-    """A path that names the same file for every caller. A relative one would be resolved against
-    the working directory of whichever process runs the plugin (the node daemon, or a shim running
-    it in-process), so two pods could get two data directories and the same address."""
-    path = _string(value, where) or default
-    if "\0" in path:
-        raise InvalidNetworkConfig(f"{where} {path!r} contains a NUL byte")
-    if path and not os.path.isabs(path):
-        raise InvalidNetworkConfig(f"{where} {path!r} is not an absolute path",
-                                   "a relative path would depend on the working directory of the caller")
-    return path
-
-
-def _read_regular_file(path: str, where: str) -> str:
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InvalidNetworkConfig(f"{where}: cannot read {path!r}", exc.strerror or str(exc)) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidNetworkConfig(f"{where} {path!r} is not a regular file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_RESOLV_CONF and (chunk := os.read(fd, MAX_RESOLV_CONF + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise InvalidNetworkConfig(f"{where}: cannot read {path!r}", exc.strerror or str(exc)) from None
-    finally:
-        os.close(fd)
-    if size > MAX_RESOLV_CONF:
-        raise InvalidNetworkConfig(f"{where} {path!r} is larger than {MAX_RESOLV_CONF} bytes")
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
-def parse_resolv_conf(path: str) -> DNS:
-    """The DNS settings of a resolv.conf file (nameserver, domain, search, options)."""
-    text = _read_regular_file(absolute_path(path, "ipam.resolvConf"), "ipam.resolvConf")
-    dns = DNS()
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) < 2 or words[0][0] in "#;":
-            continue
-        key, values = words[0], words[1:]
-        if key == "nameserver":
-            dns.nameservers.append(values[0])
-        elif key == "domain":
-            dns.domain = values[0]
-        elif key == "search":
-            dns.search = values
-        elif key == "options":
-            dns.options = values
-    return dns
 
 
 def cni_arg_list(args: Sequence[tuple[str, str]], key: str) -> list[str]:
@@ -219,17 +81,17 @@ def cni_arg_list(args: Sequence[tuple[str, str]], key: str) -> list[str]:
 
 def _runtime_config(conf: dict[str, Any]) -> dict[str, Any]:
     value = conf.get("runtimeConfig")
-    return {} if value is None else _obj(value, "runtimeConfig")
+    return {} if value is None else obj_field(value, "runtimeConfig")
 
 
 def _args_cni_ips(conf: dict[str, Any]) -> list[Any]:
     args = conf.get("args")
     if args is None:
         return []
-    cni = _obj(args, "args").get("cni")
+    cni = obj_field(args, "args").get("cni")
     if cni is None:
         return []
-    return _list(_obj(cni, "args.cni").get("ips"), "args.cni.ips")
+    return list_field(obj_field(cni, "args.cni").get("ips"), "args.cni.ips")
 
 
 def _check_family_count(families: Iterable[int], cni_version: str, what: str) -> None:
@@ -247,7 +109,7 @@ def _check_family_count(families: Iterable[int], cni_version: str, what: str) ->
 
 
 def _range_ip(obj: dict[str, Any], key: str, subnet: IPNetwork, where: str) -> IPAddress | None:
-    if not _present(obj.get(key)):
+    if not present(obj.get(key)):
         return None
     ip = parse_ip(obj[key], f"{where}.{key}")
     if ip.version != subnet.version or ip not in subnet:
@@ -309,8 +171,8 @@ def check_static_address(address: IPInterface, where: str, text: str) -> None:
 
 
 def parse_range(value: object, where: str) -> Range:
-    obj = _obj(value, where)
-    if not _present(obj.get("subnet")):
+    obj = obj_field(value, where)
+    if not present(obj.get("subnet")):
         raise InvalidNetworkConfig(f"{where} has no 'subnet'")
     subnet = parse_subnet(obj["subnet"], f"{where}.subnet")
     if subnet.num_addresses < 4:
@@ -329,7 +191,7 @@ def parse_range(value: object, where: str) -> Range:
 
 
 def parse_range_set(value: object, where: str) -> RangeSet:
-    items = _list(value, where)
+    items = list_field(value, where)
     if not items:
         raise InvalidNetworkConfig(f"{where} is an empty range set")
     ranges = tuple(parse_range(item, f"{where}[{i}]") for i, item in enumerate(items))
@@ -346,12 +208,12 @@ def parse_range_set(value: object, where: str) -> RangeSet:
 def _raw_range_sets(conf: dict[str, Any], ipam: dict[str, Any]) -> list[tuple[str, object]]:
     """Range sets with where they came from, in the reference's order: runtime, legacy, ``ranges``."""
     raw: list[tuple[str, object]] = []
-    for i, rs in enumerate(_list(_runtime_config(conf).get("ipRanges"), "runtimeConfig.ipRanges")):
+    for i, rs in enumerate(list_field(_runtime_config(conf).get("ipRanges"), "runtimeConfig.ipRanges")):
         raw.append((f"runtimeConfig.ipRanges[{i}]", rs))
-    if _present(ipam.get("subnet")):
+    if present(ipam.get("subnet")):
         legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
         raw.append(("ipam", [legacy]))
-    for i, rs in enumerate(_list(ipam.get("ranges"), "ipam.ranges")):
+    for i, rs in enumerate(list_field(ipam.get("ranges"), "ipam.ranges")):
         raw.append((f"ipam.ranges[{i}]", rs))
     return raw
 
@@ -377,7 +239,7 @@ def _requested_ips(conf: dict[str, Any], cni_args: Sequence[tuple[str, str]]) ->
     items = [(f"CNI_ARGS IP[{i}]", v) for i, v in enumerate(cni_arg_list(cni_args, "IP"))]
     items += [(f"args.cni.ips[{i}]", v) for i, v in enumerate(_args_cni_ips(conf))]
     items += [(f"runtimeConfig.ips[{i}]", v)
-              for i, v in enumerate(_list(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
+              for i, v in enumerate(list_field(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
     out: list[IPAddress] = []
     for where, value in items:
         ip = parse_requested_ip(value, where)
@@ -444,7 +306,7 @@ class StaticConfig:
 
 def _static_gateway(value: object, address: IPInterface, where: str) -> IPAddress | None:
     """Any address of the same family: routed setups use a /32 with an on-link gateway outside it."""
-    if not _present(value):
+    if not present(value):
         return None
     gateway = parse_ip(value, where)
     if gateway.version != address.version:
@@ -464,15 +326,15 @@ def _static_address(value: object, where: str) -> IPInterface:
 def _static_addresses(conf: dict[str, Any], ipam: dict[str, Any],
                       cni_args: Sequence[tuple[str, str]]) -> list[StaticAddress]:
     out: list[StaticAddress] = []
-    for i, item in enumerate(_list(ipam.get("addresses"), "ipam.addresses")):
+    for i, item in enumerate(list_field(ipam.get("addresses"), "ipam.addresses")):
         where = f"ipam.addresses[{i}]"
-        obj = _obj(item, where)
+        obj = obj_field(item, where)
         address = _static_address(obj.get("address"), f"{where}.address")
         out.append(StaticAddress(address, _static_gateway(obj.get("gateway"), address, f"{where}.gateway")))
     extra = [(f"CNI_ARGS IP[{i}]", v) for i, v in enumerate(cni_arg_list(cni_args, "IP"))]
     extra += [(f"args.cni.ips[{i}]", v) for i, v in enumerate(_args_cni_ips(conf))]
     extra += [(f"runtimeConfig.ips[{i}]", v)
-              for i, v in enumerate(_list(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
+              for i, v in enumerate(list_field(_runtime_config(conf).get("ips"), "runtimeConfig.ips"))]
     out.extend(StaticAddress(_static_address(v, where)) for where, v in extra)
     for i, gw_text in enumerate(cni_arg_list(cni_args, "GATEWAY")):
         gateway = parse_ip(gw_text, f"CNI_ARGS GATEWAY[{i}]")

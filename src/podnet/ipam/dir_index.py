@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from podnet.cni.errors import IOFailure
 from podnet.cni.result import IPAddress
-from podnet.ipam.config import canonical
+from podnet.ipam.fields import canonical
 from podnet.ipam.store import Reservation, parse_owner
 from podnet.kernel.inotify import DirWatch, sees_every_change
 

@@ -35,10 +35,10 @@ import os
 from collections.abc import Iterator
 
 from podnet.cni.result import IPAddress
-from podnet.ipam.config import canonical
 from podnet.ipam.dir_index import TEMP_PREFIX, DirIndex, DirView, file_name, index_for, read_file
 from podnet.ipam.dir_index import io_error as _io_error
 from podnet.ipam.dir_index import ip_from_name as _ip_from_name
+from podnet.ipam.fields import canonical
 from podnet.ipam.store import Reservation, format_owner, parse_owner, select_owned
 
 LAST_RESERVED_PREFIX = "last_reserved_ip."

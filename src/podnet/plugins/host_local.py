@@ -13,8 +13,9 @@ from podnet.cni import skel
 from podnet.cni.errors import InvalidNetworkConfig, PluginNotAvailable, UnknownContainer
 from podnet.cni.result import DNS, Result
 from podnet.ipam import allocator
-from podnet.ipam.config import HostLocalConfig, load_host_local, parse_resolv_conf, store_location
+from podnet.ipam.config import HostLocalConfig, load_host_local, store_location
 from podnet.ipam.disk_store import DiskStore
+from podnet.ipam.dns import parse_resolv_conf
 
 
 def load(args: skel.CmdArgs) -> HostLocalConfig:
