@@ -79,3 +79,15 @@ def test_overlap_between_range_sets_of_4000_ranges_is_found_and_named() -> None:
         load_host_local(conf, [], "1.1.0")
     assert str(exc.value) == ("range set 1 (ipam.ranges[1]: 10.1.2.1-10.1.2.254 in 10.1.2.0/24) overlaps "
                               "range set 0 (ipam.ranges[0]: 10.1.2.1-10.1.2.254 in 10.1.2.0/24)")
+
+
+def test_messages_name_a_big_range_set_without_listing_every_range(tmp_path: Path) -> None:
+    """Errors and STATUS name a range set by its ranges; thousands of them would make a message
+    (and a metrics label) of hundreds of kilobytes."""
+    ranges = many_ranges()
+    rs = load_host_local(hl_conf(tmp_path, "1.1.0", {"ranges": [ranges]}), [], "1.1.0").range_sets[0]
+    text = str(rs)
+    assert text.startswith(f"{rs.ranges[0]}, {rs.ranges[1]}, {rs.ranges[2]} and {COUNT - 3} more ranges")
+    assert len(text) < 300
+    small = load_host_local(hl_conf(tmp_path, "1.1.0", {"ranges": [ranges[:2]]}), [], "1.1.0").range_sets[0]
+    assert str(small) == ", ".join(f"{r.start}-{r.end} in {r.subnet}" for r in small.ranges)

@@ -15,6 +15,8 @@ from functools import cached_property
 
 from podnet.cni.result import IPAddress, IPNetwork
 
+NAMED_RANGES = 8  # a range set with more ranges is named by its first three and a count
+
 
 @dataclass(frozen=True)
 class Range:
@@ -98,4 +100,8 @@ class RangeSet:
         return size - sum(1 for s in self._specials if self.contains(s))
 
     def __str__(self) -> str:
-        return ", ".join(str(r) for r in self.ranges)
+        # Messages and metrics labels name a set by its ranges: the first few of a big one.
+        if len(self.ranges) <= NAMED_RANGES:
+            return ", ".join(str(r) for r in self.ranges)
+        first = ", ".join(str(r) for r in self.ranges[:3])
+        return f"{first} and {len(self.ranges) - 3} more ranges"
