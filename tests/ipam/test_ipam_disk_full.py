@@ -81,6 +81,7 @@ def test_no_inode_for_last_reserved_ip_rolls_the_reservation_back(tiny_tmpfs: Pa
     assert rc == 1 and err["code"] == 5, err
     assert "last_reserved_ip.0" in err["msg"] and "10.66.0.3" in err["msg"], err
     assert "released" in err["msg"] and err["details"] == os.strerror(errno.ENOSPC), err
+    print(f"\nfull disk: {err['msg']}: {err['details']}")
     assert not [n for n in os.listdir(tiny_tmpfs / NET) if n.startswith(".")]
 
     # With room again the same container gets an address, and DEL/GC still work.
@@ -108,6 +109,7 @@ def test_failed_directory_sync_rolls_the_reservation_back(tmp_path: Path,
     assert rc == 1 and err["code"] == 5, err
     assert "cannot sync IPAM directory" in err["msg"] and "released" in err["msg"], err
     assert err["details"] == os.strerror(errno.EIO)
+    print(f"\nfailed sync: {err['msg']}: {err['details']}")
 
     # A re-ADD of an attachment that already holds its addresses writes nothing, so there is
     # nothing to sync and nothing to give back.

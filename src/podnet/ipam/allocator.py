@@ -184,13 +184,15 @@ def allocate(store: Store, range_sets: Sequence[RangeSet], container_id: str, if
         try:
             with store.lock():
                 return _allocate_locked(att, range_sets, plan)
-        except CNIError as err:
+        except BaseException as exc:
             if not att.done:
                 raise
             _give_back_after_failed_sync(att)
+            if not isinstance(exc, CNIError):
+                raise
             released = ", ".join(map(str, att.new)) or "nothing new"
-            raise type(err)(f"{err.msg}; this ADD's reservations were released ({released})",
-                            err.details, code=err.code) from None
+            raise type(exc)(f"{exc.msg}; this ADD's reservations were released ({released})",
+                            exc.details, code=exc.code) from None
 
 
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:

@@ -230,10 +230,12 @@ class DiskStore:
         self._changed = True
         try:
             self._write_last_reserved(ip, range_id)
-        except OSError as exc:
+        except BaseException as exc:
             # The address is linked but ADD is about to fail: a reservation nobody reported would
             # leak (a runtime never DELs a failed ADD), so it is taken back before reporting.
             self._unlink_reservation(ip)
+            if not isinstance(exc, OSError):
+                raise
             raise _io_error(f"cannot write {LAST_RESERVED_PREFIX}{range_id} in {self.dir} after reserving "
                             f"{ip}; the reservation was released", exc) from None
         view.add(file_name(ip), Reservation(canonical(ip), *parse_owner(data)))
