@@ -2,9 +2,10 @@
 
 ADD allocates one address per range set and prints an IPAM result (no interfaces); DEL releases the
 attachment's addresses (nothing reserved is success; it needs only ``dataDir`` and the network name,
-so it works even when the ranges no longer parse); CHECK verifies the reservations still exist; GC
-releases every reservation whose attachment is not in ``cni.dev/valid-attachments``; STATUS fails with
-code 50 when a range set has no free address.
+so it works even when the ranges no longer parse, and a location ADD refuses, such as a relative
+``dataDir``, held nothing); CHECK verifies the reservations still exist; GC releases every
+reservation whose attachment is not in ``cni.dev/valid-attachments``; STATUS fails with code 50
+when a range set has no free address.
 """
 
 from __future__ import annotations
