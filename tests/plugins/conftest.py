@@ -34,6 +34,8 @@ def podnet_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mode: str = getattr(request, "param", "inprocess")
     where = tmp_path_factory.mktemp("podnet-daemon")
+    # The attachment locks of this test's plugin calls, in either mode (passed on like PODNET_SOCKET).
+    monkeypatch.setenv("PODNET_LOCK_DIR", str(where / "locks"))
     if mode == "inprocess":
         monkeypatch.setenv("PODNET_SOCKET", str(where / NO_DAEMON))
         yield mode

@@ -4,6 +4,7 @@ owner strings of nftables elements."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from podnet.cni import skel
 from podnet.cni.errors import CNIError
 from podnet.cni.result import DNS, IPConfig, Result, Route
 from podnet.kernel.nftables import FakeNft
-from podnet.plugins import bridge
+from podnet.plugins import attachment, bridge
+from podnet.plugins.identity import network_token, owner
 
 
 def _args(conf: dict[str, Any], cni_args: list[tuple[str, str]] | None = None) -> skel.CmdArgs:
@@ -25,7 +27,7 @@ def test_defaults() -> None:
     conf = bridge.load_conf(_args({}))
     assert (conf.bridge, conf.is_gateway, conf.ip_masq) == ("cni0", False, False)
     assert conf.mtu is None and conf.vlan == 0
-    assert conf.preserve_default_vlan and not conf.has_ipam and conf.mac is None and conf.dns is None
+    assert conf.preserve_default_vlan and not conf.has_ipam and conf.mac is None and conf.dns.is_empty()
 
 
 def test_default_gateway_implies_gateway() -> None:
@@ -46,7 +48,7 @@ def test_mac_precedence() -> None:
 @pytest.mark.parametrize(("conf", "code"), [
     ({"mtu": 67}, 7), ({"mtu": 65536}, 7), ({"vlan": 4095}, 7), ({"bridge": "a/b"}, 7),
     ({"bridge": 5}, 7), ({"forceAddress": 1}, 7), ({"runtimeConfig": {"mac": "02:00:00:00:00"}}, 7),
-    ({"dns": {"nameservers": "1.1.1.1"}}, 6), ({"vlanTrunk": []}, 2),
+    ({"dns": {"nameservers": "1.1.1.1"}}, 7), ({"vlanTrunk": []}, 2),
 ])
 def test_invalid(conf: dict[str, Any], code: int) -> None:
     with pytest.raises(CNIError) as err:
@@ -57,7 +59,7 @@ def test_invalid(conf: dict[str, Any], code: int) -> None:
 def test_conf_dns_wins() -> None:
     conf = bridge.load_conf(_args({"dns": {"nameservers": ["10.0.0.10"], "search": ["svc"]}}))
     assert conf.dns == DNS(nameservers=["10.0.0.10"], search=["svc"])
-    assert bridge.load_conf(_args({"dns": {}})).dns is None
+    assert bridge.load_conf(_args({"dns": {}})).dns.is_empty()
 
 
 def _ipam(*ips: IPConfig, routes: list[Route] | None = None) -> Result:
@@ -91,14 +93,14 @@ def test_no_gateway_without_is_gateway() -> None:
 
 
 def test_owner_strings() -> None:
-    assert bridge.owner("net", "cid", "eth0") == "net/cid/eth0"
-    hashed = bridge.owner("net", "c" * 200, "eth0")
+    assert owner("net", "cid", "eth0") == "net/cid/eth0"
+    hashed = owner("net", "c" * 200, "eth0")
     assert hashed.startswith("net/#") and len(hashed) < 128
-    assert bridge.owner("net", "cid", 'e"th0').startswith("net/#")  # quotes cannot go into nft
+    assert owner("net", "cid", 'e"th0').startswith("net/#")  # quotes cannot go into nft
     long_net = "n" * 100
-    assert bridge.owner(long_net, "cid", "eth0").startswith(bridge.network_token(long_net) + "/")
-    assert bridge.network_token(long_net).startswith("#") and len(bridge.network_token(long_net)) == 17
-    assert bridge.owner("net", "a", "b") != bridge.owner("net", "a", "c")
+    assert owner(long_net, "cid", "eth0").startswith(network_token(long_net) + "/")
+    assert network_token(long_net).startswith("#") and len(network_token(long_net)) == 17
+    assert owner("net", "a", "b") != owner("net", "a", "c")
 
 
 class _NoLinks:
@@ -120,16 +122,16 @@ class _NoLinks:
         return None
 
 
-def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeNft()
     monkeypatch.setattr(bridge, "nft_backend", lambda: fake)
-    monkeypatch.setattr(bridge, "Netlink", _NoLinks)
+    monkeypatch.setattr(attachment, "Netlink", _NoLinks)
     masq, spoof = bridge._masq(), bridge._spoof()
     long_net = "n" * 80
     owners = {
-        "a": bridge.owner("net", "a", "eth0"), "b": bridge.owner("net", "b", "eth0"),
-        "b1": bridge.owner("net", "b", "eth1"), "c": bridge.owner("net", "c", "eth0"),
-        "other": bridge.owner("net2", "a", "eth0"), "long": bridge.owner(long_net, "a", "eth0"),
+        "a": owner("net", "a", "eth0"), "b": owner("net", "b", "eth0"),
+        "b1": owner("net", "b", "eth1"), "c": owner("net", "c", "eth0"),
+        "other": owner("net2", "a", "eth0"), "long": owner(long_net, "a", "eth0"),
     }
     for i, own in enumerate(owners.values()):
         masq.add(own, [ipaddress.ip_interface(f"10.0.0.{i + 2}/24")])
@@ -139,7 +141,7 @@ def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch)
         return {e.comment or "" for _, e in masq.elements(lambda c: True) + spoof.elements(lambda c: True)}
 
     # DEL without ipMasq or macspoofchk in the config still removes the attachment's elements.
-    bridge.cmd_del(_gc_args({}, "DEL", "a"))
+    bridge.cmd_del(_gc_args({}, "DEL", "a", env={"PODNET_LOCK_DIR": str(tmp_path)}))
     assert left() == set(owners.values()) - {owners["a"]}
     # GC keeps listed attachments, whole containers listed without ifname, and other networks.
     bridge.cmd_gc(_gc_args({"cni.dev/valid-attachments": [{"containerID": "b"}]}, "GC"))
@@ -148,7 +150,8 @@ def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch)
     assert left() == {owners["b"], owners["b1"], owners["other"]}
 
 
-def _gc_args(conf: dict[str, Any], command: str, cid: str = "", name: str = "net") -> skel.CmdArgs:
+def _gc_args(conf: dict[str, Any], command: str, cid: str = "", name: str = "net",
+             env: dict[str, str] | None = None) -> skel.CmdArgs:
     full = {"cniVersion": "1.1.0", "name": name, "type": "podnet-bridge", **conf}
     return skel.CmdArgs(command=command, container_id=cid, netns="", ifname="eth0", args=[], path=[],
-                        stdin_data=b"", conf=full, cni_version="1.1.0")
+                        stdin_data=b"", conf=full, cni_version="1.1.0", env=env or {})

@@ -74,7 +74,8 @@ def test_invalid_config(node: Netns, netns: NetnsFactory, tmp_path: Path) -> Non
 def test_bad_mac_in_cni_args_and_missing_ipam(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
     pod = netns("pod")
     conf = routed_conf(NET, host_local(tmp_path, "10.92.0.0/24"))
-    _fails(node, conf, pod, 7, "CNI_ARGS MAC", "nope", cni_args="MAC=nope")
+    # CNI_ARGS is the runtime's input: code 4, as in podnet-bridge (one MAC parser for both).
+    _fails(node, conf, pod, 4, "CNI_ARGS MAC", "nope", cni_args="MAC=nope")
     _fails(node, {k: v for k, v in conf.items() if k != "ipam"}, pod, 7, "ipam")
     _fails(node, conf, None, 3, "/run/netns/no-such-pod", netns="/run/netns/no-such-pod")
     _untouched(node, tmp_path, pod)

@@ -9,11 +9,14 @@ or ``runtimeConfig.mac`` (capability ``mac``), the later one winning.
 What an attachment owns, and how DEL and GC find it without the pod or a cached result:
 
 * the host veth, named from (network, container ID, ifname) and labelled with an alias
-  (:mod:`podnet.plugins.veth`); its peer is the pod interface, so deleting it removes both;
+  (:mod:`podnet.plugins.identity`); its peer is the pod interface, so deleting it removes both;
 * its addresses, held by the IPAM plugin;
 * with ``ipMasq``, elements in the shared ``inet podnet-bridge`` nftables table, with
   ``macspoofchk`` in ``bridge podnet-bridge``; each element's comment is the attachment's owner
-  string (:func:`owner`).
+  string (:func:`podnet.plugins.identity.owner`).
+
+ADD, DEL, CHECK and GC go through the attachment core shared with podnet-routed
+(:mod:`podnet.plugins.attachment`).
 
 The bridge, its gateway addresses and the forwarding sysctls are shared by every attachment of
 the network and are never removed, as in the reference plugin.
@@ -22,47 +25,38 @@ the network and are never removed, as in the reference plugin.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from podnet.cni import skel
 from podnet.cni.args import validate_ifname
-from podnet.cni.errors import (
-    CNIError,
-    InternalError,
-    InvalidEnvironment,
-    InvalidNetworkConfig,
-    UnsupportedField,
-)
+from podnet.cni.errors import CNIError, InternalError, InvalidNetworkConfig, UnsupportedField
 from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
 from podnet.kernel.errors import NotSupported
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import IPIface, Netlink, random_mac
 from podnet.kernel.nftables import Masquerade, Nft, NftExec, NftUnavailable, OwnedElements, SpoofCheck
-from podnet.plugins import ipam_delegate, podside, veth
+from podnet.plugins import attachment, ipam_delegate, podconf, podside, veth
+from podnet.plugins.attachment import Rollback
+from podnet.plugins.identity import Attachment
 
+PLUGIN_NAME = "podnet-bridge"
 DEFAULT_BRIDGE = "cni0"
 # Both nftables tables (inet for ipMasq, bridge for macspoofchk) have this name.
 NFT_TABLE = "podnet-bridge"
-MTU_MIN, MTU_MAX = 68, 65535
 VLAN_MAX = 4094
 # Result.interfaces order, as in the reference plugin: bridge, host veth, pod interface.
 BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
-_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
-_ZERO_MAC = "00:00:00:00:00:00"
+_ZERO_MAC = podconf.ZERO_MAC
 _IFF_PROMISC = 0x100
-_OWNER_SAFE = re.compile(r"[A-Za-z0-9_.@+=-]+")
 
 # Tests swap in a FakeNft; plugins never run nft themselves.
 nft_backend: Callable[[], Nft] = NftExec
 
 
-# ---- configuration ---------------------------------------------------------------------------
+# ---- configuration (ADD, CHECK, STATUS; DEL and GC read none of it) ------------------------------
 
 
 @dataclass(frozen=True)
@@ -81,54 +75,7 @@ class BridgeConf:
     macspoofchk: bool
     mac: str | None
     has_ipam: bool
-    dns: DNS | None  # the network config's own dns, which wins over IPAM's
-
-
-def _bool(conf: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidNetworkConfig(f"'{key}' must be true or false", f"got {value!r}")
-    return value
-
-
-def _int(conf: dict[str, Any], key: str, low: int, high: int, what: str) -> int:
-    value = conf.get(key, 0)
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidNetworkConfig(f"invalid {what} {value!r}: '{key}' must be an integer")
-    if value != 0 and not low <= value <= high:
-        raise InvalidNetworkConfig(f"invalid {what} {value}: must be 0 (unset) or between {low} and {high}")
-    return value
-
-
-def _mac(value: object, where: str, error: type[CNIError]) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not _MAC.fullmatch(value):
-        raise error(f"invalid MAC address {value!r} in {where}", "expected six hex bytes, aa:bb:cc:dd:ee:ff")
-    mac = value.lower().replace("-", ":")
-    if int(mac[:2], 16) & 1:
-        raise error(f"invalid MAC address {value!r} in {where}", "a multicast address cannot be a pod's MAC")
-    return mac
-
-
-def _section(conf: dict[str, Any], *path: str) -> dict[str, Any]:
-    obj: Any = conf
-    for key in path:
-        obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj if isinstance(obj, dict) else {}
-
-
-def _pod_mac(args: skel.CmdArgs) -> str | None:
-    """Later sources win, as in the reference: CNI_ARGS, then args.cni, then runtimeConfig."""
-    mac = _mac(args.arg("MAC") or None, "CNI_ARGS MAC", InvalidEnvironment)
-    for where, value in (("args.cni.mac", _section(args.conf, "args", "cni").get("mac")),
-                         ("runtimeConfig.mac", _section(args.conf, "runtimeConfig").get("mac"))):
-        mac = _mac(value, where, InvalidNetworkConfig) or mac
-    return mac
+    dns: DNS  # the network config's own dns, which wins over IPAM's
 
 
 def _bridge_name(conf: dict[str, Any]) -> str:
@@ -141,26 +88,17 @@ def _bridge_name(conf: dict[str, Any]) -> str:
         raise InvalidNetworkConfig(f"invalid bridge name: {exc.msg}") from None
 
 
-def _conf_dns(conf: dict[str, Any], version: str) -> DNS | None:
-    raw = conf.get("dns")
-    if raw is None:
-        return None
-    dns = Result.from_json({"cniVersion": version, "dns": raw}).dns
-    return None if dns.is_empty() else dns
-
-
 def load_conf(args: skel.CmdArgs) -> BridgeConf:
     """Every configuration error is found here, before anything is built."""
-    c = args.conf
-    default_gw = _bool(c, "isDefaultGateway")
+    c, flag = args.conf, podconf.flag
+    default_gw = flag(c, "isDefaultGateway")
     conf = BridgeConf(
-        network=str(c["name"]), bridge=_bridge_name(c), is_gateway=_bool(c, "isGateway") or default_gw,
-        is_default_gateway=default_gw, force_address=_bool(c, "forceAddress"), ip_masq=_bool(c, "ipMasq"),
-        mtu=_int(c, "mtu", MTU_MIN, MTU_MAX, "MTU") or None, hairpin=_bool(c, "hairpinMode"),
-        promisc=_bool(c, "promiscMode"), vlan=_int(c, "vlan", 1, VLAN_MAX, "VLAN ID"),
-        preserve_default_vlan=_bool(c, "preserveDefaultVlan", True), macspoofchk=_bool(c, "macspoofchk"),
-        mac=_pod_mac(args),
-        has_ipam=bool(_section(c, "ipam").get("type")), dns=_conf_dns(c, args.cni_version),
+        network=str(c["name"]), bridge=_bridge_name(c), is_gateway=flag(c, "isGateway") or default_gw,
+        is_default_gateway=default_gw, force_address=flag(c, "forceAddress"), ip_masq=flag(c, "ipMasq"),
+        mtu=podconf.mtu(c), hairpin=flag(c, "hairpinMode"), promisc=flag(c, "promiscMode"),
+        vlan=podconf.integer(c, "vlan", 1, VLAN_MAX, "VLAN ID"),
+        preserve_default_vlan=flag(c, "preserveDefaultVlan", True), macspoofchk=flag(c, "macspoofchk"),
+        mac=podconf.pod_mac(args), has_ipam=attachment.ipam_configured(c), dns=podconf.dns(c),
     )
     if conf.hairpin and conf.promisc:
         raise InvalidNetworkConfig("cannot set hairpin mode and promiscuous mode at the same time")
@@ -172,33 +110,6 @@ def load_conf(args: skel.CmdArgs) -> BridgeConf:
     if c.get("ipam") is not None and not conf.has_ipam:
         ipam_delegate.ipam_type(c)  # raises the "ipam has no 'type'" error
     return conf
-
-
-# ---- names of what an attachment owns ----------------------------------------------------------
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-def network_token(network: str) -> str:
-    """The network's part of an owner string (hashed when long, '#' cannot start a network name)."""
-    return network if len(network) <= 64 else "#" + _digest(network)[:16]
-
-
-def owner(network: str, container_id: str, ifname: str) -> str:
-    """The comment on an attachment's nftables elements: readable when it fits nft's limits."""
-    plain = f"{network_token(network)}/{container_id}/{ifname}"
-    if len(plain) < 120 and _OWNER_SAFE.fullmatch(ifname):
-        return plain
-    return f"{network_token(network)}/#{_digest(network, container_id, ifname)[:32]}"
-
-
-def _names(args: skel.CmdArgs, conf: BridgeConf) -> tuple[str, str, str]:
-    """(host veth name, its alias, nftables owner) of this attachment."""
-    return (veth.host_veth_name(conf.network, args.container_id, args.ifname),
-            veth.attachment_alias(conf.network, args.container_id, args.ifname),
-            owner(conf.network, args.container_id, args.ifname))
 
 
 def _masq() -> Masquerade:
@@ -309,10 +220,7 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
         # Setting the bridge's MAC to itself pins it (NET_ADDR_SET) on a bridge this plugin did
         # not create: it then no longer follows the lowest port MAC as pods come and go.
         host.set_mac(bridge, mac)
-    for family in sorted({w.version for w in wanted}):
-        key = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
-        if host.sysctl(key) != "1":
-            host.set_sysctl(key, 1)
+    attachment.enable_forwarding(host, (w.version for w in wanted))
 
 
 def _interfaces(host: Netlink, pod: Netlink, conf: BridgeConf, host_name: str,
@@ -324,58 +232,31 @@ def _interfaces(host: Netlink, pod: Netlink, conf: BridgeConf, host_name: str,
             Interface(name=pod_link.name, mac=pod_link.mac or "", sandbox=args.netns)]
 
 
-def _best_effort(what: str, fn: Callable[..., object], *fn_args: Any) -> None:
-    """A rollback step: its failure is reported on stderr, never hides the ADD's own error."""
-    try:
-        fn(*fn_args)
-    except Exception as exc:
-        print(f"podnet-bridge: rollback: {what} failed: {exc}", file=sys.stderr)
-
-
 # ---- commands ----------------------------------------------------------------------------------
 
 
 def cmd_add(args: skel.CmdArgs) -> Result:
     conf = load_conf(args)
-    with Netlink() as host, Netlink(args.netns) as pod:
-        undo = contextlib.ExitStack()
-        success = False
-        try:
-            result = _add(args, conf, host, pod, undo)
-            success = True
-            return result
-        finally:
-            if not success:
-                # Runs the steps registered so far in reverse: nftables elements, the veth
-                # pair, the addresses. The bridge and gateway are shared and stay.
-                undo.close()
+    return attachment.add(args, PLUGIN_NAME,
+                          lambda host, pod, att, undo: _add(args, conf, host, pod, att, undo))
 
 
-def _require_free(host: Netlink, pod: Netlink, args: skel.CmdArgs, host_name: str) -> None:
-    """Checked before anything is built: an attachment never adopts an interface it did not make."""
-    if pod.find_link(args.ifname) is not None:
-        raise InvalidEnvironment(f"interface {args.ifname!r} already exists in {args.netns}")
-    if host.find_link(host_name) is not None:
-        raise InvalidEnvironment(f"host interface {host_name} of this attachment already exists",
-                                 "an earlier ADD was not deleted; run DEL first")
-
-
-def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
-         undo: contextlib.ExitStack) -> Result:
-    host_name, alias, own = _names(args, conf)
-    _require_free(host, pod, args, host_name)
+def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink, att: Attachment,
+         undo: Rollback) -> Result:
+    """The veth's undo step is registered before creating it: a creation failing halfway is still
+    undone. The bridge and its gateway are shared by the network's attachments and stay."""
     bridge = setup_bridge(host, conf)
     ipam = Result()
     if conf.has_ipam:
         ipam = ipam_delegate.ipam_add(args)
-        undo.callback(_best_effort, "IPAM DEL", ipam_delegate.ipam_del, args)
+        undo.push("IPAM DEL", ipam_delegate.ipam_del, args)
     ips, routes = pod_ips(conf, ipam) if conf.has_ipam else ([], [])
-    undo.callback(_best_effort, f"delete {host_name}", veth.delete_host_side, host, host_name, args.netns)
-    pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname, alias=alias,
+    undo.push(f"delete {att.host_name}", veth.delete_host_side, host, att.host_name, args.netns)
+    pair = veth.create_pair(host, pod, host_name=att.host_name, pod_ifname=att.ifname, alias=att.alias,
                             mtu=conf.mtu, pod_mac=conf.mac)
     if conf.macspoofchk:  # before the port forwards anything
-        undo.callback(_best_effort, "remove spoof check", _spoof().remove, own.__eq__)
-        _spoof().add(own, host_name, pair.pod.mac or "")
+        undo.push("remove spoof check", _spoof().remove, att.owner.__eq__)
+        _spoof().add(att.owner, att.host_name, pair.pod.mac or "")
     setup_host_veth(host, conf, pair.host, bridge)
     if ips:
         setup_pod_veth(pod, pair.pod, ips, routes)
@@ -384,36 +265,34 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink,
     if conf.is_gateway:
         setup_gateway(host, conf, bridge, ips)
     if conf.ip_masq and ips:
-        undo.callback(_best_effort, "remove masquerade", _masq().remove, own.__eq__)
-        _masq().add(own, [ip.address for ip in ips])
+        undo.push("remove masquerade", _masq().remove, att.owner.__eq__)
+        _masq().add(att.owner, [ip.address for ip in ips])
     return Result(cni_version=args.cni_version, ips=ips, routes=routes,
-                  interfaces=_interfaces(host, pod, conf, host_name, args), dns=conf.dns or ipam.dns)
+                  interfaces=_interfaces(host, pod, conf, att.host_name, args),
+                  dns=podconf.result_dns(conf.dns, ipam.dns))
+
+
+def _remove_elements(args: skel.CmdArgs) -> attachment.RemoveElements:
+    """DEL's and GC's removal of masquerade and spoof-check elements, even when the feature has
+    since been turned off in the config. Without nft installed there can be none, unless the
+    config asks for the feature (read leniently: DEL and GC validate nothing)."""
+    def remove(which: Callable[[str], bool]) -> None:
+        tables: list[tuple[OwnedElements, str]] = [(_masq(), "ipMasq"), (_spoof(), "macspoofchk")]
+        for table, key in tables:
+            try:
+                table.remove(which)
+            except NftUnavailable:
+                if args.conf.get(key) is True:
+                    raise
+    return remove
 
 
 def cmd_del(args: skel.CmdArgs) -> None:
-    """Idempotent, and needs neither the pod's namespace nor prevResult: everything is found by
-    the attachment's deterministic names. The address is released last, so it cannot be handed
-    to another pod while this one's masquerade elements still exist."""
-    conf = load_conf(args)
-    host_name, _, own = _names(args, conf)
-    _remove_owned(conf, own.__eq__)
-    with Netlink() as host:
-        veth.delete_host_side(host, host_name, args.netns)
-    if conf.has_ipam:
-        ipam_delegate.ipam_del(args)
+    attachment.delete(args, _remove_elements(args))
 
 
-def _remove_owned(conf: BridgeConf, which: Callable[[str], bool]) -> None:
-    """Remove the attachments' nftables elements (masquerade and spoof check), even when the
-    feature has since been turned off in the config. Without nft installed there can be none,
-    unless the config asks for the feature."""
-    tables: list[tuple[OwnedElements, bool]] = [(_masq(), conf.ip_masq), (_spoof(), conf.macspoofchk)]
-    for table, enabled in tables:
-        try:
-            table.remove(which)
-        except NftUnavailable:
-            if enabled:
-                raise
+def cmd_gc(args: skel.CmdArgs) -> None:
+    attachment.gc(args, _remove_elements(args))
 
 
 def cmd_check(args: skel.CmdArgs) -> None:
@@ -421,20 +300,21 @@ def cmd_check(args: skel.CmdArgs) -> None:
     prev = args.prev_result
     if prev is None:
         raise InvalidNetworkConfig("CHECK needs prevResult (the result of ADD)")
-    if conf.has_ipam:
-        ipam_delegate.ipam_check(args)
-    host_name, _, own = _names(args, conf)
-    ips = _ips_of_pod(prev, args)
-    with Netlink() as host, Netlink(args.netns) as pod:
-        bridge = check_bridge(host, conf)
-        pod_link = check_pod_link(pod, args, prev)
-        check_host_veth(host, host_name, bridge, pod_link)
-        podside.check_addresses(pod, args.ifname, ips)
-        podside.check_routes(pod, args.ifname, prev.routes)
-    if conf.ip_masq:
-        check_masquerade(own, [ip.address for ip in ips])
-    if conf.macspoofchk:
-        check_spoof(own, host_name, prev, args)
+    att = Attachment.of(args)
+    with attachment.locked(args, att):
+        if conf.has_ipam:
+            ipam_delegate.ipam_check(args)
+        ips = _ips_of_pod(prev, args)
+        with Netlink() as host, Netlink(args.netns) as pod:
+            bridge = check_bridge(host, conf)
+            pod_link = check_pod_link(pod, args, prev)
+            check_host_veth(host, att.host_name, bridge, pod_link)
+            podside.check_addresses(pod, args.ifname, ips)
+            podside.check_routes(pod, args.ifname, prev.routes)
+        if conf.ip_masq:
+            check_masquerade(att.owner, [ip.address for ip in ips])
+        if conf.macspoofchk:
+            check_spoof(att.owner, att.host_name, prev, args)
 
 
 def _ips_of_pod(prev: Result, args: skel.CmdArgs) -> list[IPConfig]:
@@ -488,29 +368,6 @@ def check_spoof(own: str, host_name: str, prev: Result, args: skel.CmdArgs) -> N
     if not mac or set(SpoofCheck.keys(host_name, mac)) - have:
         raise CNIError(f"CHECK: MAC spoof check for {host_name} ({mac}) is missing from table bridge "
                        f"{NFT_TABLE}")
-
-
-def cmd_gc(args: skel.CmdArgs) -> None:
-    """Remove this network's host veths and masquerade elements of attachments that are not in
-    ``cni.dev/valid-attachments`` (an entry without ifname keeps all of its container's), then let
-    IPAM release their addresses. Elements go first: an address is never free while they exist."""
-    conf = load_conf(args)
-    valid = args.valid_attachments
-    keep_veths = {veth.host_veth_name(conf.network, cid, ifname) for cid, ifname in valid if ifname}
-    keep_owners = {owner(conf.network, cid, ifname) for cid, ifname in valid if ifname}
-    net = network_token(conf.network) + "/"
-    whole = tuple(f"{net}{cid}/" for cid, ifname in valid if not ifname)
-    _remove_owned(conf, lambda c: c.startswith(net) and c not in keep_owners
-                       and not (whole and c.startswith(whole)))
-    whole_alias = tuple(f"{veth.network_alias_prefix(conf.network)}{cid}/" for cid, ifname in valid
-                        if not ifname)
-    with Netlink() as host:
-        if whole_alias:
-            keep_veths |= {link.name for link in host.links() if (link.alias or "").startswith(whole_alias)}
-        for name in veth.stale_host_veths(host, conf.network, keep_veths):
-            host.delete_link(name, missing_ok=True)
-    if conf.has_ipam:
-        ipam_delegate.ipam_gc(args)
 
 
 def cmd_status(args: skel.CmdArgs) -> None:

@@ -45,28 +45,28 @@ Choices (and why):
     (everything it made is rolled back).
 
 Configuration (the Go ``ptp`` plugin's keys where the role is the same): ``ipam`` (required),
-``mtu``, ``dns``, ``ipMasq`` (false only); the pod-side MAC from ``runtimeConfig.mac`` (capability
-``mac``) or ``CNI_ARGS`` ``MAC=`` (runtimeConfig wins, as in the reference bridge plugin).
+``mtu``, ``dns``, ``ipMasq`` (false only); the pod-side MAC from ``CNI_ARGS`` ``MAC=``,
+``args.cni.mac`` or ``runtimeConfig.mac`` (capability ``mac``), the later one winning, as in
+podnet-bridge (:mod:`podnet.plugins.podconf`). ADD, DEL, CHECK and GC go through the attachment
+core shared with podnet-bridge (:mod:`podnet.plugins.attachment`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from podnet.cni import skel
-from podnet.cni.errors import CNIError, InvalidEnvironment, InvalidNetworkConfig, UnsupportedField
+from podnet.cni.errors import CNIError, InvalidNetworkConfig, UnsupportedField
 from podnet.cni.result import DNS, Interface, IPAddress, IPConfig, Result, Route
-from podnet.kernel.errors import Exists
 from podnet.kernel.model import RT_SCOPE_HOST, RT_SCOPE_LINK, RT_TABLE_MAIN, Link
 from podnet.kernel.netlink import Netlink
-from podnet.plugins import ipam_delegate, podside, veth
+from podnet.plugins import attachment, ipam_delegate, podconf, podside, veth
+from podnet.plugins.attachment import Rollback
+from podnet.plugins.identity import Attachment
 
+PLUGIN_NAME = "podnet-routed"
 GATEWAY: dict[int, IPAddress] = {
     4: ipaddress.IPv4Address("169.254.1.1"),
     6: ipaddress.IPv6Address("fe80::1"),
@@ -75,11 +75,9 @@ GATEWAY: dict[int, IPAddress] = {
 _HOST_GATEWAY_ADDR = {4: "169.254.1.1/32", 6: "fe80::1/64"}
 _DEFAULT = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 _FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
-_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
-MTU_MIN, MTU_MAX = 68, 65535
 
 
-# ---- configuration -----------------------------------------------------------------------------
+# ---- configuration (ADD, CHECK, STATUS; DEL and GC read none of it) ------------------------------
 
 
 @dataclass(frozen=True)
@@ -88,49 +86,6 @@ class RoutedConfig:
     mtu: int | None
     pod_mac: str | None
     dns: DNS
-
-
-def parse_mac(value: object, where: str) -> str:
-    """A unicast Ethernet MAC (``02:42:0a:00:00:05``; ``-`` separators accepted), lower-cased."""
-    if not isinstance(value, str) or not _MAC.fullmatch(value):
-        raise InvalidNetworkConfig(f"{where}: invalid MAC address {value!r}",
-                                   "expected six hex octets such as 02:42:0a:00:00:05")
-    mac = value.lower().replace("-", ":")
-    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
-        raise InvalidNetworkConfig(f"{where}: MAC address {value!r} is not a unicast address")
-    return mac
-
-
-def _mtu(conf: dict[str, Any]) -> int | None:
-    raw = conf.get("mtu")
-    if raw is None or raw == 0:
-        return None  # the kernel's default, as in ptp
-    if not isinstance(raw, int) or isinstance(raw, bool) or not MTU_MIN <= raw <= MTU_MAX:
-        raise InvalidNetworkConfig(f"mtu: invalid value {raw!r}",
-                                   f"expected an integer from {MTU_MIN} to {MTU_MAX}")
-    return raw
-
-
-def _pod_mac(args: skel.CmdArgs) -> str | None:
-    runtime = args.conf.get("runtimeConfig")
-    if runtime is not None and not isinstance(runtime, dict):
-        raise InvalidNetworkConfig("runtimeConfig must be an object", f"got {runtime!r}")
-    if runtime and runtime.get("mac") not in (None, ""):
-        return parse_mac(runtime["mac"], "runtimeConfig.mac")
-    env_mac = args.arg("MAC")
-    return parse_mac(env_mac, "CNI_ARGS MAC") if env_mac else None
-
-
-def _dns(conf: dict[str, Any]) -> DNS:
-    raw = conf.get("dns")
-    if raw is None:
-        return DNS()
-    if not isinstance(raw, dict):
-        raise InvalidNetworkConfig("dns must be an object", f"got {raw!r}")
-    try:
-        return Result.from_json({"cniVersion": "1.0.0", "dns": raw}).dns
-    except CNIError as err:
-        raise InvalidNetworkConfig(f"dns: {err.msg}", err.details) from None
 
 
 def load_config(args: skel.CmdArgs) -> RoutedConfig:
@@ -143,8 +98,8 @@ def load_config(args: skel.CmdArgs) -> RoutedConfig:
                                    "or leave it out")
         raise InvalidNetworkConfig("ipMasq must be a boolean", f"got {masq!r}")
     ipam_delegate.ipam_type(conf)  # there is an ipam section with a type
-    return RoutedConfig(network=str(conf["name"]), mtu=_mtu(conf), pod_mac=_pod_mac(args),
-                        dns=_dns(conf))
+    return RoutedConfig(network=str(conf["name"]), mtu=podconf.mtu(conf), pod_mac=podconf.pod_mac(args),
+                        dns=podconf.dns(conf))
 
 
 # ---- what the pod gets -------------------------------------------------------------------------
@@ -185,24 +140,6 @@ def pod_routes(ips: Sequence[IPConfig], ipam_routes: Sequence[Route]) -> list[Ro
 # ---- kernel wiring -----------------------------------------------------------------------------
 
 
-def preflight(host: Netlink, pod: Netlink, host_name: str, ifname: str) -> None:
-    """Refuse before anything is reserved: an interface we would have to adopt or replace."""
-    if pod.find_link(ifname) is not None:
-        raise InvalidEnvironment(f"interface {ifname!r} already exists in {pod.netns.path}",
-                       "podnet-routed creates the pod's interface itself and never takes over one")
-    if host.find_link(host_name) is not None:
-        raise Exists(f"host interface {host_name} already exists",
-                     "an earlier ADD of this attachment was not deleted: run DEL first")
-
-
-def enable_forwarding(host: Netlink, fams: Sequence[int]) -> None:
-    for fam in fams:
-        key = _FORWARDING[fam]
-        # Written only when off: writing ip_forward resets every interface's forwarding flag.
-        if host.sysctl(key) != "1":
-            host.set_sysctl(key, 1)
-
-
 def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig], pod_mac: str) -> None:
     """Up, the gateway addresses, a route and a pinned neighbour per pod address, forwarding on."""
     fams = families(ips)
@@ -223,7 +160,7 @@ def setup_host_veth(host: Netlink, link: Link, ips: Sequence[IPConfig], pod_mac:
         # Pinned (after the link is up: going down flushes even permanent entries) so that the host
         # never has to resolve the pod; see the module docstring on neighbour table overflow.
         host.set_neighbour(link, str(ip.address.ip), pod_mac)
-    enable_forwarding(host, fams)
+    attachment.enable_forwarding(host, fams)
 
 
 def setup_pod_side(pod: Netlink, ifname: str, host_mac: str, ips: Sequence[IPConfig],
@@ -247,76 +184,54 @@ def setup_pod_side(pod: Netlink, ifname: str, host_mac: str, ips: Sequence[IPCon
 # ---- commands ----------------------------------------------------------------------------------
 
 
-def _best_effort(what: str, fn: Callable[..., object], *fn_args: Any) -> None:
-    """A rollback step: its failure is reported on stderr and never hides the ADD's own error."""
-    try:
-        fn(*fn_args)
-    except Exception as exc:
-        print(f"podnet-routed: rollback: {what} failed: {exc}", file=sys.stderr)
-
-
-def _host_name(cfg: RoutedConfig, args: skel.CmdArgs) -> str:
-    return veth.host_veth_name(cfg.network, args.container_id, args.ifname)
-
-
 def cmd_add(args: skel.CmdArgs) -> Result:
     cfg = load_config(args)
-    host_name = _host_name(cfg, args)
-    with Netlink() as host, Netlink(args.netns) as pod:
-        preflight(host, pod, host_name, args.ifname)
-        undo = contextlib.ExitStack()
-        success = False
-        try:
-            ipam = ipam_delegate.ipam_add(args)
-            undo.callback(_best_effort, "releasing the address", ipam_delegate.ipam_del, args)
-            ips = pod_ips(ipam)
-            routes = pod_routes(ips, ipam.routes)
-            alias = veth.attachment_alias(cfg.network, args.container_id, args.ifname)
-            # Registered before creating: a failure halfway through creation still removes it.
-            undo.callback(_best_effort, "removing the veth", veth.delete_host_side, host, host_name,
-                          args.netns)
-            pair = veth.create_pair(host, pod, host_name=host_name, pod_ifname=args.ifname,
-                                    alias=alias, mtu=cfg.mtu, pod_mac=cfg.pod_mac)
-            setup_host_veth(host, pair.host, ips, pair.pod.mac or "")
-            setup_pod_side(pod, args.ifname, pair.host.mac or "", ips, routes)
-            result = Result(
-                cni_version=args.cni_version,
-                interfaces=[Interface(name=host_name, mac=pair.host.mac or "", mtu=pair.host.mtu),
-                            Interface(name=args.ifname, mac=pair.pod.mac or "", sandbox=args.netns,
-                                      mtu=pair.pod.mtu)],
-                ips=ips, routes=routes, dns=ipam.dns if cfg.dns.is_empty() else cfg.dns)
-            success = True
-        finally:
-            if not success:
-                undo.close()  # newest first: the veth (its host routes go with it), then the address
-    return result
+    return attachment.add(args, PLUGIN_NAME,
+                          lambda host, pod, att, undo: _add(args, cfg, host, pod, att, undo))
+
+
+def _add(args: skel.CmdArgs, cfg: RoutedConfig, host: Netlink, pod: Netlink, att: Attachment,
+         undo: Rollback) -> Result:
+    """Undone newest first on failure: the veth (its host routes go with it), then the address."""
+    ipam = ipam_delegate.ipam_add(args)
+    undo.push("releasing the address", ipam_delegate.ipam_del, args)
+    ips = pod_ips(ipam)
+    routes = pod_routes(ips, ipam.routes)
+    # Registered before creating: a failure halfway through creation still removes it.
+    undo.push("removing the veth", veth.delete_host_side, host, att.host_name, args.netns)
+    pair = veth.create_pair(host, pod, host_name=att.host_name, pod_ifname=att.ifname, alias=att.alias,
+                            mtu=cfg.mtu, pod_mac=cfg.pod_mac)
+    setup_host_veth(host, pair.host, ips, pair.pod.mac or "")
+    setup_pod_side(pod, att.ifname, pair.host.mac or "", ips, routes)
+    return Result(
+        cni_version=args.cni_version,
+        interfaces=[Interface(name=att.host_name, mac=pair.host.mac or "", mtu=pair.host.mtu),
+                    Interface(name=att.ifname, mac=pair.pod.mac or "", sandbox=args.netns, mtu=pair.pod.mtu)],
+        ips=ips, routes=routes, dns=podconf.result_dns(cfg.dns, ipam.dns))
 
 
 def cmd_del(args: skel.CmdArgs) -> None:
-    """Idempotent, and needs neither the pod's namespace nor a previous result: the host end is
-    found by name (the pod end and the host routes go with it), then the address is released.
-    The veth goes first so that a released address is never still routed to the old pod."""
-    network = str(args.conf["name"])
-    with Netlink() as host:
-        veth.delete_host_side(host, veth.host_veth_name(network, args.container_id, args.ifname), args.netns)
-    ipam_delegate.ipam_del(args)
+    """The veth goes before the address, so a released address is never still routed to the old pod."""
+    attachment.delete(args)
 
 
 def cmd_check(args: skel.CmdArgs) -> None:
-    cfg = load_config(args)
+    load_config(args)
     prev = args.prev_result
     if prev is None:
         raise InvalidNetworkConfig("CHECK needs the ADD result in prevResult")
-    ipam_delegate.ipam_check(args)
-    index = _pod_index(prev, args.ifname)
-    ips = [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
-    with Netlink() as host, Netlink(args.netns) as pod:
-        host_link, pod_link = _attachment_links(host, pod, _host_name(cfg, args), args.ifname)
-        # The seed failure's guard first: a changed host MAC also flushes the host's pinned entries
-        # (the kernel drops a link's neighbours when its address changes), which would hide it.
-        check_gateway_neighbours(pod, pod_link, host_link, families(ips))
-        check_host_side(host, host_link, pod_link, ips)
-        check_pod_side(pod, pod_link, prev, ips)
+    att = Attachment.of(args)
+    with attachment.locked(args, att):
+        ipam_delegate.ipam_check(args)
+        index = _pod_index(prev, args.ifname)
+        ips = [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
+        with Netlink() as host, Netlink(args.netns) as pod:
+            host_link, pod_link = _attachment_links(host, pod, att.host_name, args.ifname)
+            # The seed failure's guard first: a changed host MAC also flushes the host's pinned
+            # entries (the kernel drops a link's neighbours when its address changes), which would hide it.
+            check_gateway_neighbours(pod, pod_link, host_link, families(ips))
+            check_host_side(host, host_link, pod_link, ips)
+            check_pod_side(pod, pod_link, prev, ips)
 
 
 def cmd_status(args: skel.CmdArgs) -> None:
@@ -325,18 +240,9 @@ def cmd_status(args: skel.CmdArgs) -> None:
 
 
 def cmd_gc(args: skel.CmdArgs) -> None:
-    """Remove this network's host veths (found by alias) of attachments not in the valid list,
-    then let IPAM release their addresses."""
-    network = str(args.conf["name"])
-    valid = args.valid_attachments
-    keep = {veth.host_veth_name(network, cid, ifname) for cid, ifname in valid if ifname}
-    whole = tuple(f"{veth.network_alias_prefix(network)}{cid}/" for cid, ifname in valid if not ifname)
-    with Netlink() as host:
-        if whole:  # entries without an ifname keep every interface of their container
-            keep |= {link.name for link in host.links() if (link.alias or "").startswith(whole)}
-        for name in veth.stale_host_veths(host, network, keep):
-            veth.delete_host_side(host, name)
-    ipam_delegate.ipam_gc(args)
+    """Remove this network's veths of attachments GC's valid list does not keep; IPAM then
+    releases their addresses (:func:`podnet.plugins.attachment.gc`)."""
+    attachment.gc(args)
 
 
 # ---- CHECK helpers -----------------------------------------------------------------------------

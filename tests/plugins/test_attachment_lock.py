@@ -1,0 +1,64 @@
+"""The per-attachment file lock without root: one holder at a time across threads (each call opens
+the file itself, as separate processes and the daemon's threads do), and a DEL removing the file
+never lets a waiter and a newcomer hold the lock together."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from podnet.cni.errors import TryAgainLater
+from podnet.plugins import attachment_lock
+from podnet.plugins.attachment_lock import attachment_lock as lock
+
+
+def test_one_holder_and_forget_keeps_waiters_ordered(tmp_path: Path) -> None:
+    env = {"PODNET_LOCK_DIR": str(tmp_path / "locks")}
+    events: list[str] = []
+    released_by_newcomer = threading.Event()
+
+    def waiter() -> None:
+        with lock(env, "net", "cid", "eth0"):
+            events.append("waiter holds" if released_by_newcomer.is_set() else "waiter holds WITH newcomer")
+
+    with lock(env, "net", "cid", "eth0") as held:
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.05)  # the waiter now blocks on this file
+        held.forget()  # a DEL ends the attachment: the file goes while still locked
+    # A newcomer creates a new file at the same path and locks it; the waiter, woken on the old
+    # file, must notice and queue behind it.
+    with lock(env, "net", "cid", "eth0"):
+        events.append("newcomer holds")
+        time.sleep(0.05)
+        released_by_newcomer.set()
+    thread.join(timeout=10)
+    assert events == ["newcomer holds", "waiter holds"]
+
+
+def test_other_attachments_do_not_wait(tmp_path: Path) -> None:
+    env = {"PODNET_LOCK_DIR": str(tmp_path)}
+    with lock(env, "net", "cid", "eth0"), lock(env, "net", "cid", "eth1"), lock(env, "net2", "cid", "eth0"):
+        assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_stuck_holder_is_code_11(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attachment_lock, "WAIT_SECONDS", 0.2)
+    env = {"PODNET_LOCK_DIR": str(tmp_path)}
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with lock(env, "net", "cid", "eth0"):
+                pass
+        except TryAgainLater as exc:
+            failed.append(exc)
+
+    with lock(env, "net", "cid", "eth0"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=10)
+    assert len(failed) == 1 and failed[0].code == 11
