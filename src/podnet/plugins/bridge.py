@@ -304,10 +304,11 @@ def cmd_check(args: skel.CmdArgs) -> None:
     with attachment.locked(args, att):
         if conf.has_ipam:
             ipam_delegate.ipam_check(args)
-        ips = _ips_of_pod(prev, args)
+        index = podside.recorded_index(prev, args.ifname, args.netns)
+        ips = podside.recorded_ips(prev, index)
         with Netlink() as host, Netlink(args.netns) as pod:
             bridge = check_bridge(host, conf)
-            pod_link = check_pod_link(pod, args, prev)
+            pod_link = check_pod_link(pod, args, prev, index)
             check_host_veth(host, att.host_name, bridge, pod_link)
             podside.check_addresses(pod, args.ifname, ips)
             podside.check_routes(pod, args.ifname, prev.routes)
@@ -315,13 +316,6 @@ def cmd_check(args: skel.CmdArgs) -> None:
             check_masquerade(att.owner, [ip.address for ip in ips])
         if conf.macspoofchk:
             check_spoof(att.owner, att.host_name, prev, args)
-
-
-def _ips_of_pod(prev: Result, args: skel.CmdArgs) -> list[IPConfig]:
-    """The addresses prevResult binds to this plugin's pod interface (a chain may add others)."""
-    pod_idx = {i for i, iface in enumerate(prev.interfaces)
-               if iface.name == args.ifname and iface.sandbox == args.netns}
-    return [ip for ip in prev.ips if ip.interface is None or ip.interface in pod_idx]
 
 
 def check_bridge(host: Netlink, conf: BridgeConf) -> Link:
@@ -334,13 +328,11 @@ def check_bridge(host: Netlink, conf: BridgeConf) -> Link:
     return bridge
 
 
-def check_pod_link(pod: Netlink, args: skel.CmdArgs, prev: Result) -> Link:
+def check_pod_link(pod: Netlink, args: skel.CmdArgs, prev: Result, index: int | None) -> Link:
     link = pod.find_link(args.ifname)
     if link is None or link.kind != "veth":
         raise CNIError(f"CHECK: veth {args.ifname} is missing in {args.netns}")
-    want = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), "")
-    if want and want.lower() != (link.mac or "").lower():
-        raise CNIError(f"CHECK: {args.ifname} has MAC {link.mac}, the result says {want}")
+    podside.check_recorded_mac(link, prev, index)
     return link
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from podnet.cni.errors import CNIError
-from podnet.cni.result import IPConfig, Route
+from podnet.cni.result import IPConfig, Result, Route
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink
 
@@ -74,3 +74,26 @@ def check_routes(nl: Netlink, ifname: str, routes: Sequence[Route]) -> None:
     for route in routes:
         if route.dst not in present:
             raise CNIError(f"CHECK: route to {route.dst} via {ifname} is missing")
+
+
+# ---- what prevResult says about the pod interface (CHECK of both veth plugins) ----------------
+
+
+def recorded_index(prev: Result, ifname: str, netns: str) -> int | None:
+    """The pod interface's index in prevResult: the entry with this name in this sandbox, else
+    (a runtime may name the same namespace by another path) the one with this name in any sandbox."""
+    named = [i for i, iface in enumerate(prev.interfaces) if iface.name == ifname and iface.sandbox]
+    exact = [i for i in named if prev.interfaces[i].sandbox == netns]
+    found = exact or named
+    return found[0] if found else None
+
+
+def recorded_ips(prev: Result, index: int | None) -> list[IPConfig]:
+    """The addresses prevResult binds to the pod interface (a chain may add others elsewhere)."""
+    return [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
+
+
+def check_recorded_mac(link: Link, prev: Result, index: int | None) -> None:
+    recorded = prev.interfaces[index].mac.lower() if index is not None else ""
+    if recorded and recorded != (link.mac or "").lower():
+        raise CNIError(f"CHECK: interface {link.name} has MAC {link.mac}, the ADD result says {recorded}")

@@ -223,15 +223,15 @@ def cmd_check(args: skel.CmdArgs) -> None:
     att = Attachment.of(args)
     with attachment.locked(args, att):
         ipam_delegate.ipam_check(args)
-        index = _pod_index(prev, args.ifname)
-        ips = [ip for ip in prev.ips if index is None or ip.interface in (None, index)]
+        index = podside.recorded_index(prev, args.ifname, args.netns)
+        ips = podside.recorded_ips(prev, index)
         with Netlink() as host, Netlink(args.netns) as pod:
             host_link, pod_link = _attachment_links(host, pod, att.host_name, args.ifname)
             # The seed failure's guard first: a changed host MAC also flushes the host's pinned
             # entries (the kernel drops a link's neighbours when its address changes), which would hide it.
             check_gateway_neighbours(pod, pod_link, host_link, families(ips))
             check_host_side(host, host_link, pod_link, ips)
-            check_pod_side(pod, pod_link, prev, ips)
+            check_pod_side(pod, pod_link, prev, index, ips)
 
 
 def cmd_status(args: skel.CmdArgs) -> None:
@@ -246,13 +246,6 @@ def cmd_gc(args: skel.CmdArgs) -> None:
 
 
 # ---- CHECK helpers -----------------------------------------------------------------------------
-
-
-def _pod_index(prev: Result, ifname: str) -> int | None:
-    for i, iface in enumerate(prev.interfaces):
-        if iface.name == ifname and iface.sandbox:
-            return i
-    return None
 
 
 def _attachment_links(host: Netlink, pod: Netlink, host_name: str, ifname: str) -> tuple[Link, Link]:
@@ -289,14 +282,12 @@ def check_host_side(host: Netlink, link: Link, pod_link: Link, ips: Sequence[IPC
             raise CNIError(f"CHECK: {_FORWARDING[fam]} is off on the host: pods cannot be routed")
 
 
-def check_pod_side(pod: Netlink, link: Link, prev: Result, ips: Sequence[IPConfig]) -> None:
+def check_pod_side(pod: Netlink, link: Link, prev: Result, index: int | None,
+                   ips: Sequence[IPConfig]) -> None:
     ifname = link.name
     if not link.up:
         raise CNIError(f"CHECK: interface {ifname} is down in {pod.netns.path}")
-    index = _pod_index(prev, ifname)
-    recorded = prev.interfaces[index].mac.lower() if index is not None else ""
-    if recorded and recorded != (link.mac or "").lower():
-        raise CNIError(f"CHECK: interface {ifname} has MAC {link.mac}, the ADD result says {recorded}")
+    podside.check_recorded_mac(link, prev, index)
     podside.check_addresses(pod, ifname, ips)
     if 4 in families(ips):
         podside.check_routes(pod, ifname, [Route(dst=ipaddress.ip_network(f"{GATEWAY[4]}/32"))])
