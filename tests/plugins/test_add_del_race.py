@@ -104,3 +104,5 @@ def test_del_racing_add(node: Netns, netns: NetnsFactory, tmp_path: Path, plugin
     assert stopped == 0, daemon.log_text() if daemon is not None else ""
     print(f"{plugin.type} ADD via {add_via}, DEL via {del_via}: {dict(outcomes)}")
     assert host_veths(node) == [] and ip_files(tmp_path, NET) == {}
+    # Each attachment's DEL removed its lock file.
+    assert os.listdir(os.environ["PODNET_LOCK_DIR"]) == []

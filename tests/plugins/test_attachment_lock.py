@@ -62,3 +62,14 @@ def test_a_stuck_holder_is_code_11(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         thread.start()
         thread.join(timeout=10)
     assert len(failed) == 1 and failed[0].code == 11
+
+
+def test_sweep_removes_only_unheld_files(tmp_path: Path) -> None:
+    env = {"PODNET_LOCK_DIR": str(tmp_path)}
+    with lock(env, "net", "idle", "eth0"):
+        pass
+    with lock(env, "net", "busy", "eth0"):
+        assert attachment_lock.sweep(env) == 1
+        busy = attachment_lock.lock_path(env, "net", "busy", "eth0")
+        assert [str(p) for p in tmp_path.iterdir()] == [busy]
+    assert attachment_lock.sweep({"PODNET_LOCK_DIR": str(tmp_path / "none")}) == 0

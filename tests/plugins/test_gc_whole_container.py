@@ -4,6 +4,7 @@ reservation and its nftables elements all stay), so the next ADD never gets that
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,5 @@ def test_gc_entry_without_ifname_keeps_the_pod(node: Netns, netns: NetnsFactory,
     ok(node, plugin, "DEL", conf, cid_a, pod_a)
     ok(node, plugin, "DEL", conf, "pod-b")
     assert host_veths(node) == [] and ip_files(tmp_path, NET) == {} and nft_comments(node) == []
+    # DEL removed its attachments' lock files, GC the one of the attachment it collected.
+    assert os.listdir(os.environ["PODNET_LOCK_DIR"]) == []

@@ -27,7 +27,7 @@ from podnet.cni.result import Result
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink
 from podnet.plugins import ipam_delegate, veth
-from podnet.plugins.attachment_lock import Held, attachment_lock
+from podnet.plugins.attachment_lock import Held, attachment_lock, sweep
 from podnet.plugins.identity import Attachment, alias_ifname, host_veth_name, network_token, owner
 
 _FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
@@ -175,3 +175,4 @@ def gc(args: skel.CmdArgs, remove_elements: RemoveElements | None = None) -> Non
                 veth.delete_host_side(host, link.name)
     if ipam_configured(args.conf):
         ipam_delegate.ipam_gc(args)
+    sweep(args.env)

@@ -13,7 +13,9 @@ front of it and only saves its threads the wait on the file.
 
 The file is removed by the DEL that ends the attachment, while still locked. A waiter that then
 gets the lock holds it on a file no longer in the directory; it notices (the path names another
-inode, or none) and locks the path again, so two holders never exist at once.
+inode, or none) and locks the path again, so two holders never exist at once. For the same reason
+GC may remove every lock file nobody holds (:func:`sweep`): files of attachments that were never
+deleted (collected by GC, or a CHECK after DEL) do not pile up.
 """
 
 from __future__ import annotations
@@ -108,3 +110,30 @@ def attachment_lock(env: Mapping[str, str], network: str, container_id: str, ifn
         yield Held(path, fd)
     finally:
         os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+
+def sweep(env: Mapping[str, str]) -> int:
+    """Remove the lock files nobody holds (each while holding it, see the module doc); returns how
+    many. A file in use is skipped, never waited for."""
+    directory = env.get(DIR_ENV) or DEFAULT_DIR
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".lock")]
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _still_linked(path, fd):
+                os.unlink(path)
+                removed += 1
+        except BlockingIOError:
+            pass  # held: an operation on that attachment is running
+        finally:
+            os.close(fd)
+    return removed
