@@ -114,18 +114,18 @@ def attachment_lock(env: Mapping[str, str], network: str, container_id: str, ifn
 
 def sweep(env: Mapping[str, str]) -> int:
     """Remove the lock files nobody holds (each while holding it, see the module doc); returns how
-    many. A file in use is skipped, never waited for."""
+    many. A file in use is skipped, never waited for. Housekeeping only: it never fails GC."""
     directory = env.get(DIR_ENV) or DEFAULT_DIR
     try:
         names = [n for n in os.listdir(directory) if n.endswith(".lock")]
-    except FileNotFoundError:
+    except OSError:
         return 0
     removed = 0
     for name in names:
         path = os.path.join(directory, name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except OSError:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,6 +134,8 @@ def sweep(env: Mapping[str, str]) -> int:
                 removed += 1
         except BlockingIOError:
             pass  # held: an operation on that attachment is running
+        except OSError:
+            pass
         finally:
             os.close(fd)
     return removed
