@@ -100,3 +100,16 @@ def test_runtime_del_after_config_edit(node: Netns, netns: NetnsFactory, tmp_pat
     assert env.pending_files() == []
     assert env.cni("del", NET, pod, "--args", "MAC=nonsense", check=False).returncode == 0
     assert host_veths(node) == [] and ip_files(env.ipam_dir, NET) == {} and env.cache_files() == []
+
+
+def test_runtime_gc_after_config_edit(node: Netns, netns: NetnsFactory, tmp_path: Path) -> None:
+    """``podnet cni gc`` after the conflist was edited into one ADD refuses: the cached attachment is
+    DELed and the plugin's GC runs, both succeed, nothing is left."""
+    env = CniEnv(node, tmp_path, cni_path=str(BRIDGE.exe.rsplit("/", 1)[0]))
+    _bridge_list(env)
+    env.add(NET, netns("pod"))
+    _bridge_list(env, hairpinMode=True, promiscMode=True)
+    proc = env.cni("gc", NET, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert host_veths(node) == [] and ip_files(env.ipam_dir, NET) == {}
+    assert env.cache_files() == [] and env.pending_files() == []
