@@ -14,9 +14,10 @@ import pytest
 from nsutil import Netns, NetnsFactory
 from podnet.kernel import DUMP_STATS
 
+from .churn import N_STABLE, N_VETH_PAIRS, STABLE_SETUP, stable_v4
+
 CHURN = Path(__file__).with_name("churn.py")
-N_ADDRS = 1000
-N_VETH_PAIRS = 150
+N_ADDRS = N_STABLE
 
 
 def batch(ns: Netns, commands: list[str]) -> None:
@@ -25,7 +26,9 @@ def batch(ns: Netns, commands: list[str]) -> None:
 
 
 def addr_commands(n: int = N_ADDRS) -> list[str]:
-    return [f"addr add 10.50.{i // 250}.{i % 250 + 1}/32 dev lo" for i in range(n)]
+    return [f"addr add {stable_v4(i)}/32 dev lo" for i in range(n)]
+
+
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -51,16 +54,28 @@ def busy_link_ns(netns: NetnsFactory) -> Netns:
     return ns
 
 
+@pytest.fixture
+def busy(netns: NetnsFactory) -> Callable[[str], Netns]:
+    """``busy(table)``: a namespace holding the stable objects of STABLE_SETUP[table]."""
+
+    def make(table: str) -> Netns:
+        ns = netns(table[:5])
+        batch(ns, STABLE_SETUP[table])
+        return ns
+
+    return make
+
+
 ChurnStarter = Callable[[Netns, str], "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
 def churn() -> Iterator[ChurnStarter]:
-    """Start a churn writer (``churn(ns, "addr" | "veth")``); bounded to 20 s, killed by PID."""
+    """Start a churn writer (``churn(ns, mode)``, modes of churn.py); bounded to 60 s, killed by PID."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(ns: Netns, mode: str) -> subprocess.Popen[bytes]:
-        proc = ns.popen([sys.executable, str(CHURN), mode, "20"], stdout=subprocess.PIPE)
+        proc = ns.popen([sys.executable, str(CHURN), mode, "60"], stdout=subprocess.PIPE)
         started.append(proc)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"churning", "churn writer did not start"

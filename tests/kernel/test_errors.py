@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.cni.errors import CNIError, TryAgainLater, UnknownContainer
 from podnet.kernel import errors as E
@@ -41,13 +40,6 @@ def test_cni_codes() -> None:
         err = klass("x")
         assert err.code == 999 and isinstance(err, CNIError)
     assert E.NetnsNotFound("netns x: not found").to_dict("1.1.0")["code"] == 3
-
-
-def test_pyroute2_error_is_translated_keeping_the_kernel_reason() -> None:
-    plain = E.from_exception(NetlinkError(errno.EEXIST), "link", "link br0")
-    assert isinstance(plain, E.Exists) and plain.details == "File exists"
-    extack = E.from_exception(NetlinkError(errno.EINVAL, "Nexthop has invalid gateway"), "route", "route r")
-    assert isinstance(extack, E.InvalidArgument) and extack.details == "Nexthop has invalid gateway"
 
 
 def test_oserror_and_other_exceptions() -> None:

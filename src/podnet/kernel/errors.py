@@ -6,10 +6,8 @@ without knowing about netlink. Where a kernel condition has a natural CNI meanin
 class also derives from the matching CNI class (a missing namespace *is* an unknown
 container, an interrupted dump *is* "try again later"), so callers may catch either.
 
-podnet's own netlink socket reports a kernel errno, plain system calls raise ``OSError``
-and pyroute2 (still used for bridge VLAN requests) raises ``NetlinkError`` (``.code`` is
-the errno). All of them go through :func:`from_exception` / :func:`from_errno` here and
-nowhere else.
+podnet's own netlink socket reports a kernel errno and plain system calls raise ``OSError``;
+both go through :func:`from_exception` / :func:`from_errno` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -106,18 +104,11 @@ def from_errno(err: int, subject: Subject, what: str, reason: str = "") -> Kerne
 
 
 def from_exception(exc: BaseException, subject: Subject, what: str) -> KernelError:
-    """Translate pyroute2's NetlinkError or an OSError; anything else is a 999 KernelError."""
+    """Translate an OSError; anything else is a 999 KernelError."""
     if isinstance(exc, KernelError):
         return exc
     if isinstance(exc, OSError) and exc.errno is not None:
         return from_errno(exc.errno, subject, what)
-    # Imported here: pyroute2 takes ~0.15 s to import and most processes never load it.
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    if isinstance(exc, NetlinkError):
-        code = int(exc.code or 0)
-        reason = str(exc.args[1]) if len(exc.args) > 1 and exc.args[1] else ""
-        return from_errno(code, subject, what, reason if reason != os.strerror(code) else "")
     return KernelError(f"{what}: failed", f"{type(exc).__name__}: {exc}")
 
 

@@ -35,6 +35,16 @@ RTM_GETNEIGH = 30
 RTM_NEWRULE = 32
 RTM_GETRULE = 34
 
+# rtnetlink multicast groups (enum rtnetlink_groups): where changes to each table are announced
+RTNLGRP_LINK = 1
+RTNLGRP_NEIGH = 3
+RTNLGRP_IPV4_IFADDR = 5
+RTNLGRP_IPV4_ROUTE = 7
+RTNLGRP_IPV4_RULE = 8
+RTNLGRP_IPV6_IFADDR = 9
+RTNLGRP_IPV6_ROUTE = 11
+RTNLGRP_IPV6_RULE = 19
+
 # struct ifinfomsg / ifaddrmsg / rtmsg / ndmsg / fib_rule_hdr
 IFINFOMSG = struct.Struct("=BxHiII")
 IFADDRMSG = struct.Struct("=BBBBi")
@@ -369,8 +379,9 @@ def parse_rule(buf: bytes, start: int, end: int) -> Rule | None:
 
 
 # Dump / get request bodies. The socket asks for strict checking (NETLINK_GET_STRICT_CHK),
-# under which the kernel rejects non-zero header fields it cannot filter on, so only the
-# filterable ones (family, an address dump's ifindex) are ever set.
+# under which the kernel filters on what the request names (and rejects non-zero header
+# fields it cannot filter on). A filtered dump answers with the matching objects only,
+# which usually fit in one part: consistent without a second attempt (see dump.py).
 
 def link_request(index: int = 0, name: str | None = None) -> bytes:
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
@@ -383,8 +394,22 @@ def address_request(family: int = socket.AF_UNSPEC, index: int = 0) -> bytes:
     return IFADDRMSG.pack(family, 0, 0, 0, index)
 
 
-def route_request(family: int = socket.AF_UNSPEC) -> bytes:
-    return RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+def route_request(family: int = socket.AF_UNSPEC, table: int | None = None, oif: int | None = None) -> bytes:
+    """Routes of ``family``; the kernel keeps only those of ``table`` (RTA_TABLE, any table id)
+    and with a next hop through link ``oif`` (RTA_OIF) when given."""
+    body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    if table is not None:
+        body += attr(RTA_TABLE, table.to_bytes(4, _ORDER))
+    if oif is not None:
+        body += attr(RTA_OIF, oif.to_bytes(4, _ORDER))
+    return body
+
+
+def groups(family: int, v4: int, v6: int) -> tuple[int, ...]:
+    """The multicast groups announcing changes to a table of ``family`` (both for AF_UNSPEC)."""
+    if family == _AF_INET:
+        return (v4,)
+    return (v6,) if family == _AF_INET6 else (v4, v6)
 
 
 def neighbour_request(family: int = socket.AF_UNSPEC, index: int = 0) -> bytes:

@@ -3,15 +3,11 @@
 Reads (dumps and lookups) and writes go over podnet's own NETLINK_ROUTE socket, opened
 in the session's namespace (no fork, never ``O_CREAT``). Every dump goes through
 :func:`podnet.kernel.dump.consistent_dump`, so every list is a consistent snapshot.
-Write requests are encoded by :mod:`podnet.kernel.requests` and their errors become
-the typed errors of :mod:`podnet.kernel.errors`. Only the bridge VLAN requests still
-use pyroute2 (imported when first needed): this kernel cannot run them (no
-CONFIG_BRIDGE_VLAN_FILTERING), so their encoding stays with pyroute2's tested encoders.
+Write requests, the bridge VLAN ones included, are encoded by
+:mod:`podnet.kernel.requests` and their errors become the typed errors of
+:mod:`podnet.kernel.errors`: one netlink stack, one error path.
 
-Threads: the socket is shared under a lock, so any thread may read and write. The
-pyroute2 part keeps per-thread asyncio state and is bound to the first thread that
-uses it. Do not call it from inside a running asyncio event loop (pyroute2 would try
-to reuse it); use ``asyncio.to_thread``.
+Threads: the socket is shared under a lock, so any thread may read and write.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ import contextlib
 import ipaddress
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,19 +30,10 @@ from podnet.kernel.dump import (
     get,
     send_request,
 )
-from podnet.kernel.errors import (
-    Exists,
-    InvalidArgument,
-    KernelError,
-    LinkNotFound,
-    NotFound,
-    Subject,
-    from_exception,
-)
+from podnet.kernel.errors import Exists, InvalidArgument, LinkNotFound, NotFound, Subject
 from podnet.kernel.model import Address, Link, Neighbour, Route, Rule
-from podnet.kernel.netns import NetnsHandle, NetnsRef, opened, socket_in_netns
+from podnet.kernel.netns import NetnsHandle, NetnsRef, opened
 from podnet.kernel.sysctl import read_sysctl, write_sysctl
-from podnet.kernel.wire import NETLINK_EXT_ACK, SOL_NETLINK
 
 T = TypeVar("T")
 _IFF_PROMISC = 0x100
@@ -80,20 +66,10 @@ class Netlink:
         except BaseException:
             self.netns.close()
             raise
-        self._ipr: Any = None  # pyroute2 IPRoute, made on the first VLAN write
-        self._ipr_sock: socket.socket | None = None
-        self._ipr_thread: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-        if self._ipr_sock is not None:
-            # pyroute2 closes it only from the thread that used it; make sure it goes.
-            self._ipr_sock.close()
-            self._ipr_sock = None
         self._rt.close()
         self.netns.close()
 
@@ -113,36 +89,54 @@ class Netlink:
         return Snapshot([x for x in snap if keep(x)], snap.attempts, snap.consistent)
 
     def links(self, *, best_effort: bool = False) -> Snapshot[Link]:
-        req = DumpRequest("links", model.RTM_GETLINK, model.link_request(), model.parse_link)
+        req = DumpRequest("links", model.RTM_GETLINK, model.link_request(), model.parse_link,
+                          flags_interrupts=True)
         return self._dump(req, best_effort)
 
     def addresses(self, link: LinkRef | None = None, family: int = socket.AF_UNSPEC, *,
                   best_effort: bool = False) -> Snapshot[Address]:
+        """All addresses, or those of one link: the kernel filters (ifa_index), so a link's
+        addresses come in one small answer however many the namespace holds."""
         index = 0 if link is None else self.index(link)
+        # The kernel flags interrupted address dumps, except those it filters to one link;
+        # the notifications catch what the flag misses (see dump.py).
         req = DumpRequest("addresses", model.RTM_GETADDR, model.address_request(family, index),
-                          model.parse_address)
+                          model.parse_address, flags_interrupts=not index,
+                          watch=model.groups(family, model.RTNLGRP_IPV4_IFADDR, model.RTNLGRP_IPV6_IFADDR))
         # The kernel filters too (strict checking), the check here covers older kernels.
         return self._dump(req, best_effort, lambda a: (not index or a.index == index)
                           and (not family or a.family == family))
 
     def routes(self, family: int = socket.AF_UNSPEC, *, table: int | None = None,
                oif: LinkRef | None = None, best_effort: bool = False) -> Snapshot[Route]:
-        """Routes of all tables (``table=None``), or of one (254 is main)."""
+        """Routes of all tables (``table=None``), or of one (254 is main); ``oif``: only those
+        through that link. The kernel does the filtering, so the answer is small."""
         index = None if oif is None else self.index(oif)
-        req = DumpRequest("routes", model.RTM_GETROUTE, model.route_request(family), model.parse_route)
-        return self._dump(req, best_effort, lambda r: (table is None or r.table == table)
-                          and (index is None or r.oif == index) and (not family or r.family == family))
+        req = DumpRequest("routes", model.RTM_GETROUTE, model.route_request(family, table, index),
+                          model.parse_route, compare=True,
+                          watch=model.groups(family, model.RTNLGRP_IPV4_ROUTE, model.RTNLGRP_IPV6_ROUTE))
+        try:
+            snap = self._dump(req, best_effort)
+        except NotFound:
+            if table is None:
+                raise
+            return Snapshot([], 1, True)  # ENOENT: that table does not exist (yet), so it is empty
+        return Snapshot([r for r in snap if (table is None or r.table == table)
+                         and (index is None or r.oif == index or any(h.oif == index for h in r.multipath))
+                         and (not family or r.family == family)], snap.attempts, snap.consistent)
 
     def neighbours(self, link: LinkRef | None = None, family: int = socket.AF_UNSPEC, *,
                    best_effort: bool = False) -> Snapshot[Neighbour]:
         index = 0 if link is None else self.index(link)
         req = DumpRequest("neighbours", model.RTM_GETNEIGH, model.neighbour_request(family, index),
-                          model.parse_neighbour)
+                          model.parse_neighbour, watch=(model.RTNLGRP_NEIGH,), compare=True)
         return self._dump(req, best_effort, lambda n: (not index or n.index == index)
                           and (not family or n.family == family))
 
     def rules(self, family: int = socket.AF_UNSPEC, *, best_effort: bool = False) -> Snapshot[Rule]:
-        req = DumpRequest("rules", model.RTM_GETRULE, model.rule_request(family), model.parse_rule)
+        req = DumpRequest("rules", model.RTM_GETRULE, model.rule_request(family), model.parse_rule,
+                          compare=True,
+                          watch=model.groups(family, model.RTNLGRP_IPV4_RULE, model.RTNLGRP_IPV6_RULE))
         return self._dump(req, best_effort, lambda r: not family or r.family == family)
 
     # -- lookups -------------------------------------------------------------------------
@@ -185,31 +179,6 @@ class Netlink:
     def _send(self, subject: Subject, what: str, request: requests.Request) -> None:
         send_request(self._rt, request.msg_type, request.flags, request.body, subject, what)
 
-    def _iproute(self) -> Any:
-        """pyroute2, for the bridge VLAN requests only (imported on first use: it is heavy)."""
-        from pyroute2 import IPRoute
-
-        me = threading.get_ident()
-        if self._ipr is None:
-            sock = socket_in_netns(self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # kernel's reason in errors
-            # groups=0: pyroute2 otherwise subscribes to every rtnl multicast group and
-            # buffers events nobody reads.
-            self._ipr = IPRoute(use_socket=sock, groups=0)
-            self._ipr_sock, self._ipr_thread = sock, me
-        elif self._ipr_thread != me:
-            raise KernelError("netlink session: VLAN writes are bound to the thread that made the first one",
-                              "open one Netlink session per thread")
-        return self._ipr
-
-    def _write(self, subject: Subject, what: str, method: str, *args: Any, **kwargs: Any) -> None:
-        """Run one pyroute2 request; this is where pyroute2's NetlinkError is translated."""
-        ipr = self._iproute()
-        try:
-            getattr(ipr, method)(*args, **kwargs)
-        except Exception as exc:
-            raise from_exception(exc, subject, what) from None
-
     # links
 
     def add_veth(self, name: str, peer_name: str, *, mac: str, peer_mac: str,
@@ -241,23 +210,16 @@ class Netlink:
         if link.kind != "bridge":
             raise Exists(f"bridge {name}: name taken", f"by a link of kind {link.kind or 'none'}")
         if vlan_filtering is not None and bool(link.vlan_filtering) != vlan_filtering:
-            self._write("link", f"bridge {name}", "link", "set", index=link.index, kind="bridge",
-                        br_vlan_filtering=int(vlan_filtering))
+            request = requests.set_bridge_vlan_filtering(link.index, vlan_filtering)
+            self._send("link", f"bridge {name}", request)
             link = self.link(link.index)
         return link
 
     def _add_bridge(self, name: str, mac: str | None, mtu: int | None, vlan_filtering: bool | None) -> None:
-        if not vlan_filtering:
-            # Off is the default: not sending it keeps kernels without
-            # CONFIG_BRIDGE_VLAN_FILTERING working (they refuse the attribute outright).
-            self._send("link", f"bridge {name}", requests.add_bridge(name, mac=mac, mtu=mtu))
-            return
-        attrs: dict[str, Any] = {"br_vlan_filtering": 1}
-        if mac is not None:
-            attrs["address"] = mac
-        if mtu is not None:
-            attrs["mtu"] = mtu
-        self._write("link", f"bridge {name}", "link", "add", ifname=name, kind="bridge", **attrs)
+        # Off is the default: not sending it keeps kernels without CONFIG_BRIDGE_VLAN_FILTERING
+        # working (they refuse the attribute outright, with EOPNOTSUPP).
+        request = requests.add_bridge(name, mac=mac, mtu=mtu, vlan_filtering=True if vlan_filtering else None)
+        self._send("link", f"bridge {name}", request)
 
     def set_up(self, link: LinkRef) -> None:
         self._set(link, flags=model.IFF_UP, change=model.IFF_UP)
@@ -287,14 +249,13 @@ class Netlink:
     def bridge_vlan_add(self, link: LinkRef, vid: int, *, pvid: bool = False, untagged: bool = False) -> None:
         """Add VLAN ``vid`` to a bridge port (needs vlan_filtering on the bridge and a kernel
         with CONFIG_BRIDGE_VLAN_FILTERING; NotSupported otherwise)."""
-        flags = [f for f, on in (("pvid", pvid), ("untagged", untagged)) if on]
-        self._write("link", f"vlan {vid} on {_name(link)}", "vlan_filter", "add", index=self.index(link),
-                    vlan_info={"vid": vid, "flags": flags})
+        self._send("link", f"vlan {vid} on {_name(link)}",
+                   requests.bridge_vlan(self.index(link), vid, pvid=pvid, untagged=untagged))
 
     def bridge_vlan_del(self, link: LinkRef, vid: int, *, missing_ok: bool = False) -> None:
         try:
-            self._write("link", f"vlan {vid} on {_name(link)}", "vlan_filter", "del",
-                        index=self.index(link), vlan_info={"vid": vid})
+            self._send("link", f"vlan {vid} on {_name(link)}",
+                       requests.bridge_vlan(self.index(link), vid, delete=True))
         except (NotFound, InvalidArgument):
             if not missing_ok:
                 raise
