@@ -7,10 +7,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# System packages: the kernel tools, the Go reference plugins for interop, and Go + libcni
-# sources for the libcni interop driver (built offline in GOPATH mode).
+# System packages: the kernel tools, the Go reference plugins for interop, Go + libcni sources
+# for the libcni interop driver (built offline in GOPATH mode), and a C compiler with the
+# kernel's uapi headers (every netlink constant podnet defines is checked against them).
 RUN_PKGS := iproute2 nftables iputils-ping containernetworking-plugins python3 python3-venv procps
-TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git
+TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git gcc libc6-dev linux-libc-dev
 
 .PHONY: demo test bench lint typecheck install-run install-test clean
 
