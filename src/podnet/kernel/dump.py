@@ -257,7 +257,8 @@ class RouteSocket:
 
         A second socket hears them, so that a flood of notifications never fills the dump
         socket: the kernel makes the next part of a dump only while its receive queue has room,
-        and one stalled behind notifications that stop coming would never finish.
+        and one stalled behind notifications that stop coming would never finish. A RouteSocket
+        made from a bare socket (no namespace to open a second one in) hears nothing.
         """
         if not groups or self._open_watcher is None:
             yield lambda: False
