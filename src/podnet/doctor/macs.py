@@ -18,11 +18,11 @@ import socket
 from podnet.doctor.context import Context
 from podnet.doctor.findings import Finding
 from podnet.doctor.live import HostVeth
-from podnet.doctor.sysfs import NET_ADDR_RANDOM, NetSysfs
 from podnet.kernel.errors import KernelError
 from podnet.kernel.model import RT_SCOPE_UNIVERSE, Link
 from podnet.kernel.netlink import Netlink
 from podnet.kernel.netns import NetnsHandle
+from podnet.kernel.sysfs import NET_ADDR_RANDOM, NetSysfs
 from podnet.plugins.routed import GATEWAY
 from podnet.runtime.cache import ResultCache
 

@@ -1,4 +1,4 @@
-"""Per-link sysfs files of another network namespace (``addr_assign_type``).
+"""Per-link sysfs files of another network namespace (``addr_assign_type``, which podnet doctor reports).
 
 rtnetlink does not carry a link's ``addr_assign_type``; only sysfs shows it. ``/sys`` shows the
 namespace it was mounted from (see :mod:`podnet.kernel.netns`), so the node namespace's links are
