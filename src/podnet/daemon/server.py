@@ -1,8 +1,10 @@
 """The node daemon: serves plugin calls from the shims over a root-only unix socket.
 
 Each connection carries one request (see :mod:`podnet.daemon.protocol`). A worker thread checks
-the peer (``SO_PEERCRED``: root only; and in the daemon's own network namespace, since plugins act
-on "the host" as the namespace they run in), reads the frame within a time limit and size limit,
+the peer (:mod:`podnet.daemon.peer`: root with CAP_NET_ADMIN and CAP_SYS_ADMIN in effect, read
+race-free through its pidfd; in the daemon's own user and network namespaces, since plugins act
+on "the host" as the namespace they run in) and what the call would exec
+(:mod:`podnet.daemon.delegates`), reads the frame within a time limit and size limit,
 and runs the plugin with :func:`podnet.cni.skel.run` — the same code path as an exec'd plugin,
 with the request's environment and stdin injected and its output captured. Requests run
 concurrently in a thread pool under per-network locks (:mod:`podnet.daemon.locks`).
@@ -32,7 +34,6 @@ import select
 import signal
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -43,14 +44,14 @@ from typing import Any
 from podnet.cni import skel
 from podnet.cni.errors import DecodingFailure
 from podnet.cni.jsonio import load_json
+from podnet.daemon import delegates, registry
 from podnet.daemon import protocol as p
-from podnet.daemon import registry
 from podnet.daemon.locks import NetworkLocks
 from podnet.daemon.logs import JsonLog
 from podnet.daemon.metrics import Metrics, NoMetrics
+from podnet.daemon.peer import Peer, PeerRefused, missing_caps, read_peer
 
 DEFAULT_SOCKET = p.DEFAULT_SOCKET
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _RECV_SIZE = 1 << 16
 
 
@@ -66,13 +67,6 @@ class _Hangup(Exception):
     """The peer closed without sending anything."""
 
 
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
 @dataclass
 class Config:
     socket_path: str = DEFAULT_SOCKET
@@ -82,11 +76,8 @@ class Config:
     check_netns: bool = True
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
     profile_path: str | None = None  # cProfile every request; pstats written here at shutdown
-
-
-def peer_credentials(conn: socket.socket) -> Peer:
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return Peer(*_PEERCRED.unpack(raw))
+    plugin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")  # delegates run only from these
+    require_caps: bool = True  # the caller's CAP_NET_ADMIN and CAP_SYS_ADMIN (off only for unit tests)
 
 
 def netns_identity(path: str) -> tuple[int, int]:
@@ -148,6 +139,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = threading.Event()
         self._own_netns = netns_identity("/proc/thread-self/ns/net")
+        self._own_userns = netns_identity("/proc/self/ns/user")
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._profiles: list[cProfile.Profile] = []
@@ -300,16 +292,22 @@ class Daemon:
         return first
 
     def _check_peer(self, conn: socket.socket) -> Peer:
-        peer = peer_credentials(conn)
+        """Root, with CAP_NET_ADMIN and CAP_SYS_ADMIN in effect, in the daemon's user namespace
+        (and network namespace: plugins act on "the host" as the namespace they run in)."""
+        try:
+            peer = read_peer(conn)
+        except PeerRefused as exc:
+            raise Refused(exc.reason, str(exc)) from None
         if peer.uid not in self.config.allowed_uids:
             raise Refused("not-root", f"peer uid {peer.uid} is not allowed (root only)")
-        if self.config.check_netns:
-            try:
-                theirs = netns_identity(f"/proc/{peer.pid}/ns/net")
-            except OSError as exc:
-                raise Refused("peer-netns", f"cannot read the peer's network namespace: {exc}") from None
-            if theirs != self._own_netns:
-                raise Refused("peer-netns", "the caller is in another network namespace than the daemon")
+        if peer.userns != self._own_userns:
+            raise Refused("peer-userns", "the caller is in another user namespace than the daemon")
+        missing = missing_caps(peer)
+        if missing and self.config.require_caps:
+            raise Refused("peer-caps", f"the caller lacks {' and '.join(missing)}: the daemon does nothing "
+                                       "for a caller that it could not do itself")
+        if self.config.check_netns and peer.netns != self._own_netns:
+            raise Refused("peer-netns", "the caller is in another network namespace than the daemon")
         return peer
 
     def _read_request(self, conn: socket.socket, first: bytes) -> tuple[str, bytes, list[bytes]]:
@@ -355,6 +353,7 @@ class Daemon:
             except registry.UnknownPlugin as exc:
                 raise Refused("unknown-plugin", str(exc)) from None
             env = decode_env(env_entries)
+            env = self._vet_delegates(env, stdin)
             outcome = self._run(name, plugin, env, stdin)
             self._answer(conn, name, env, outcome)
             # Logs and metrics after the answer: the shim (and the runtime) need not wait for them.
@@ -367,6 +366,13 @@ class Daemon:
         except Exception as exc:  # never let one request take a worker down
             self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
         conn.close()
+
+    def _vet_delegates(self, env: dict[str, str], stdin: bytes) -> dict[str, str]:
+        _, conf = request_identity(env, stdin)
+        try:
+            return delegates.vet(env, conf, self.config.plugin_dirs)
+        except delegates.UntrustedDelegate as exc:
+            raise Refused("untrusted-delegate", str(exc)) from None
 
     def _answer(self, conn: socket.socket, name: str, env: Mapping[str, str], outcome: _Outcome) -> None:
         try:

@@ -1,0 +1,97 @@
+"""Who is calling the daemon, read without trusting a process ID that can be reused.
+
+The daemon must do nothing for a caller that the caller could not do itself. Being uid 0 is not
+enough: a root process with every capability dropped can still open the 0600 socket. So the
+caller's *effective* capabilities must include CAP_NET_ADMIN and CAP_SYS_ADMIN (what the plugins
+need: links, addresses and routes; entering the pod's namespaces), it must be in the daemon's user
+namespace (capabilities in a child user namespace mean nothing here) and, when asked, in its
+network namespace.
+
+Those facts live in ``/proc/<pid>``, and a bare pid names whichever process has it *now*. The
+socket's ``SO_PEERPIDFD`` (Linux 6.5) is a pidfd for the process that connected: the daemon reads
+``/proc/<pid>/...`` and then confirms through the pidfd's ``fdinfo`` that the very process still
+has that pid. While it is alive its pid cannot be given to another process, so what was read
+belongs to the caller. A kernel without ``SO_PEERPIDFD`` gets every call refused (the shims then
+run the plugin in-process, with the caller's own rights): never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+REQUIRED_CAPS = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_SYS_ADMIN: "CAP_SYS_ADMIN"}
+
+
+class PeerRefused(Exception):
+    """The caller may not use the daemon; ``reason`` is the short label for logs and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    cap_eff: int = 0
+    netns: tuple[int, int] | None = None
+    userns: tuple[int, int] | None = None
+
+
+def ns_identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def cap_eff(status: str) -> int:
+    """The ``CapEff`` mask of a ``/proc/<pid>/status`` text."""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split(":", 1)[1].strip(), 16)
+    raise ValueError("no CapEff line")
+
+
+def pidfd_pid(pidfd: int) -> int:
+    """The pid a pidfd names now: -1 once that process has exited."""
+    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split(":", 1)[1])
+    raise ValueError("fdinfo has no Pid line")
+
+
+def read_peer(conn: socket.socket) -> Peer:
+    """The connected process's credentials, effective capabilities and namespaces."""
+    pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        raise PeerRefused("peer-unknown", f"cannot pin the calling process (SO_PEERPIDFD: {exc})") from None
+    try:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                caps = cap_eff(f.read())
+            netns = ns_identity(f"/proc/{pid}/ns/net")
+            userns = ns_identity(f"/proc/{pid}/ns/user")
+            alive = pidfd_pid(pidfd) == pid
+        except (OSError, ValueError) as exc:
+            raise PeerRefused("peer-gone", f"cannot read the calling process {pid}: {exc}") from None
+        if not alive:
+            # What was read may belong to another process that got the pid in the meantime.
+            raise PeerRefused("peer-gone", f"the calling process {pid} exited before it could be checked")
+    finally:
+        os.close(pidfd)
+    return Peer(pid, uid, gid, caps, netns, userns)
+
+
+def missing_caps(peer: Peer) -> list[str]:
+    return [name for bit, name in REQUIRED_CAPS.items() if not peer.cap_eff >> bit & 1]
