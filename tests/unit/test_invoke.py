@@ -228,15 +228,15 @@ def test_type_that_is_a_path_is_refused(tmp_path: Path, bad: str) -> None:
 
 def _busy_then(monkeypatch: pytest.MonkeyPatch, busy: int) -> list[Any]:
     calls: list[Any] = []
-    real = subprocess.run
+    real = subprocess.Popen
 
-    def fake_run(*args: Any, **kwargs: Any) -> Any:
+    def fake_popen(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         if len(calls) <= busy:
             raise OSError(errno.ETXTBSY, os.strerror(errno.ETXTBSY))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(invoke.subprocess, "run", fake_run)
+    monkeypatch.setattr(invoke.subprocess, "Popen", fake_popen)
     monkeypatch.setattr(invoke.time, "sleep", lambda s: None)
     return calls
 
@@ -259,11 +259,11 @@ def test_text_file_busy_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_other_os_errors_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
 
-    def fake_run(*args: Any, **kwargs: Any) -> Any:
+    def fake_popen(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(invoke.subprocess, "run", fake_run)
+    monkeypatch.setattr(invoke.subprocess, "Popen", fake_popen)
     err = fails(tmp_path / "x")
     assert len(calls) == 1 and "Permission denied" in err.details
 

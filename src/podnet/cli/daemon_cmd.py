@@ -33,6 +33,13 @@ def register(sub: Any) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument("--read-timeout", type=float, default=5.0,
                    help="seconds a client has to send its request (default 5)")
+    p.add_argument("--plugin-dir", action="append", metavar="DIR", dest="plugin_dirs",
+                   help="a directory a delegated plugin (an ipam type podnet does not implement) may be "
+                        "run from; repeat for more (default /opt/cni/bin and /usr/lib/cni). A call whose "
+                        "CNI_PATH would find it elsewhere is refused and runs in the shim instead")
+    p.add_argument("--delegate-timeout", type=float, default=60.0,
+                   help="seconds a delegated plugin may run before it is killed with its process group "
+                        "(default 60)")
     p.add_argument("--profile", metavar="FILE",
                    help="profile every request (cProfile) and write the pstats to FILE at exit")
     p.set_defaults(func=run)
@@ -72,7 +79,9 @@ def run(ns: argparse.Namespace) -> int:
             log.info("metrics", addr=f"{host}:{port}")
             metrics = prom
         config = Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout,
-                        profile_path=ns.profile)
+                        profile_path=ns.profile, delegate_timeout=ns.delegate_timeout)
+        if ns.plugin_dirs:
+            config.plugin_dirs = tuple(ns.plugin_dirs)
         daemon = Daemon(config, log=log, metrics=metrics)
         daemon.install_signal_handlers()
         daemon.start()

@@ -50,6 +50,7 @@ from podnet.daemon.locks import NetworkLocks
 from podnet.daemon.logs import JsonLog
 from podnet.daemon.metrics import Metrics, NoMetrics
 from podnet.daemon.peer import Peer, PeerRefused, missing_caps, read_peer
+from podnet.plugins import ipam_delegate
 
 DEFAULT_SOCKET = p.DEFAULT_SOCKET
 _RECV_SIZE = 1 << 16
@@ -77,6 +78,7 @@ class Config:
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({0}))
     profile_path: str | None = None  # cProfile every request; pstats written here at shutdown
     plugin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")  # delegates run only from these
+    delegate_timeout: float = 60.0  # seconds a delegated executable may run before its group is killed
     require_caps: bool = True  # the caller's CAP_NET_ADMIN and CAP_SYS_ADMIN (off only for unit tests)
 
 
@@ -150,6 +152,7 @@ class Daemon:
     def start(self) -> None:
         """Import every plugin, then bind the socket (0600) and listen."""
         self.plugins = registry.available()
+        ipam_delegate.exec_timeout = self.config.delegate_timeout
         self._listener = self._bind(self.config.socket_path)
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="podnet-req")
         self.log.info("listening", socket=self.config.socket_path, pid=os.getpid(), plugins=self.plugins,

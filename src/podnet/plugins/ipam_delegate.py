@@ -7,6 +7,10 @@ The bridge and routed plugins call ``ipam_add(args)`` etc. with their own ``CmdA
 network configuration on stdin, as the reference ``invoke.Delegate*`` functions do. Errors come back
 as the IPAM plugin's ``CNIError`` either way.
 
+An exec'd IPAM runs under :data:`exec_timeout` (seconds; the daemon sets it from its own
+configuration): a hanging one is killed with its whole process group and the call fails with
+CNI error 11 (try again later) instead of holding the caller forever.
+
 ``conf`` overrides the configuration (for a caller that edits it before delegating); by default the
 caller's stdin is passed on byte for byte.
 """
@@ -22,6 +26,8 @@ from podnet.cni.errors import InvalidNetworkConfig
 from podnet.cni.result import Result
 from podnet.plugins import host_local, static
 from podnet.runtime.invoke import Exec, Invocation, RealExec, decode_output
+
+exec_timeout: float = 60.0
 
 IN_PROCESS: dict[str, skel.Plugin] = {
     "podnet-host-local": host_local.PLUGIN,
@@ -46,7 +52,7 @@ def _for_command(args: skel.CmdArgs, command: str, conf: dict[str, Any] | None) 
 
 
 def _exec(args: skel.CmdArgs, kind: str, runner: Exec | None) -> bytes:
-    runner = runner if runner is not None else RealExec(environ=args.env or None)
+    runner = runner if runner is not None else RealExec(environ=args.env or None, timeout=exec_timeout)
     plugin = runner.find(kind, args.path)
     inv = Invocation(command=args.command, container_id=args.container_id, netns=args.netns,
                      ifname=args.ifname, args=tuple(args.args), path=tuple(args.path))

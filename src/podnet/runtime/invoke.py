@@ -8,8 +8,10 @@ show what it said.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -102,6 +104,11 @@ def decode_output(plugin: str, stdout: bytes) -> Any:
 
 
 class RealExec:
+    """Runs plugins as processes. With ``timeout``, a plugin that has not finished by then is
+    killed with everything it started: each plugin runs as the leader of its own process group
+    (a new session), and the whole group gets SIGKILL. Killing only the plugin would leave its
+    children holding the output pipes, and the caller waiting on them."""
+
     def __init__(self, environ: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.timeout = timeout
@@ -113,16 +120,32 @@ class RealExec:
         env = inv.env(self.environ)
         for attempt in range(ETXTBSY_RETRIES + 1):
             try:
-                proc = subprocess.run([plugin], input=stdin, env=env, capture_output=True,
-                                      timeout=self.timeout, check=False)
+                returncode, stdout, stderr = self._run_once(plugin, env, stdin)
                 break
             except OSError as exc:
                 if exc.errno == errno.ETXTBSY and attempt < ETXTBSY_RETRIES:
                     time.sleep(ETXTBSY_BACKOFF_S * (2**attempt))
                     continue
                 raise CNIError(f"cannot execute plugin {plugin}", exc.strerror or str(exc)) from None
+        if returncode != 0:
+            raise decode_failure(plugin, returncode, stdout, stderr)
+        return stdout
+
+    def _run_once(self, plugin: str, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+        with subprocess.Popen([plugin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env, start_new_session=True) as proc:
+            try:
+                stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
             except subprocess.TimeoutExpired:
-                raise TryAgainLater(f"plugin {plugin} did not finish within {self.timeout} s") from None
-        if proc.returncode != 0:
-            raise decode_failure(plugin, proc.returncode, proc.stdout, proc.stderr)
-        return proc.stdout
+                kill_group(proc)
+                raise TryAgainLater(f"plugin {plugin} did not finish within {self.timeout} s",
+                                    "it was killed with every process it started") from None
+            return proc.returncode, stdout, stderr
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group ``proc`` leads, and reap ``proc`` (its pipes are then closed
+    unread: a process that left the group may hold them forever)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
