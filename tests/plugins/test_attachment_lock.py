@@ -13,6 +13,7 @@ import pytest
 from podnet.cni.errors import TryAgainLater
 from podnet.plugins import attachment_lock
 from podnet.plugins.attachment_lock import attachment_lock as lock
+from podnet.plugins.attachment_lock import network_lock
 
 
 def test_one_holder_and_forget_keeps_waiters_ordered(tmp_path: Path) -> None:
@@ -73,3 +74,50 @@ def test_sweep_removes_only_unheld_files(tmp_path: Path) -> None:
         busy = attachment_lock.lock_path(env, "net", "busy", "eth0")
         assert [str(p) for p in tmp_path.iterdir()] == [busy]
     assert attachment_lock.sweep({"PODNET_LOCK_DIR": str(tmp_path / "none")}) == 0
+
+
+def test_network_lock_shared_by_calls_exclusive_for_gc(tmp_path: Path) -> None:
+    env = {"PODNET_LOCK_DIR": str(tmp_path)}
+    events: list[str] = []
+
+    def gc() -> None:
+        with network_lock(env, "net", exclusive=True):
+            events.append("gc")
+
+    with network_lock(env, "net", exclusive=False), network_lock(env, "net", exclusive=False):
+        thread = threading.Thread(target=gc)
+        thread.start()
+        time.sleep(0.05)
+        events.append("calls done")  # two calls hold it together; GC waits for both
+    thread.join(timeout=10)
+    with network_lock(env, "other", exclusive=True), network_lock(env, "net", exclusive=False):
+        events.append("other networks never wait")
+    assert events == ["calls done", "gc", "other networks never wait"]
+
+
+def test_a_waiting_gc_goes_before_calls_that_come_after_it(tmp_path: Path) -> None:
+    # flock has no writer preference: without the gate a steady stream of overlapping ADDs would
+    # keep the shared lock held and starve GC.
+    env = {"PODNET_LOCK_DIR": str(tmp_path)}
+    events: list[str] = []
+
+    def gc() -> None:
+        with network_lock(env, "net", exclusive=True):
+            events.append("gc")
+            time.sleep(0.05)
+
+    def late_call() -> None:
+        with network_lock(env, "net", exclusive=False):
+            events.append("late call")
+
+    with network_lock(env, "net", exclusive=False):
+        gc_thread = threading.Thread(target=gc)
+        gc_thread.start()
+        time.sleep(0.05)  # GC holds the gate and waits for this call
+        late = threading.Thread(target=late_call)
+        late.start()
+        time.sleep(0.05)
+        events.append("early call done")
+    gc_thread.join(timeout=10)
+    late.join(timeout=10)
+    assert events == ["early call done", "gc", "late call"]

@@ -27,7 +27,7 @@ from podnet.cni.result import Result
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink
 from podnet.plugins import ipam_delegate, veth
-from podnet.plugins.attachment_lock import Held, attachment_lock, sweep
+from podnet.plugins.attachment_lock import Held, attachment_lock, network_lock, sweep
 from podnet.plugins.identity import Attachment, alias_ifname, host_veth_name, network_token, owner
 
 _FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
@@ -89,9 +89,11 @@ def add(args: skel.CmdArgs, plugin: str, build: Build) -> Result:
 
 @contextlib.contextmanager
 def locked(args: skel.CmdArgs, att: Attachment | None = None) -> Iterator[Held]:
-    """The attachment's lock (:mod:`podnet.plugins.attachment_lock`), for ADD, DEL and CHECK."""
+    """The network's lock shared, then the attachment's (:mod:`podnet.plugins.attachment_lock`),
+    for ADD, DEL and CHECK. Always in that order, so no two calls can wait on each other."""
     att = att or Attachment.of(args)
-    with attachment_lock(args.env, att.network, att.container_id, att.ifname) as held:
+    with (network_lock(args.env, att.network, exclusive=False),
+          attachment_lock(args.env, att.network, att.container_id, att.ifname) as held):
         yield held
 
 
@@ -165,6 +167,12 @@ def gc(args: skel.CmdArgs, remove_elements: RemoveElements | None = None) -> Non
     """Remove this network's attachments that GC's valid list does not keep: nftables elements,
     then veths, then IPAM releases their addresses."""
     network = Attachment.of(args).network
+    with network_lock(args.env, network, exclusive=True):
+        _collect(args, network, remove_elements)
+    sweep(args.env)
+
+
+def _collect(args: skel.CmdArgs, network: str, remove_elements: RemoveElements | None) -> None:
     with Netlink() as host:
         veths = veth.network_veths(host, network)
         kept = Kept.of(network, args.attachments_to_keep, veths)
@@ -175,4 +183,3 @@ def gc(args: skel.CmdArgs, remove_elements: RemoveElements | None = None) -> Non
                 veth.delete_host_side(host, link.name)
     if ipam_configured(args.conf):
         ipam_delegate.ipam_gc(args)
-    sweep(args.env)

@@ -11,6 +11,10 @@ and against the daemon's worker threads alike: each call opens the file itself, 
 belong to the open file, not to the process. The daemon's in-memory attachment lock stays in
 front of it and only saves its threads the wait on the file.
 
+Before it, the same calls hold the network's lock shared (:func:`network_lock`), which GC holds
+exclusively: with the daemon down, a GC in one process could otherwise release the address an ADD
+in another had just reserved and miss the veth that ADD made after GC listed the links.
+
 The file is removed by the DEL that ends the attachment, while still locked. A waiter that then
 gets the lock holds it on a file no longer in the directory; it notices (the path names another
 inode, or none) and locks the path again, so two holders never exist at once. For the same reason
@@ -71,13 +75,13 @@ def _still_linked(path: str, fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _lock(fd: int, deadline: float, path: str) -> None:
+def _lock(fd: int, deadline: float, path: str, mode: int = fcntl.LOCK_EX) -> None:
     """Blocking flock with a deadline: polls, backing off from 1 ms to 50 ms (contention on
     one attachment is rare and short)."""
     pause = 0.001
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
@@ -110,6 +114,36 @@ def attachment_lock(env: Mapping[str, str], network: str, container_id: str, ifn
         yield Held(path, fd)
     finally:
         os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+
+@contextlib.contextmanager
+def network_lock(env: Mapping[str, str], network: str, *, exclusive: bool) -> Iterator[None]:
+    """The network's lock: shared by every ADD, DEL and CHECK (taken before the attachment's),
+    exclusive for GC, which decides what is stale from one listing of the node and must not see an
+    ADD half done (its address reserved, its veth not made yet).
+
+    Two files in ``<dir>/networks/``, never removed (one pair per network). ``.gate`` gives GC
+    precedence: flock has no writer preference, and a steady stream of overlapping ADDs would
+    keep a shared lock held forever; a GC holding the gate lets in-flight calls finish while new
+    ones wait at the gate."""
+    base = os.path.join(env.get(DIR_ENV) or DEFAULT_DIR, "networks",
+                        hashlib.sha256(network.encode()).hexdigest()[:40])
+    deadline = time.monotonic() + WAIT_SECONDS
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with contextlib.ExitStack() as stack:
+        fds = []
+        for path in (f"{base}.gate", f"{base}.lock"):
+            try:
+                fd = _open(path)
+            except OSError as exc:
+                raise CNIError(f"cannot open the network lock {path}",
+                               os.strerror(exc.errno or errno.EIO)) from None
+            stack.callback(os.close, fd)
+            _lock(fd, deadline, path, mode)
+            fds.append(fd)
+        if not exclusive:
+            fcntl.flock(fds[0], fcntl.LOCK_UN)  # past the gate: a GC that comes now waits for us
+        yield
 
 
 def sweep(env: Mapping[str, str]) -> int:
