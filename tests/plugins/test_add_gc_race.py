@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_add_del_race import _finish, _start
+from test_add_del_race import NET, _finish, _start, _state
 from vethplugins import BRIDGE, ROUTED, VethPlugin, env_for, host_veths, ip_files
 
 from cnienv import NO_DAEMON
 from nsutil import Netns, NetnsFactory
-from podnet.plugins.identity import host_veth_name
 
 pytestmark = pytest.mark.root
 
-NET = "race"
 ROUNDS = 40
 
 
@@ -39,17 +37,6 @@ def _gc(node: Netns, plugin: VethPlugin, conf: dict[str, Any], socket: str) -> s
     proc.stdin.write(body)
     proc.stdin.close()
     return proc
-
-
-def _state(node: Netns, pod: Netns, data_dir: Path, cid: str) -> str:
-    veth = host_veth_name(NET, cid, "eth0") in host_veths(node)
-    reserved = cid in ip_files(data_dir, NET).values()
-    in_pod = "eth0" in pod.links()
-    if veth and reserved and in_pod:
-        return "pod"
-    if not (veth or reserved or in_pod):
-        return "none"
-    return f"broken(veth={veth}, ip={reserved}, pod_if={in_pod})"
 
 
 @pytest.mark.inprocess_only
