@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from nsutil import Netns, NetnsFactory, namespaces
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 GO_PLUGINS = Path("/usr/lib/cni")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Plugin calls that a test makes without choosing a lock directory (interop, daemon, doctor
+    # tests) must not leave lock files in the machine's /run/podnet.
+    if "PODNET_LOCK_DIR" not in os.environ:
+        locks = tempfile.mkdtemp(prefix="podnet-test-locks-")
+        os.environ["PODNET_LOCK_DIR"] = locks
+        config.add_cleanup(lambda: shutil.rmtree(locks, ignore_errors=True))
 
 
 def _root_reason() -> str | None:
