@@ -77,8 +77,10 @@ def _write_configs(conf_dir: Path, networks: list[dict[str, Any]]) -> None:
 class Demo:
     def __init__(self, node: str, conf_dir: Path, cache_dir: Path, cni_path: str) -> None:
         self.node = node
+        # The plugins' lock files go with the demo's other temporary files, not to the node's
+        # /run/podnet: the demo leaves nothing behind.
         self.env = dict(os.environ, NETCONFPATH=str(conf_dir), CNI_PATH=cni_path,
-                        CNI_CACHE_DIR=str(cache_dir))
+                        CNI_CACHE_DIR=str(cache_dir), PODNET_LOCK_DIR=str(cache_dir.parent / "locks"))
 
     def cni(self, command: str, network: str, pod: str, ifname: str = "eth0") -> str:
         argv = ["ip", "netns", "exec", self.node, sys.executable, "-m", "podnet.cli.main",
