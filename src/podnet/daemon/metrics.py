@@ -16,6 +16,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from podnet.daemon.metrics_http import MetricsServer
+
 # Plugin work is milliseconds; the buckets resolve 0.5 ms .. 10 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -102,11 +104,14 @@ class PrometheusMetrics:
         with self._ipam_lock:
             return [(name, conf, version) for name, (conf, version) in sorted(self._ipam.items())]
 
-    def serve(self, host: str, port: int) -> Any:
-        from prometheus_client import start_http_server
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        """Serve ``/metrics`` from one thread with bounded connections (see metrics_http)."""
+        return MetricsServer(self.render, host, port).start()
 
 
 class _DumpCollector:
