@@ -9,9 +9,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # System packages: the kernel tools, the Go reference plugins for interop, Go + libcni sources
 # for the libcni interop driver (built offline in GOPATH mode), and a C compiler with the
-# kernel's uapi headers (every netlink constant podnet defines is checked against them).
-RUN_PKGS := iproute2 nftables iputils-ping containernetworking-plugins python3 python3-venv procps
-TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git gcc libc6-dev linux-libc-dev
+# kernel's uapi headers (every netlink constant podnet defines is checked against them). The
+# native plugin shim is built from source with Debian's gcc (scripts/build-shim.sh).
+RUN_PKGS := iproute2 nftables iputils-ping containernetworking-plugins python3 python3-venv procps \
+	gcc libc6-dev
+TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git linux-libc-dev
 
 .PHONY: demo test bench lint typecheck install-run install-test clean
 
@@ -34,10 +36,12 @@ typecheck: install-test
 install-run:
 	bash scripts/install-system-packages.sh $(RUN_PKGS)
 	bash scripts/install-venv.sh "$(PYTHON)" "$(VENV)" .
+	bash scripts/build-shim.sh "$(VENV)"
 
 install-test:
 	bash scripts/install-system-packages.sh $(TEST_PKGS)
 	bash scripts/install-venv.sh "$(PYTHON)" "$(VENV)" ".[test]"
+	bash scripts/build-shim.sh "$(VENV)"
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,9 @@ from podnet.daemon import registry
 
 
 def _dirs(tmp_path: Path) -> list[str]:
-    return ["install", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "conf")]
+    # The Python shims as the plugins (the native shim's install: test_native_shim_install.py).
+    return ["install", "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "conf"),
+            "--python-shims"]
 
 
 def _install(capsys: pytest.CaptureFixture[str], tmp_path: Path, *extra: str) -> tuple[int, list[str]]:
@@ -103,7 +105,8 @@ def install_cmd_ns(tmp_path: Path, **over: object) -> object:
     import argparse
 
     base = {"bin_dir": str(tmp_path / "bin"), "conf_dir": str(tmp_path / "conf"), "python": sys.executable,
-            "plugins": None, "conflist": None, "no_conflist": False, "conf_name": "10-podnet.conflist",
+            "plugins": None, "python_shims": True, "conflist": None, "no_conflist": False,
+            "conf_name": "10-podnet.conflist",
             "network": "podnet", "subnet": install_cmd.DEFAULT_SUBNET, "bridge": "podnet0",
             "cni_version": "1.0.0", "data_dir": None}
     base.update(over)

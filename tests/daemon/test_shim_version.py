@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnienv import REPO
+from podnet.cli.install_cmd import py_shim_name
 from podnet.cni import skel
 from podnet.daemon import registry
 
@@ -44,14 +45,16 @@ def _imported(stderr: str) -> list[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cni")
     subprocess.run([sys.executable, "-m", "podnet.cli.main", "install", "--bin-dir", str(root / "bin"),
-                    "--no-conflist"], check=True, capture_output=True, timeout=60)
+                    "--no-conflist", "--python-shims"], check=True, capture_output=True, timeout=60)
     return root / "bin"
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_console_script_shim_answers_like_the_skel_and_imports_nothing_heavy(tmp_path: Path,
                                                                              plugin: str) -> None:
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(VENV_BIN / plugin)], env=_env(tmp_path),
+    # The plugin names in .venv/bin are links to the native shim; the Python shims sit next to them.
+    shim = str(VENV_BIN / py_shim_name(plugin))
+    proc = subprocess.run([sys.executable, "-X", "importtime", shim], env=_env(tmp_path),
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout) == _skel_answer(plugin)

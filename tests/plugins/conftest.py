@@ -1,9 +1,11 @@
-"""Every plugin test that uses the ``node`` namespace runs twice: through a podnet daemon running
-in the node namespace (``[daemon]``) and with no daemon, the shims running the plugin in-process
-(``[inprocess]``).
+"""Every plugin test that uses the ``node`` namespace runs three times: through a podnet daemon
+running in the node namespace, reached by the native shim (``[daemon]``) and by the Python shim
+(``[daemon-py]``), and with no daemon, the shims running the plugin in-process (``[inprocess]``).
 
-The mode is chosen with ``PODNET_SOCKET`` in this process's environment, which every way of
-running a plugin here passes on (``CniEnv.env()``, the helpers' ``plugin_env()``). A test that
+The plugin executables in .venv/bin are links to the native shim (scripts/build-shim.sh); the mode
+is chosen with ``PODNET_SOCKET`` (which daemon, if any) and ``PODNET_SHIM`` (``python``: the native
+shim hands every call to the Python shim next to it) in this process's environment, which every way
+of running a plugin here passes on (``CniEnv.env()``, the helpers' ``plugin_env()``). A test that
 must run only one way says so with ``@pytest.mark.inprocess_only`` (e.g. one whose subject is the
 plugin process dying: through the daemon, the process killed is the shim; tests/daemon kills the
 daemon mid-ADD instead).
@@ -17,7 +19,7 @@ import pytest
 
 from cnienv import NO_DAEMON, NodeDaemon
 
-MODES = ("inprocess", "daemon")
+MODES = ("inprocess", "daemon", "daemon-py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,6 +42,7 @@ def podnet_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv("PODNET_SOCKET", str(where / NO_DAEMON))
         yield mode
         return
+    monkeypatch.setenv("PODNET_SHIM", "python" if mode == "daemon-py" else "native")
     daemon = NodeDaemon(request.getfixturevalue("node"), where / "podnet.sock", where / "daemon.log").start()
     monkeypatch.setenv("PODNET_SOCKET", str(daemon.socket))
     try:

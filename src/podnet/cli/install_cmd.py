@@ -8,9 +8,12 @@ same moment sees the old file or the new one, never half of one (and never ETXTB
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import ipaddress
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,10 +38,12 @@ SHEBANG_MAX = 255  # the kernel reads this much of a "#!" line (BINPRM_BUF_SIZE 
 HELP = """\
 Install podnet's CNI plugins as shims into BIN_DIR and a network config into CONF_DIR.
 
-Each shim is a tiny Python script (run with -IS: no site, no user environment, so it starts in
-about the time Python itself needs) that forwards the call to 'podnet daemon' and falls back to
-running the plugin in-process when the daemon is not there. Running 'podnet install' again with the
-same options changes nothing.
+Each plugin is a link to podnet-shim, a small native program built here from source with the
+machine's C compiler (cc, or $CC), that forwards the call to 'podnet daemon'. When the daemon is
+not there it runs the Python shim next to it (podnet-py-NAME), which runs the plugin in-process.
+Without a C compiler (or with --python-shims) the plugins are the Python shims themselves: tiny
+scripts run with -IS (no site, no user environment), slower to start. Running 'podnet install'
+again with the same options changes nothing.
 
 The network config is a bridge network with host-local IPAM (see --network, --subnet, --bridge),
 or the file given with --conflist. Use --no-conflist to install only the plugins.
@@ -55,6 +60,8 @@ def register(sub: Any) -> None:
     p.add_argument("--python", default=sys.executable,
                    help="interpreter the shims run with (default: this one, so they find podnet)")
     p.add_argument("--plugins", help="comma-separated plugin names (default: every podnet plugin)")
+    p.add_argument("--python-shims", action="store_true",
+                   help="install the Python shims as the plugins; do not build the native shim")
     p.add_argument("--conflist", help="install this .conflist instead of generating one")
     p.add_argument("--no-conflist", action="store_true", help="install the plugins only")
     p.add_argument("--conf-name", default=CONF_NAME, help=f"config file name (default {CONF_NAME})")
@@ -92,6 +99,76 @@ def shim_text(plugin: str, python: str, root: str) -> str:
     )
 
 
+def py_shim_name(plugin: str) -> str:
+    """Where the native shim finds a plugin's Python shim: podnet-bridge -> podnet-py-bridge."""
+    return "podnet-py-" + plugin.removeprefix("podnet-")
+
+
+def link_if_changed(path: str, target: str) -> str:
+    """A symlink ``path`` -> ``target`` (relative), replaced atomically; states as write_if_changed."""
+    try:
+        current: str | None = os.readlink(path)
+    except FileNotFoundError:
+        current = None
+    except OSError:
+        current = ""  # a regular file (a Python shim from an earlier install)
+    if current == target:
+        return "unchanged"
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory or ".", f".podnet-install-{os.getpid()}-{name}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return "installed" if current is None else "updated"
+
+
+def install_native(bin_dir: str) -> str:
+    """Build podnet-shim into ``bin_dir``; its install state. NoCompiler when there is none; a
+    failed build raises ValueError with the compiler's output."""
+    from podnet.daemon.native import build
+
+    tmp = ""
+    try:
+        tmp = build.compile_shim(bin_dir)
+        with open(tmp, "rb") as f:
+            data = f.read()
+    except subprocess.CalledProcessError as exc:
+        raise ValueError(f"building the native shim failed:\n{exc.stderr}") from None
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    return write_if_changed(os.path.join(bin_dir, build.BINARY), data, 0o755)
+
+
+def install_plugins(ns: argparse.Namespace, python: str, plugins: list[str]) -> None:
+    """The native shim and a link to it per plugin, each with its Python shim next to it; or
+    (--python-shims, no compiler) the Python shims under the plugins' own names."""
+    from podnet.daemon.native import build
+
+    os.makedirs(ns.bin_dir, mode=0o755, exist_ok=True)
+    root = package_root()
+    native = not ns.python_shims
+    if native:
+        try:
+            print(f"{install_native(ns.bin_dir):9} {os.path.join(ns.bin_dir, build.BINARY)}")
+        except build.NoCompiler as exc:
+            print(f"podnet install: {exc}: the plugins are the Python shims (slower to start)",
+                  file=sys.stderr)
+            native = False
+    for plugin in plugins:
+        text = shim_text(plugin, python, root).encode()
+        path = os.path.join(ns.bin_dir, py_shim_name(plugin) if native else plugin)
+        print(f"{write_if_changed(path, text, 0o755):9} {path}")
+        if native:
+            path = os.path.join(ns.bin_dir, plugin)
+            print(f"{link_if_changed(path, build.BINARY):9} {path}")
+
+
 def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
     subnet = ipaddress.ip_network(ns.subnet, strict=True)
     default = "0.0.0.0/0" if subnet.version == 4 else "::/0"
@@ -106,10 +183,15 @@ def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
 def write_if_changed(path: str, data: bytes, mode: int) -> str:
     """``unchanged`` / ``installed`` / ``updated``; atomic (temp file + rename)."""
     try:
-        with open(path, "rb") as f:
+        # A symlink (a plugin that was a link to the native shim) is replaced, never written through.
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
             current: bytes | None = f.read()
     except FileNotFoundError:
         current = None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        current = b""
     if current == data and (os.stat(path).st_mode & 0o7777) == mode:
         return "unchanged"
     directory = os.path.dirname(path) or "."
@@ -214,12 +296,7 @@ def run(ns: argparse.Namespace) -> int:
         conflist = None if ns.no_conflist else _conflist_bytes(ns)
         if conflist is not None:
             check_overlaps(conflist, ns.conf_dir, os.path.join(ns.conf_dir, ns.conf_name))
-        os.makedirs(ns.bin_dir, mode=0o755, exist_ok=True)
-        root = package_root()
-        for plugin in plugins:
-            path = os.path.join(ns.bin_dir, plugin)
-            state = write_if_changed(path, shim_text(plugin, python, root).encode(), 0o755)
-            print(f"{state:9} {path}")
+        install_plugins(ns, python, plugins)
         if conflist is not None:
             os.makedirs(ns.conf_dir, mode=0o755, exist_ok=True)
             path = os.path.join(ns.conf_dir, ns.conf_name)

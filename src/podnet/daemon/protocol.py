@@ -22,6 +22,10 @@ make the reader allocate at most ``max_body`` bytes.
 # type, and the import would cost the shim one more module load.
 
 DEFAULT_SOCKET = "/run/podnet/podnet.sock"
+# The network config key that names the daemon's socket (it wins over PODNET_SOCKET): a config
+# reaches every call of a network, an environment variable does not (podman's cleanup process
+# runs with a bare environment).
+SOCKET_KEY = "podnetSocket"
 REQUEST_MAGIC = b"PNQ1"
 RESPONSE_MAGIC = b"PNA1"
 HEADER_SIZE = 8
@@ -118,6 +122,6 @@ def decode_response(body: bytes) -> tuple[bytes, int, bytes, bytes]:
     if len(fields) != 4 or fields[0] not in (KIND_RAN, KIND_REFUSED):
         raise ProtocolError("response is not kind, code, stdout, stderr")
     code = fields[1]
-    if not code or len(code) > 4 or not code.lstrip(b"-").isdigit():
+    if len(code) > 4 or not code.removeprefix(b"-").isdigit():  # isdigit: ASCII digits, not empty
         raise ProtocolError(f"response exit code {code!r} is not a number")
     return fields[0], int(code), fields[2], fields[3]

@@ -26,9 +26,22 @@ VERSION is answered by the shim itself (see :func:`answer_version`), with or wit
 * no answer within ``PODNET_SHIM_TIMEOUT`` seconds (default 120): the daemon may still be working
   on it, so nothing is re-run; the shim reports error 11.
 
-``PODNET_SOCKET`` overrides the socket path (default ``/run/podnet/podnet.sock``). A knob with a
-value the shim cannot use is CNI error 4 naming it, before anything runs: a typo must not silently
-become the default.
+The socket path is the network config's ``podnetSocket`` (protocol.SOCKET_KEY) when it has one,
+else ``PODNET_SOCKET``, else ``/run/podnet/podnet.sock``. The config wins because it reaches every
+call of the network: a runtime's cleanup process may run with a bare environment (podman's does),
+and its DEL must reach the same daemon as the ADD. A knob with a value the shim cannot use is CNI
+error 4 naming it (7 for the config key), before anything runs: a typo must not silently become the
+default.
+
+The pod's namespace travels as an open file descriptor (SCM_RIGHTS) with the request, opened here
+in the caller's mount namespace: the daemon may run in another one, where the caller's CNI_NETNS
+path does not exist or names something else. When ADD or CHECK cannot open it, the plugin runs
+in-process and reports why; DEL goes on without it (the pod may be gone).
+
+The native shim (``native/podnet-shim.c``) does all of this in C and execs this module's installed
+shim (``podnet-py-NAME``) with ``--in-process`` or ``--after-broken WHY`` (stdin handed over) for
+everything that runs the plugin here. ``PODNET_SHIM=python`` makes it hand over every call at once
+(``native``, the default, or empty: it does the exchange itself).
 """
 
 import _socket
@@ -44,6 +57,9 @@ except ModuleNotFoundError:
     import protocol as p  # type: ignore[import-not-found, no-redef]
 
 CONNECT_TIMEOUT = 5.0
+# How the native shim hands a call over (argv[1]); runtimes call plugins without arguments.
+IN_PROCESS = "--in-process"
+AFTER_BROKEN = "--after-broken"
 DEFAULT_TIMEOUT = 120.0
 _IDEMPOTENT = (b"DEL", b"CHECK", b"STATUS", b"GC", b"VERSION")
 
@@ -104,15 +120,21 @@ def _timeout(env: dict[bytes, bytes]) -> float:
     raw = env.get(b"PODNET_SHIM_TIMEOUT", b"")
     if not raw:
         return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    # Written so that NaN fails it too (every comparison with NaN is false).
+    # A plain decimal (digits, at most one point): the native shim accepts exactly the same.
+    plain = raw.replace(b".", b"", 1)
+    value = float(raw) if plain.isdigit() and len(plain) <= 32 else -1.0
     if not (0 < value <= MAX_TIMEOUT):
         raise _BadKnob(b"PODNET_SHIM_TIMEOUT", raw,
                        f"must be a number of seconds over 0, at most {MAX_TIMEOUT:g}")
     return value
+
+
+def _check_shim_kind(env: dict[bytes, bytes]) -> None:
+    """PODNET_SHIM=python makes the native shim hand every call to this one (the way to run without
+    the native shim on a node that has it); here it only needs to be valid."""
+    given = env.get(b"PODNET_SHIM", b"")
+    if given not in (b"", b"native", b"python"):
+        raise _BadKnob(b"PODNET_SHIM", given, "must be native or python")
 
 
 def _redo(env: dict[bytes, bytes]) -> bool:
@@ -124,14 +146,80 @@ def _redo(env: dict[bytes, bytes]) -> bool:
     raise _BadKnob(b"PODNET_SHIM_REDO", given, "must be 1, true, yes, 0, false or no")
 
 
-def ask_daemon(path: bytes, frame: bytes, timeout: float) -> tuple[bytes, int, bytes, bytes]:
-    """Send one request frame and return the decoded answer (raises _Unsent / _Broken)."""
+def _config_socket(stdin: bytes) -> bytes | None:
+    """The network config's socket path, if it names one (json is loaded only then)."""
+    if p.SOCKET_KEY.encode() not in stdin:
+        return None
+    import json
+
+    try:
+        conf = json.loads(stdin)
+    except ValueError:
+        return None  # not JSON: the plugin reports that
+    if not isinstance(conf, dict) or p.SOCKET_KEY not in conf:
+        return None
+    path = conf[p.SOCKET_KEY]
+    try:
+        raw = path.encode() if isinstance(path, str) else b""
+    except UnicodeEncodeError:  # a lone surrogate escape: no path at all
+        raw = b""
+    if not raw.startswith(b"/") or len(raw) > _SUN_PATH_MAX or b"\0" in raw:
+        raise _BadKnob(p.SOCKET_KEY.encode(), raw,
+                       f"must be an absolute path of at most {_SUN_PATH_MAX} bytes")
+    return raw
+
+
+_NS_GET_NSTYPE = 0xB703
+_CLONE_NEWNET = 0x40000000
+
+
+def open_netns(path: bytes) -> int | None:
+    """CNI_NETNS opened in this (the caller's) mount namespace, as kernel/netns.py opens one: an
+    O_PATH look first, so a FIFO, tty or device is never opened; then the same inode reopened
+    through /proc/self/fd and checked to be a network namespace. None if it is not one."""
+    try:
+        pfd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if posix.fstat(pfd).st_mode & 0o170000 != 0o100000:  # S_ISREG, without importing stat
+            return None
+        fd = posix.open(f"/proc/self/fd/{pfd}", posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK
+                        | posix.O_NOCTTY)
+    except OSError:
+        return None
+    finally:
+        posix.close(pfd)
+    import fcntl
+
+    try:
+        if fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET:
+            return fd
+    except OSError:
+        pass
+    posix.close(fd)
+    return None
+
+
+def _send(sock: _socket.socket, frame: bytes, netns_fd: int | None) -> None:
+    if netns_fd is None:
+        sock.sendall(frame)
+        return
+    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, netns_fd.to_bytes(4, sys.byteorder))]
+    sent = sock.sendmsg([frame], rights)
+    sock.sendall(frame[sent:])
+
+
+def ask_daemon(path: bytes, frame: bytes, timeout: float,
+               netns_fd: int | None = None) -> tuple[bytes, int, bytes, bytes]:
+    """Send one request frame (with the pod's netns fd, if any, closed here) and return the decoded
+    answer (raises _Unsent / _Broken)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
         try:
             sock.connect(path)
-            sock.sendall(frame)
+            _send(sock, frame, netns_fd)
         except OSError as exc:
             # Not all of the frame was accepted, so the daemon cannot have run it.
             raise _Unsent(f"daemon not reachable at {path.decode(errors='replace')}: {exc}") from None
@@ -149,6 +237,8 @@ def ask_daemon(path: bytes, frame: bytes, timeout: float) -> tuple[bytes, int, b
             raise _Broken(f"unreadable answer from the daemon: {exc}") from None
     finally:
         sock.close()
+        if netns_fd is not None:
+            posix.close(netns_fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -161,23 +251,38 @@ def _say(plugin: str, text: str) -> None:
     _write_all(2, f"{plugin}: {text}\n".encode(errors="replace"))
 
 
-def run(plugin: str) -> int:
-    """One plugin call through the daemon (or in-process); returns the exit code."""
+def run(plugin: str, argv: list[str] | None = None) -> int:
+    """One plugin call through the daemon (or in-process); returns the exit code. ``argv``: the
+    native shim's hand-over (``--in-process`` or ``--after-broken WHY``)."""
     env: dict[bytes, bytes] = posix.environ
     command = env.get(b"CNI_COMMAND", b"")
     try:
         path, timeout, redo = _socket_path(env), _timeout(env), _redo(env)
+        _check_shim_kind(env)
     except _BadKnob as exc:
         return _fail(plugin, command, str(exc), code=4)
     if command == b"VERSION":
         return answer_version()
     stdin = _read_stdin()
+    if argv and argv[0] == IN_PROCESS:
+        return in_process(plugin, stdin)
+    if argv and argv[0] == AFTER_BROKEN:
+        why = argv[1] if len(argv) > 1 else "the daemon broke mid-request"
+        return after_broken(plugin, command, stdin, why, redo=redo)
     entries = [k + b"=" + v for k, v in env.items()]
     if len(stdin) > p.MAX_STDIN or sum(map(len, entries)) > p.MAX_ENV_BYTES:
         return in_process(plugin, stdin)  # the skel reports the oversized input properly
+    try:
+        path = _config_socket(stdin) or path
+    except _BadKnob as exc:
+        return _fail(plugin, command, str(exc), code=7)
+    netns = env.get(b"CNI_NETNS", b"")
+    netns_fd = open_netns(netns) if netns else None
+    if netns and netns_fd is None and command in (b"ADD", b"CHECK"):
+        return in_process(plugin, stdin)  # the plugin says exactly why it cannot be opened
     frame = p.encode_request(plugin.encode(), stdin, entries)
     try:
-        kind, code, out, err = ask_daemon(path, frame, timeout)
+        kind, code, out, err = ask_daemon(path, frame, timeout, netns_fd)
     except _Unsent:
         return in_process(plugin, stdin)
     except TimeoutError:
@@ -268,7 +373,7 @@ def _sigterm_raises(plugin: str) -> None:
 
 
 def main(plugin: str) -> None:
-    code = run(plugin)
+    code = run(plugin, sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
     posix._exit(code & 0xFF if code >= 0 else 1)

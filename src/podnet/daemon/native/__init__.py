@@ -1,0 +1,1 @@
+"""The native plugin shim (``podnet-shim.c``) and how it is built (:mod:`.build`)."""
