@@ -51,8 +51,9 @@ print(buf.hex())
 
 def _frame(plugin: str = "podnet-fake", conf: dict[str, object] | None = None, path: str = "/nowhere",
            cid: str = "c1") -> bytes:
+    """A DEL: the one command the daemon runs without a namespace fd from the shim."""
     conf = conf or {"cniVersion": "1.1.0", "name": "n1", "type": plugin}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
            "CNI_PATH": path}
     return p.encode_request(plugin.encode(), json.dumps(conf).encode(),
                             [f"{k}={v}".encode() for k, v in env.items()])
@@ -117,7 +118,7 @@ def test_a_caller_that_exited_before_the_check_is_refused(served: Served) -> Non
         assert refused.value.reason == "peer-gone"
     finally:
         listener.close()
-    assert call(d, "ADD")[:2] == (p.KIND_RAN, 0)
+    assert call(d, "DEL")[:2] == (p.KIND_RAN, 0)
     assert rec.max_parallel == 1
 
 
@@ -135,10 +136,7 @@ def test_capabilities_are_read_from_proc_status() -> None:
 
 
 def _delegating_plugin() -> skel.Plugin:
-    def add(args: skel.CmdArgs) -> Result:
-        return ipam_delegate.ipam_add(args)
-
-    return skel.Plugin(add=add, delete=lambda args: None)
+    return skel.Plugin(add=lambda args: Result(cni_version=args.cni_version), delete=ipam_delegate.ipam_del)
 
 
 def _ipam_script(directory: Path, marker: Path) -> None:
@@ -172,7 +170,7 @@ def test_delegated_ipam_from_the_callers_path_is_not_run_by_the_daemon(
         trusted = str(tmp_path / "trusted")
         kind, code, out, err = call_frame(d, _frame("podnet-delegating", conf, path=trusted))
         assert (kind, code) == (p.KIND_RAN, 0), out + err
-        assert json.loads(out)["ips"][0]["address"] == "10.9.0.2/24" and marker.exists()
+        assert marker.exists()
     finally:
         registry._cache.pop("podnet-delegating", None)
 

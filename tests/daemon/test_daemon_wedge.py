@@ -8,17 +8,21 @@ import io
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon_server import Recorder
+from test_daemon_server import Recorder, _recv, call
 from test_daemon_trust import call_frame
 
 from podnet.cni import skel
 from podnet.cni.errors import TryAgainLater
+from podnet.cni.result import Result
 from podnet.daemon import protocol as p
 from podnet.daemon import registry
 from podnet.daemon.logs import JsonLog
@@ -29,8 +33,7 @@ from podnet.runtime.invoke import Invocation, RealExec
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting for its new parent to reap it counts)."""
+def _exited(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
@@ -38,8 +41,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _gone(pid: int, wait: float = 2.0) -> bool:
+    """The process has exited within ``wait`` s (SIGKILL is delivered asynchronously; a zombie
+    waiting for its new parent to reap it counts)."""
+    deadline = time.monotonic() + wait
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _end(pid: int) -> None:
-    if not _gone(pid):
+    if not _exited(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -79,7 +93,8 @@ def test_a_hanging_plugin_is_killed_with_its_process_group(tmp_path: Path) -> No
 def recorder() -> Iterator[Recorder]:
     rec = Recorder(delay=0)
     registry._cache["podnet-fake"] = rec.plugin()
-    registry._cache["podnet-delegating"] = skel.Plugin(add=ipam_delegate.ipam_add, delete=lambda args: None)
+    registry._cache["podnet-delegating"] = skel.Plugin(add=ipam_delegate.ipam_add,
+                                                       delete=ipam_delegate.ipam_del)
     yield rec
     registry._cache.pop("podnet-fake", None)
     registry._cache.pop("podnet-delegating", None)
@@ -105,7 +120,7 @@ def test_a_hanging_delegated_ipam_is_killed_and_the_call_answered(tmp_path: Path
     d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=2, plugin_dirs=(str(trusted),),
                               delegate_timeout=0.5))
     conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-delegating", "ipam": {"type": "hang-ipam"}}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
            "CNI_PATH": str(trusted)}
     frame = p.encode_request(b"podnet-delegating", json.dumps(conf).encode(),
                              [f"{k}={v}".encode() for k, v in env.items()])
@@ -119,3 +134,129 @@ def test_a_hanging_delegated_ipam_is_killed_and_the_call_answered(tmp_path: Path
         for pid in _pids(trusted):
             _end(pid)
         _stop(d, thread)
+
+
+def _dribble(path: str, stop: threading.Event, socks: list[socket.socket]) -> None:
+    """A client that sends its request one byte at a time, every 0.5 s."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    socks.append(s)
+    s.connect(path)
+    frame = p.encode_request(b"podnet-fake", b"{}", [])
+    for byte in frame:
+        if stop.wait(0.5):
+            return
+        try:
+            s.send(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_slow_and_idle_clients_do_not_hold_the_workers(tmp_path: Path, recorder: Recorder) -> None:
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=4, read_timeout=2.0))
+    stop = threading.Event()
+    socks: list[socket.socket] = []
+    slow = [threading.Thread(target=_dribble, args=(d.config.socket_path, stop, socks)) for _ in range(4)]
+    try:
+        for t in slow:
+            t.start()
+        for _ in range(4):
+            idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(idle)
+            idle.connect(d.config.socket_path)
+        time.sleep(0.3)
+        start = time.monotonic()
+        assert call(d, "DEL")[:2] == (p.KIND_RAN, 0)
+        assert time.monotonic() - start < 1.0
+        time.sleep(2.0)  # past the deadline: the dribblers' exchanges are over however fast they send
+        start = time.monotonic()
+        assert call(d, "DEL", cid="c2")[:2] == (p.KIND_RAN, 0)
+        assert time.monotonic() - start < 1.0
+        dribbler = socks[0]
+        dribbler.settimeout(2)
+        head = _recv(dribbler, p.HEADER_SIZE)
+        kind, _, _, err = p.decode_response(_recv(dribbler, p.parse_header(head, p.RESPONSE_MAGIC, 1 << 20)))
+        assert kind == p.KIND_REFUSED and b"not received in time" in err
+    finally:
+        stop.set()
+        for t in slow:
+            t.join(timeout=10)
+        for s in socks:
+            s.close()
+        _stop(d, thread)
+
+
+def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorder) -> None:
+    """The first DEL of pod c1 hangs; its retries are answered at once with code 11 and an
+    unrelated pod is served, with only two workers."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(args: skel.CmdArgs) -> None:
+        entered.set()
+        release.wait(30)
+
+    registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
+                                                 delete=hang)
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=2, read_timeout=2.0))
+    conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
+    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
+           b"CNI_PATH=/nowhere"]
+    frame = p.encode_request(b"podnet-hang", json.dumps(conf).encode(), env)
+    first = threading.Thread(target=call_frame, args=(d, frame))
+    try:
+        first.start()
+        assert entered.wait(10)
+        for _ in range(4):
+            start = time.monotonic()
+            kind, code, out, _ = call_frame(d, frame)
+            assert (kind, code) == (p.KIND_RAN, 1) and json.loads(out)["code"] == 11
+            assert time.monotonic() - start < 1.0
+        start = time.monotonic()
+        assert call(d, "DEL", "n1", "other")[:2] == (p.KIND_RAN, 0)
+        assert time.monotonic() - start < 1.0
+    finally:
+        release.set()
+        first.join(timeout=10)
+        _stop(d, thread)
+        registry._cache.pop("podnet-hang", None)
+
+
+DAEMON = """
+import sys, threading
+from podnet.cli import main
+from podnet.cni import skel
+from podnet.daemon import registry
+
+hang = threading.Event()
+registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: None, delete=lambda args: hang.wait())
+main.main(["daemon", "--socket", sys.argv[1], "--stop-timeout", "1"])
+"""
+
+
+def test_sigterm_ends_the_daemon_within_its_deadline_despite_a_hung_call(tmp_path: Path) -> None:
+    sock = tmp_path / "d.sock"
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(sock)], cwd=REPO, stderr=subprocess.PIPE)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.connect(str(sock))
+        conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
+        client.sendall(p.encode_request(b"podnet-hang", json.dumps(conf).encode(),
+                                        [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x",
+                                         b"CNI_IFNAME=eth0", b"CNI_PATH=/nowhere"]))
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=6)
+        assert time.monotonic() - start < 4
+        assert not sock.exists()
+        assert b"stop-deadline" in (proc.stderr.read() if proc.stderr else b"")
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()

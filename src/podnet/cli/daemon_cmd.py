@@ -15,7 +15,8 @@ this process instead of a fresh interpreter per call. When the daemon is not run
 run the plugin in-process, so stopping it never stops pod networking.
 
 Logs are JSON lines on stderr (or --log-file). With --metrics-addr, Prometheus metrics are
-served on http://ADDR/metrics. SIGTERM stops accepting, finishes the calls in flight, exits 0.
+served on http://ADDR/metrics. SIGTERM stops accepting, finishes the calls in flight and exits 0;
+calls still running after --stop-timeout are abandoned and it exits 1.
 """
 
 
@@ -40,6 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("--delegate-timeout", type=float, default=60.0,
                    help="seconds a delegated plugin may run before it is killed with its process group "
                         "(default 60)")
+    p.add_argument("--stop-timeout", type=float, default=10.0,
+                   help="on SIGTERM, seconds calls in flight may still run before it exits anyway (default 10)")
     p.add_argument("--profile", metavar="FILE",
                    help="profile every request (cProfile) and write the pstats to FILE at exit")
     p.set_defaults(func=run)
@@ -79,7 +82,8 @@ def run(ns: argparse.Namespace) -> int:
             log.info("metrics", addr=f"{host}:{port}")
             metrics = prom
         config = Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout,
-                        profile_path=ns.profile, delegate_timeout=ns.delegate_timeout)
+                        profile_path=ns.profile, delegate_timeout=ns.delegate_timeout,
+                        stop_timeout=ns.stop_timeout)
         if ns.plugin_dirs:
             config.plugin_dirs = tuple(ns.plugin_dirs)
         daemon = Daemon(config, log=log, metrics=metrics)
@@ -89,6 +93,13 @@ def run(ns: argparse.Namespace) -> int:
         log.error("cannot-start", msg=str(exc))
         return 1
     notify_systemd("READY=1")
-    daemon.serve_forever()
+    finished = daemon.serve_forever()
     notify_systemd("STOPPING=1")
+    if not finished:
+        # Calls still running past --stop-timeout sit in threads nothing can stop, and the
+        # interpreter would wait for them at exit: leave now. Their shims see the connection
+        # break and redo the call in-process; DEL and GC clean up anything half-made.
+        sys.stderr.flush()
+        stream.flush()
+        os._exit(1)
     return 0

@@ -4,9 +4,15 @@ Each network has a readers-writer lock. ADD, DEL and CHECK hold it shared, plus 
 lock on their attachment (network, container ID, ifname), so calls for different pods of one
 network run in parallel while two calls for the same pod never overlap. GC holds the network
 exclusively: it decides what is stale from a listing, and an ADD finishing in between would be
-reclaimed under its feet. Writers are preferred (a waiting GC blocks new readers), so a steady
-stream of ADDs cannot starve it. Idle entries are dropped, so the tables stay as small as the
-number of requests in flight.
+reclaimed under its feet. Idle entries are dropped, so the tables stay as small as the number of
+requests in flight.
+
+Nobody waits in a worker thread for a call that may never finish: a call whose attachment is
+taken, or whose network a GC holds or waits for, raises :class:`Busy` at once (the daemon answers
+CNI error 11, try again later; runtimes retry). So the retries of a pod whose first call hangs
+each cost a moment, not a worker, and an unrelated pod is still served. Only a GC waits, for the
+calls in flight on its network, and only until its deadline; while it waits, new calls on that
+network are turned away, so a stream of ADDs cannot starve it.
 
 This only orders requests inside the daemon. Across processes (a shim running in-process while
 the daemon is down, Go's host-local sharing a data directory) the plugins' own file locks and
@@ -16,6 +22,7 @@ the kernel's atomic operations keep things consistent, as they do between plugin
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +38,10 @@ class _NetState:
         return not (self.readers or self.writer or self.waiting_writers)
 
 
+class Busy(Exception):
+    """The lock is taken: try again later (CNI error 11) rather than hold a worker waiting."""
+
+
 class NetworkLocks:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -42,11 +53,11 @@ class NetworkLocks:
         """The network shared; with ``attachment`` (container ID, ifname) that one exclusively."""
         key = None if attachment is None else (network, *attachment)
         with self._cond:
-            while True:
-                state = self._nets.setdefault(network, _NetState())
-                if not (state.writer or state.waiting_writers or key in self._attachments):
-                    break
-                self._cond.wait()
+            state = self._nets.setdefault(network, _NetState())
+            if state.writer or state.waiting_writers:
+                raise Busy(f"network {network!r} is being garbage-collected")
+            if key is not None and key in self._attachments:
+                raise Busy(f"another call for container {key[1]!r} ifname {key[2]!r} is in progress")
             state.readers += 1
             if key is not None:
                 self._attachments.add(key)
@@ -61,13 +72,22 @@ class NetworkLocks:
                 self._cond.notify_all()
 
     @contextmanager
-    def exclusive(self, network: str) -> Iterator[None]:
+    def exclusive(self, network: str, deadline: float | None = None) -> Iterator[None]:
+        """The network alone, once the calls in flight on it are done (by ``deadline``, a
+        ``time.monotonic()`` value, or :class:`Busy`)."""
         with self._cond:
             state = self._nets.setdefault(network, _NetState())
+            if state.writer or state.waiting_writers:
+                raise Busy(f"another GC of network {network!r} is in progress")
             state.waiting_writers += 1
-            while state.writer or state.readers:
-                self._cond.wait()
-            state.waiting_writers -= 1
+            try:
+                while state.readers:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise Busy(f"calls in flight on network {network!r} did not finish in time for GC")
+                    self._cond.wait(left)
+            finally:
+                state.waiting_writers -= 1
             state.writer = True
         try:
             yield

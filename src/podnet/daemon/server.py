@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import io
+import json
 import os
 import pstats
 import select
@@ -42,11 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.cni import skel
-from podnet.cni.errors import DecodingFailure
+from podnet.cni.errors import DecodingFailure, TryAgainLater
 from podnet.cni.jsonio import load_json
 from podnet.daemon import delegates, registry
 from podnet.daemon import protocol as p
-from podnet.daemon.locks import NetworkLocks
+from podnet.daemon.exchange import Exchange, State
+from podnet.daemon.locks import Busy, NetworkLocks
 from podnet.daemon.logs import JsonLog
 from podnet.daemon.metrics import Metrics, NoMetrics
 from podnet.daemon.peer import Peer, PeerRefused, missing_caps, read_peer
@@ -79,6 +81,11 @@ class Config:
     profile_path: str | None = None  # cProfile every request; pstats written here at shutdown
     plugin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")  # delegates run only from these
     delegate_timeout: float = 60.0  # seconds a delegated executable may run before its group is killed
+    stop_timeout: float = 10.0  # on SIGTERM: how long calls in flight may still run
+    readers: int = 16  # threads receiving requests (apart from the workers: a slow sender holds no worker)
+    queue_timeout: float = 3.0  # a complete request no worker took by then is refused (runs in the shim)
+    exchange_timeout: float = 60.0  # the whole exchange: read, locks, work, answer
+    max_waiting: int = 256  # accepted connections that have not sent anything yet
     require_caps: bool = True  # the caller's CAP_NET_ADMIN and CAP_SYS_ADMIN (off only for unit tests)
 
 
@@ -94,6 +101,17 @@ def _recv_until(conn: socket.socket, buf: bytearray, n: int) -> None:
         if not chunk:
             raise p.ProtocolError(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A complete, checked request on its way to a worker."""
+
+    name: str
+    plugin: skel.Plugin
+    env: dict[str, str]
+    stdin: bytes
+    peer: Peer
 
 
 @dataclass
@@ -138,6 +156,9 @@ class Daemon:
         self._listener: socket.socket | None = None
         self._socket_id: tuple[int, int] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._live: set[Exchange] = set()  # accepted and not yet done
+        self._live_cond = threading.Condition(threading.Lock())
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = threading.Event()
         self._own_netns = netns_identity("/proc/thread-self/ns/net")
@@ -155,6 +176,7 @@ class Daemon:
         ipam_delegate.exec_timeout = self.config.delegate_timeout
         self._listener = self._bind(self.config.socket_path)
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="podnet-req")
+        self._readers = ThreadPoolExecutor(max_workers=self.config.readers, thread_name_prefix="podnet-read")
         self.log.info("listening", socket=self.config.socket_path, pid=os.getpid(), plugins=self.plugins,
                       workers=self.config.workers)
 
@@ -174,6 +196,7 @@ class Daemon:
             os.umask(old)
         os.chmod(path, 0o600)
         sock.listen(128)
+        sock.setblocking(False)  # the loop accepts until EAGAIN
         self._socket_id = netns_identity(path)
         return sock
 
@@ -207,31 +230,102 @@ class Daemon:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    def serve_forever(self) -> None:
+    def serve_forever(self) -> bool:
+        """Accept and dispatch until :meth:`stop`; False if calls were still running at the stop
+        deadline (the caller should then end the process: their threads cannot be stopped)."""
         listener = self._listener
-        pool = self._pool
-        if listener is None or pool is None:
+        if listener is None or self._pool is None or self._readers is None:
             raise RuntimeError("start() first")
         poller = select.poll()
         poller.register(listener.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        # Connections that have sent nothing yet: polled here, they cost no thread.
+        waiting: dict[int, Exchange] = {}
         while not self._stopping.is_set():
             try:
-                events = poller.poll()
+                events = poller.poll(self._poll_ms())
             except InterruptedError:
                 continue
-            if any(fd == listener.fileno() for fd, _ in events):
-                try:
-                    conn, _ = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                pool.submit(self._serve_profiled if self.config.profile_path else self._serve, conn)
-        self._shutdown(listener, pool)
+            for fd, _ in events:
+                if fd == listener.fileno():
+                    self._accept(listener, poller, waiting)
+                elif fd in waiting:
+                    poller.unregister(fd)
+                    self._start_reading(waiting.pop(fd))
+            self._expire(poller, waiting)
+        return self._shutdown(listener, waiting)
 
-    def _shutdown(self, listener: socket.socket, pool: ThreadPoolExecutor) -> None:
+    def _poll_ms(self) -> int:
+        with self._live_cond:
+            nearest = min((ex.next_deadline() for ex in self._live), default=float("inf"))
+        if nearest == float("inf"):
+            return -1
+        return max(0, int((nearest - time.monotonic()) * 1000) + 1)
+
+    def _accept(self, listener: socket.socket, poller: select.poll, waiting: dict[int, Exchange]) -> None:
+        cfg = self.config
+        for _ in range(64):  # then poll again: the deadlines are checked between rounds
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: the backlog waits for the next round
+                self.log.error("accept-failed", error=str(exc))
+                return
+            if len(waiting) >= cfg.max_waiting:
+                self._refuse_now(conn, "overloaded", "too many connections waiting to send a request")
+                continue
+            ex = Exchange(conn, cfg.read_timeout, cfg.queue_timeout, cfg.exchange_timeout)
+            with self._live_cond:
+                self._live.add(ex)
+            waiting[conn.fileno()] = ex
+            poller.register(conn.fileno(), select.POLLIN)
+
+    def _start_reading(self, ex: Exchange) -> None:
+        if ex.claim(State.WAITING, State.READING):
+            assert self._readers is not None
+            self._readers.submit(self._receive, ex)
+
+    def _expire(self, poller: select.poll, waiting: dict[int, Exchange]) -> None:
+        now = time.monotonic()
+        with self._live_cond:
+            due = [ex for ex in self._live if ex.next_deadline() <= now]
+        for ex in due:
+            taken = ex.expire(now)
+            if taken is State.WAITING:
+                fd = ex.conn.fileno()
+                waiting.pop(fd, None)
+                poller.unregister(fd)
+                self._refuse_now(ex.conn, "malformed", "request not received in time")
+                self._finish(ex)
+            elif taken is State.QUEUED:
+                assert self._readers is not None
+                self._readers.submit(self._refuse_taken, ex, "overloaded",
+                                     "no worker was free in time (calls in flight are not finishing)")
+
+    def _refuse_taken(self, ex: Exchange, reason: str, message: str) -> None:
+        self._refuse(ex.conn, reason, message)
+        self._finish(ex)
+
+    def _refuse_now(self, conn: socket.socket, reason: str, message: str) -> None:
+        """A refusal without waiting (from the accept loop): the peer has sent nothing we would
+        leave unread, and the answer fits in the socket's buffer."""
+        self.metrics.refused(reason)
+        self.log.warning("refused", reason=reason, msg=message)
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(p.encode_response(p.KIND_REFUSED, 1, b"", message.encode()))
+        conn.close()
+
+    def _finish(self, ex: Exchange) -> None:
+        ex.state = State.DONE
+        with self._live_cond:
+            self._live.discard(ex)
+            self._live_cond.notify_all()
+
+    def _shutdown(self, listener: socket.socket, waiting: dict[int, Exchange]) -> bool:
         self.log.info("stopping", in_flight=self._inflight)
         self._unlink_socket()
-        listener.setblocking(False)
         drained = 0
         while True:
             try:
@@ -241,12 +335,33 @@ class Daemon:
             drained += 1
             self._refuse(conn, "shutting-down", "the daemon is shutting down")
         listener.close()
-        pool.shutdown(wait=True)
+        with self._live_cond:
+            live = list(self._live)
+        for ex in live:  # nothing ran for these: the shims run them in-process
+            if ex.claim(State.WAITING, State.DONE) or ex.claim(State.QUEUED, State.DONE):
+                self._refuse(ex.conn, "shutting-down", "the daemon is shutting down")
+                self._finish(ex)
+        finished = self._wait_idle(time.monotonic() + self.config.stop_timeout)
+        for pool in (self._readers, self._pool):
+            if pool is not None:
+                pool.shutdown(wait=finished)
         if self.config.profile_path and self._profiles:
             pstats.Stats(*self._profiles).dump_stats(self.config.profile_path)
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self.log.info("stopped", refused_while_stopping=drained)
+        self.log.info("stopped", refused_while_stopping=drained + len(waiting))
+        return finished
+
+    def _wait_idle(self, deadline: float) -> bool:
+        with self._live_cond:
+            while self._live:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.log.error("stop-deadline", still_running=len(self._live),
+                                   msg=f"calls still running after {self.config.stop_timeout} s: exiting")
+                    return False
+                self._live_cond.wait(left)
+        return True
 
     def _unlink_socket(self) -> None:
         path = self.config.socket_path
@@ -330,8 +445,45 @@ class Daemon:
         except UnicodeDecodeError:
             raise Refused("malformed", "plugin name is not ASCII") from None
 
-    def _serve_profiled(self, conn: socket.socket) -> None:
-        """``_serve`` under this worker thread's own cProfile (cProfile sees one thread only)."""
+    def _receive(self, ex: Exchange) -> None:
+        """A reader thread: the request, the peer's checks, then the call goes to a worker."""
+        conn, peer = ex.conn, None
+        try:
+            conn.settimeout(max(0.001, ex.read_deadline - time.monotonic()))
+            first = self._first_bytes(conn)
+            peer = self._check_peer(conn)
+            name, stdin, env_entries = self._read_request(conn, first)
+            call = self._prepare(name, stdin, env_entries, peer)
+            assert self._pool is not None
+            work = self._work_profiled if self.config.profile_path else self._work
+            if ex.claim(State.READING, State.QUEUED):
+                try:
+                    self._pool.submit(work, ex, call)
+                except RuntimeError:  # the pool is shut down
+                    ex.state = State.READING
+                    raise Refused("shutting-down", "the daemon is shutting down") from None
+            return
+        except Refused as refused:
+            # After the read deadline cut the request off, whatever the reader then saw is moot.
+            why = Refused("malformed", "request not received in time") if ex.late else refused
+            self._refuse(conn, why.reason, str(why), peer)
+        except _Hangup:
+            conn.close()
+        except Exception as exc:  # never let one request take a thread down
+            self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
+            conn.close()
+        self._finish(ex)
+
+    def _prepare(self, name: str, stdin: bytes, env_entries: list[bytes], peer: Peer) -> _Call:
+        try:
+            plugin = registry.load(name)
+        except registry.UnknownPlugin as exc:
+            raise Refused("unknown-plugin", str(exc)) from None
+        env = self._vet_delegates(decode_env(env_entries), stdin)
+        return _Call(name, plugin, env, stdin, peer)
+
+    def _work_profiled(self, ex: Exchange, call: _Call) -> None:
+        """``_work`` under this worker thread's own cProfile (cProfile sees one thread only)."""
         prof: cProfile.Profile | None = getattr(self._profile_local, "prof", None)
         if prof is None:
             prof = self._profile_local.prof = cProfile.Profile()
@@ -339,36 +491,23 @@ class Daemon:
                 self._profiles.append(prof)
         prof.enable()
         try:
-            self._serve(conn)
+            self._work(ex, call)
         finally:
             prof.disable()
 
-    def _serve(self, conn: socket.socket) -> None:
-        peer = None
+    def _work(self, ex: Exchange, call: _Call) -> None:
+        """A worker thread: run the call, answer, then log and count (the shim need not wait)."""
+        if not ex.claim(State.QUEUED, State.RUNNING):
+            return  # taken back by the accept loop (deadline or shutdown) and refused there
         try:
-            # One timeout for the whole exchange (each settimeout is a system call).
-            conn.settimeout(self.config.read_timeout)
-            first = self._first_bytes(conn)
-            peer = self._check_peer(conn)
-            name, stdin, env_entries = self._read_request(conn, first)
-            try:
-                plugin = registry.load(name)
-            except registry.UnknownPlugin as exc:
-                raise Refused("unknown-plugin", str(exc)) from None
-            env = decode_env(env_entries)
-            env = self._vet_delegates(env, stdin)
-            outcome = self._run(name, plugin, env, stdin)
-            self._answer(conn, name, env, outcome)
-            # Logs and metrics after the answer: the shim (and the runtime) need not wait for them.
-            self._record(name, env, outcome, peer)
-        except Refused as exc:
-            self._refuse(conn, exc.reason, str(exc), peer)
-            return
-        except _Hangup:
-            pass
+            outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline)
+            self._answer(ex, call.name, call.env, outcome)
+            self._record(call.name, call.env, outcome, call.peer)
         except Exception as exc:  # never let one request take a worker down
             self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
-        conn.close()
+        finally:
+            ex.conn.close()
+            self._finish(ex)
 
     def _vet_delegates(self, env: dict[str, str], stdin: bytes) -> dict[str, str]:
         _, conf = request_identity(env, stdin)
@@ -377,16 +516,18 @@ class Daemon:
         except delegates.UntrustedDelegate as exc:
             raise Refused("untrusted-delegate", str(exc)) from None
 
-    def _answer(self, conn: socket.socket, name: str, env: Mapping[str, str], outcome: _Outcome) -> None:
+    def _answer(self, ex: Exchange, name: str, env: Mapping[str, str], outcome: _Outcome) -> None:
         try:
             answer = p.encode_response(p.KIND_RAN, outcome.code, outcome.out.encode(), outcome.err.encode())
-            conn.sendall(answer)
+            ex.conn.settimeout(ex.remaining())
+            ex.conn.sendall(answer)
         except OSError as exc:
             # The shim is gone (killed by a runtime timeout?): the work is done; the runtime
             # saw a failure and will DEL, which the attachment lock orders after this call.
             self.log.warning("answer-lost", plugin=name, command=env.get("CNI_COMMAND"), error=str(exc))
 
-    def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes) -> _Outcome:
+    def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes,
+             deadline: float) -> _Outcome:
         command = env.get("CNI_COMMAND", "")
         network, conf = request_identity(env, stdin)
         out, err = io.StringIO(), io.StringIO()
@@ -395,8 +536,12 @@ class Daemon:
         try:
             # The request's streams are the skel's: a plugin reports through args.stderr, never
             # sys.stderr, so concurrent requests need no per-thread redirection of the process's.
-            with self._lock_for(command, network, env):
+            with self._lock_for(command, network, env, deadline):
                 code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+        except Busy as exc:
+            version = conf.get("cniVersion") if conf else None
+            error = TryAgainLater(str(exc)).to_dict(version if isinstance(version, str) else "1.1.0")
+            code, out = 1, io.StringIO(json.dumps(error) + "\n")
         finally:
             self._count(-1)
         return _Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - start, network, conf)
@@ -418,12 +563,12 @@ class Daemon:
         else:
             self.log.info("request", **fields)
 
-    def _lock_for(self, command: str, network: str | None,
-                  env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+    def _lock_for(self, command: str, network: str | None, env: Mapping[str, str],
+                  deadline: float) -> contextlib.AbstractContextManager[None]:
         if network is None or command in ("VERSION", ""):
             return contextlib.nullcontext()
         if command == "GC":
-            return self.locks.exclusive(network)
+            return self.locks.exclusive(network, deadline)
         if command in ("ADD", "DEL", "CHECK"):
             return self.locks.shared(network, (env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", "")))
         return self.locks.shared(network)
