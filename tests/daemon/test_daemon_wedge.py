@@ -260,3 +260,35 @@ def test_sigterm_ends_the_daemon_within_its_deadline_despite_a_hung_call(tmp_pat
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_a_call_no_worker_takes_in_time_is_refused(tmp_path: Path, recorder: Recorder) -> None:
+    """Every worker is held by a call that does not finish: an unrelated pod's call is refused
+    after the queue deadline (the shim then runs it in-process), not left waiting."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(args: skel.CmdArgs) -> None:
+        entered.set()
+        release.wait(30)
+
+    registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
+                                                 delete=hang)
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.5))
+    conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
+    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
+           b"CNI_PATH=/nowhere"]
+    first = threading.Thread(target=call_frame,
+                             args=(d, p.encode_request(b"podnet-hang", json.dumps(conf).encode(), env)))
+    try:
+        first.start()
+        assert entered.wait(10)
+        start = time.monotonic()
+        kind, _, _, err = call(d, "DEL", "n2", "other")
+        assert kind == p.KIND_REFUSED and b"no worker was free" in err
+        assert 0.4 < time.monotonic() - start < 2
+    finally:
+        release.set()
+        first.join(timeout=10)
+        _stop(d, thread)
+        registry._cache.pop("podnet-hang", None)

@@ -227,6 +227,10 @@ class Daemon:
     def stop(self) -> None:
         """Ask the accept loop to stop (safe from a signal handler or another thread)."""
         self._stopping.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the accept loop (to stop, or to look at the deadlines again)."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
@@ -252,6 +256,9 @@ class Daemon:
                 elif fd in waiting:
                     poller.unregister(fd)
                     self._start_reading(waiting.pop(fd))
+                elif fd == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 512)
             self._expire(poller, waiting)
         return self._shutdown(listener, waiting)
 
@@ -450,13 +457,15 @@ class Daemon:
         conn, peer = ex.conn, None
         try:
             conn.settimeout(max(0.001, ex.read_deadline - time.monotonic()))
-            first = self._first_bytes(conn)
+            first, passed = self._first_bytes(conn)
             peer = self._check_peer(conn)
             name, stdin, env_entries = self._read_request(conn, first)
-            call = self._prepare(name, stdin, env_entries, peer)
+            call = self._prepare(name, stdin, env_entries, peer, passed)
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
             if ex.claim(State.READING, State.QUEUED):
+                if self._inflight >= self.config.workers:
+                    self._poke()  # it will wait: the loop must now also watch its queue deadline
                 try:
                     self._pool.submit(work, ex, call)
                 except RuntimeError:  # the pool is shut down
