@@ -457,10 +457,10 @@ class Daemon:
         conn, peer = ex.conn, None
         try:
             conn.settimeout(max(0.001, ex.read_deadline - time.monotonic()))
-            first, passed = self._first_bytes(conn)
+            first = self._first_bytes(conn)
             peer = self._check_peer(conn)
             name, stdin, env_entries = self._read_request(conn, first)
-            call = self._prepare(name, stdin, env_entries, peer, passed)
+            call = self._prepare(name, stdin, env_entries, peer)
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
             if ex.claim(State.READING, State.QUEUED):
