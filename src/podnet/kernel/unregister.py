@@ -18,12 +18,18 @@ that is known) have arrived, i.e. after step 3: the pair is closed, gone from bo
 without addresses or routes. The helper thread sits out step 4 on its own. If a notification
 cannot be seen (no peer namespace given, notifications lost to a full socket buffer) it waits
 for the helper's request to return, as a plain delete would.
+
+The helpers are a few long-lived threads (:data:`HELPERS`, started as needed), not one per
+delete: under a task limit (systemd's TasksMax) a thread per DEL is how a DEL fails. When no
+helper is free and none can be started, the caller's own thread makes the request and waits
+it out: slower, never a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import queue
 import select
 import socket
 import threading
@@ -35,6 +41,7 @@ from podnet.kernel.netns import NetnsHandle, NetnsRef, socket_in_netns
 from podnet.kernel.wire import messages
 
 RTMGRP_LINK = 1
+HELPERS = 4  # threads that sit out the kernel's reclamation for the callers
 _POLL_MS = 5  # how often the helper is checked while waiting for notifications
 
 
@@ -68,11 +75,10 @@ class _Departures:
                     self.waiting.discard(model.IFINFOMSG.unpack_from(buf, hdr.start)[2])
 
 
-class _Helper(threading.Thread):
-    """Makes the delete request on its own socket and sits out the kernel's long wait."""
+class _Job:
+    """One delete request, made on its own socket; ``done`` once the kernel has finished it."""
 
     def __init__(self, netns: NetnsHandle, index: int) -> None:
-        super().__init__(name="podnet-unregister", daemon=True)
         self.netns, self.index = netns, index
         self.error: KernelError | None = None
         self.done = threading.Event()
@@ -88,6 +94,43 @@ class _Helper(threading.Thread):
             self.done.set()
 
 
+class _Helpers:
+    """Up to HELPERS daemon threads taking jobs from one queue (daemon threads: a plugin process
+    exits without waiting out the kernel's reclamation)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: _Job) -> bool:
+        """Queue ``job``; False when no helper is free and none can be started (run it yourself)."""
+        with self._lock:
+            if self._idle == 0:
+                if self._threads >= HELPERS:
+                    return False
+                try:
+                    threading.Thread(target=self._serve, name="podnet-unregister", daemon=True).start()
+                except RuntimeError:  # "can't start new thread": a task limit
+                    return False
+                self._threads += 1
+                self._idle += 1
+            self._idle -= 1
+        self._jobs.put(job)
+        return True
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            job.run()
+            with self._lock:
+                self._idle += 1
+
+
+_helpers = _Helpers()
+
+
 def unregister(nl: Netlink, link: model.Link, peer_netns: NetnsRef | None = None) -> None:
     """Delete ``link`` (seen through ``nl``; a veth takes its peer along) and return once both
     are out of their namespaces. ``peer_netns``: where a veth's peer lives, when not in ``nl``'s
@@ -99,11 +142,12 @@ def unregister(nl: Netlink, link: model.Link, peer_netns: NetnsRef | None = None
         if peer is not None:
             watches.append(_Departures(peer[0], {peer[1]}))
             stack.callback(watches[-1].sock.close)
-        helper = _Helper(nl.netns.dup(), link.index)
-        helper.start()
-        _wait(helper, watches, whole=link.link_netnsid is not None and peer is None)
-        if helper.done.is_set() and helper.error is not None:
-            raise helper.error
+        job = _Job(nl.netns.dup(), link.index)
+        if not _helpers.submit(job):
+            job.run()
+        _wait(job, watches, whole=link.link_netnsid is not None and peer is None)
+        if job.done.is_set() and job.error is not None:
+            raise job.error
 
 
 def _same_netns_peer(link: model.Link) -> set[int]:
@@ -123,7 +167,7 @@ def _other_netns_peer(link: model.Link, peer_netns: NetnsRef | None) -> tuple[Ne
     return peer_netns, link.peer_index
 
 
-def _wait(helper: _Helper, watches: list[_Departures], whole: bool) -> None:
+def _wait(helper: _Job, watches: list[_Departures], whole: bool) -> None:
     """Until every expected notification came, or the helper finished (``whole``: only that)."""
     poller = select.poll()
     for w in watches:
