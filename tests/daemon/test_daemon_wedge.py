@@ -226,10 +226,12 @@ import sys, threading
 from podnet.cli import main
 from podnet.cni import skel
 from podnet.daemon import registry
+from podnet.plugins import ipam_delegate
 
 hang = threading.Event()
 registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: None, delete=lambda args: hang.wait())
-main.main(["daemon", "--socket", sys.argv[1], "--stop-timeout", "1"])
+registry._cache["podnet-delegating"] = skel.Plugin(add=lambda args: None, delete=ipam_delegate.ipam_del)
+main.main(["daemon", "--socket", sys.argv[1], "--stop-timeout", "1", *sys.argv[2:]])
 """
 
 
@@ -292,3 +294,38 @@ def test_a_call_no_worker_takes_in_time_is_refused(tmp_path: Path, recorder: Rec
         first.join(timeout=10)
         _stop(d, thread)
         registry._cache.pop("podnet-hang", None)
+
+
+def test_at_the_stop_deadline_running_delegates_are_killed(tmp_path: Path) -> None:
+    """A delegated IPAM that hangs (under a long --delegate-timeout) does not outlive the daemon."""
+    trusted = tmp_path / "bin"
+    _hanging_plugin(trusted)
+    sock = tmp_path / "d.sock"
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(sock), "--plugin-dir", str(trusted)], cwd=REPO,
+                            stderr=subprocess.PIPE)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.connect(str(sock))
+        conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-delegating",
+                "ipam": {"type": "hang-ipam"}}
+        client.sendall(p.encode_request(b"podnet-delegating", json.dumps(conf).encode(),
+                                        [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x",
+                                         b"CNI_IFNAME=eth0", f"CNI_PATH={trusted}".encode()]))
+        while len(_pids(trusted)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_pids(trusted)) == 2
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=6)
+        assert all(_gone(pid) for pid in _pids(trusted))
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        for pid in _pids(trusted):
+            _end(pid)

@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
                    help="seconds a delegated plugin may run before it is killed with its process group "
                         "(default 60)")
     p.add_argument("--stop-timeout", type=float, default=10.0,
-                   help="on SIGTERM, seconds calls in flight may still run before it exits anyway (default 10)")
+                   help="on SIGTERM, seconds calls in flight may run on before it exits (default 10)")
     p.add_argument("--profile", metavar="FILE",
                    help="profile every request (cProfile) and write the pstats to FILE at exit")
     p.set_defaults(func=run)
@@ -98,7 +98,11 @@ def run(ns: argparse.Namespace) -> int:
     if not finished:
         # Calls still running past --stop-timeout sit in threads nothing can stop, and the
         # interpreter would wait for them at exit: leave now. Their shims see the connection
-        # break and redo the call in-process; DEL and GC clean up anything half-made.
+        # break and redo the call in-process; DEL and GC clean up anything half-made. Delegated
+        # plugins still running go with it (each runs in its own process group).
+        from podnet.runtime.invoke import kill_running
+
+        log.error("exiting", delegates_killed=kill_running())
         sys.stderr.flush()
         stream.flush()
         os._exit(1)

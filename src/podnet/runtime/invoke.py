@@ -13,8 +13,9 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,7 +134,7 @@ class RealExec:
 
     def _run_once(self, plugin: str, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
         with subprocess.Popen([plugin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=env, start_new_session=True) as proc:
+                              env=env, start_new_session=True) as proc, _running(proc.pid):
             try:
                 stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
             except subprocess.TimeoutExpired:
@@ -141,6 +142,33 @@ class RealExec:
                 raise TryAgainLater(f"plugin {plugin} did not finish within {self.timeout} s",
                                     "it was killed with every process it started") from None
             return proc.returncode, stdout, stderr
+
+
+# Process groups of plugins running now, for a process that must end before they do (the daemon
+# past its stop deadline): their groups would outlive it otherwise.
+_groups: set[int] = set()
+_groups_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _running(pgid: int) -> Iterator[None]:
+    with _groups_lock:
+        _groups.add(pgid)
+    try:
+        yield
+    finally:
+        with _groups_lock:
+            _groups.discard(pgid)
+
+
+def kill_running() -> int:
+    """SIGKILL the process group of every plugin still running; how many there were."""
+    with _groups_lock:
+        groups = list(_groups)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    return len(groups)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
