@@ -128,7 +128,7 @@ def test_capabilities_are_read_from_proc_status() -> None:
         me = peer_mod.read_peer(a)
     assert me.pid == os.getpid() and not peer_mod.missing_caps(me)
     assert me.netns == peer_mod.ns_identity("/proc/self/ns/net")
-    assert peer_mod.cap_eff("Name:\tx\nCapEff:\t0000000000001000\n") == 1 << 12
+    assert peer_mod.cap_eff(b"Name:\tx\nCapEff:\t0000000000001000\nCapBnd:\t0\n") == 1 << 12
     assert peer_mod.missing_caps(peer_mod.Peer(1, 0, 0, 1 << 12)) == ["CAP_SYS_ADMIN"]
 
 
@@ -183,3 +183,15 @@ def call_frame(d: Daemon, frame: bytes) -> tuple[bytes, int, bytes, bytes]:
         head = _recv(s, p.HEADER_SIZE)
         return p.decode_response(_recv(s, p.parse_header(head, p.RESPONSE_MAGIC, p.MAX_RESPONSE_BODY)))
 
+
+
+def test_a_pidfd_tells_whether_its_process_still_exists() -> None:
+    child = subprocess.Popen([sys.executable, "-I", "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        assert peer_mod.alive(pidfd)
+        child.communicate(b"", timeout=30)  # exits and is reaped: its pid may now be anyone's
+        assert not peer_mod.alive(pidfd)
+    finally:
+        os.close(pidfd)

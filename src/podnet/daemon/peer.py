@@ -9,15 +9,16 @@ network namespace.
 
 Those facts live in ``/proc/<pid>``, and a bare pid names whichever process has it *now*. The
 socket's ``SO_PEERPIDFD`` (Linux 6.5) is a pidfd for the process that connected: the daemon reads
-``/proc/<pid>/...`` and then confirms through the pidfd's ``fdinfo`` that the very process still
-has that pid. While it is alive its pid cannot be given to another process, so what was read
-belongs to the caller. A kernel without ``SO_PEERPIDFD`` gets every call refused (the shims then
-run the plugin in-process, with the caller's own rights): never a guess.
+``/proc/<pid>/...`` and then confirms through the pidfd (``pidfd_send_signal`` with signal 0) that
+the very process still exists. While it does (even as a zombie) its pid cannot be given to another
+process, so what was read belongs to the caller. A kernel without ``SO_PEERPIDFD`` gets every call
+refused (the shims then run the plugin in-process, with the caller's own rights): never a guess.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 from dataclasses import dataclass
@@ -52,21 +53,29 @@ def ns_identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def cap_eff(status: str) -> int:
+def cap_eff(status: bytes) -> int:
     """The ``CapEff`` mask of a ``/proc/<pid>/status`` text."""
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split(":", 1)[1].strip(), 16)
-    raise ValueError("no CapEff line")
+    start = status.find(b"\nCapEff:")
+    if start < 0:
+        raise ValueError("no CapEff line")
+    return int(status[start + 8:status.index(b"\n", start + 1)].strip(), 16)
 
 
-def pidfd_pid(pidfd: int) -> int:
-    """The pid a pidfd names now: -1 once that process has exited."""
-    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("Pid:"):
-                return int(line.split(":", 1)[1])
-    raise ValueError("fdinfo has no Pid line")
+def _read_small(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 16384)
+    finally:
+        os.close(fd)
+
+
+def alive(pidfd: int) -> bool:
+    """Whether the process the pidfd names still exists (signal 0 checks, sends nothing)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def read_peer(conn: socket.socket) -> Peer:
@@ -78,14 +87,12 @@ def read_peer(conn: socket.socket) -> Peer:
         raise PeerRefused("peer-unknown", f"cannot pin the calling process (SO_PEERPIDFD: {exc})") from None
     try:
         try:
-            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-                caps = cap_eff(f.read())
+            caps = cap_eff(_read_small(f"/proc/{pid}/status"))
             netns = ns_identity(f"/proc/{pid}/ns/net")
             userns = ns_identity(f"/proc/{pid}/ns/user")
-            alive = pidfd_pid(pidfd) == pid
         except (OSError, ValueError) as exc:
             raise PeerRefused("peer-gone", f"cannot read the calling process {pid}: {exc}") from None
-        if not alive:
+        if not alive(pidfd):
             # What was read may belong to another process that got the pid in the meantime.
             raise PeerRefused("peer-gone", f"the calling process {pid} exited before it could be checked")
     finally:
