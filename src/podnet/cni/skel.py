@@ -156,7 +156,7 @@ def _check_command_version(command: str, version: str) -> None:
 
 
 def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin,
-               stderr: IO[str] | None = None) -> CmdArgs:
+               stderr: IO[str] | None = None, netns: str | None = None) -> CmdArgs:
     command = env.get("CNI_COMMAND", "")
     if not command:
         raise InvalidEnvironment("required environment variables missing: CNI_COMMAND")
@@ -168,7 +168,8 @@ def build_args(env: Mapping[str, str], stdin_data: bytes, plugin: Plugin,
     if command in ("ADD", "DEL", "CHECK"):
         validate_container_id(container_id)
         validate_ifname(ifname)
-    netns = pod_netns(command, env.get("CNI_NETNS", ""))
+    if netns is None:
+        netns = pod_netns(command, env.get("CNI_NETNS", ""))
     conf = _read_conf(stdin_data)
     validate_network_name(conf.get("name"))
     version = _conf_version(conf, plugin)
@@ -238,8 +239,13 @@ def run(
     stdin: IO[bytes] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
+    netns: str | None = None,
 ) -> int:
-    """Run one invocation; returns the process exit code (0 on success, 1 on a CNI error)."""
+    """Run one invocation; returns the process exit code (0 on success, 1 on a CNI error).
+
+    ``netns``: the pod's namespace as the caller handed it over, used instead of CNI_NETNS (the
+    daemon passes the namespace the shim opened; "" for none). Given, it is the plugin's as is:
+    whoever passes it has checked it (podnet.daemon.netns_fd)."""
     env = os.environ if env is None else env
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
@@ -249,7 +255,7 @@ def run(
             _emit(stdout, ver.version_info(plugin.supported_versions))
             return 0
         stdin_data = _read_stdin(stdin)
-        _dispatch(plugin, build_args(env, stdin_data, plugin, stderr), stdout)
+        _dispatch(plugin, build_args(env, stdin_data, plugin, stderr, netns), stdout)
         return 0
     except CNIError as err:
         if not env.get("CNI_COMMAND") and plugin.about:

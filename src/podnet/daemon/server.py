@@ -45,13 +45,14 @@ from typing import Any
 from podnet.cni import skel
 from podnet.cni.errors import DecodingFailure, TryAgainLater
 from podnet.cni.jsonio import load_json
-from podnet.daemon import delegates, registry
+from podnet.daemon import delegates, netns_fd, registry
 from podnet.daemon import protocol as p
 from podnet.daemon.exchange import Exchange, State
 from podnet.daemon.locks import Busy, NetworkLocks
 from podnet.daemon.logs import JsonLog
 from podnet.daemon.metrics import Metrics, NoMetrics
 from podnet.daemon.peer import Peer, PeerRefused, missing_caps, read_peer
+from podnet.kernel.netns import NetnsHandle
 from podnet.plugins import ipam_delegate
 
 DEFAULT_SOCKET = p.DEFAULT_SOCKET
@@ -112,6 +113,7 @@ class _Call:
     env: dict[str, str]
     stdin: bytes
     peer: Peer
+    netns: str  # the pod's namespace as the shim passed it (netns_fd.CallerNetns), or ""
 
 
 @dataclass
@@ -285,6 +287,9 @@ class Daemon:
             ex = Exchange(conn, cfg.read_timeout, cfg.queue_timeout, cfg.exchange_timeout)
             with self._live_cond:
                 self._live.add(ex)
+            if select.select([conn], [], [], 0)[0]:
+                self._start_reading(ex)  # a shim sends as it connects: usually here already
+                continue
             waiting[conn.fileno()] = ex
             poller.register(conn.fileno(), select.POLLIN)
 
@@ -402,19 +407,31 @@ class Daemon:
                 return
             limit -= len(chunk)
 
-    def _first_bytes(self, conn: socket.socket) -> bytes:
-        """Whatever of the request has arrived (usually all of it: one recv, not one per part).
+    def _first_bytes(self, conn: socket.socket) -> tuple[bytes, NetnsHandle | None]:
+        """Whatever of the request has arrived (usually all of it: one recv, not one per part),
+        and the pod's namespace if the shim sent it with the first byte (podnet.daemon.netns_fd).
         A peer that closes without sending anything (a liveness probe, such as a starting daemon
         checking the socket) needs no answer."""
         try:
-            first = conn.recv(_RECV_SIZE)
+            first, passed = netns_fd.receive(conn, _RECV_SIZE)
         except TimeoutError:
             raise Refused("malformed", "request not received in time") from None
+        except netns_fd.NetnsRefused as exc:
+            raise Refused("netns", str(exc)) from None
         except OSError:
             raise _Hangup from None
         if not first:
             raise _Hangup
-        return first
+        return first, passed
+
+    @staticmethod
+    def _pod_netns(env: Mapping[str, str], passed: NetnsHandle | None) -> str:
+        """Where the fd the shim sent becomes the plugin's namespace: the daemon never resolves the
+        caller's CNI_NETNS path, which may name another file in the daemon's mount namespace."""
+        try:
+            return netns_fd.for_request(env.get("CNI_COMMAND", ""), env.get("CNI_NETNS", ""), passed)
+        except netns_fd.NetnsRefused as exc:
+            raise Refused("netns", str(exc)) from None
 
     def _check_peer(self, conn: socket.socket) -> Peer:
         """Root, with CAP_NET_ADMIN and CAP_SYS_ADMIN in effect, in the daemon's user namespace
@@ -457,10 +474,10 @@ class Daemon:
         conn, peer = ex.conn, None
         try:
             conn.settimeout(max(0.001, ex.read_deadline - time.monotonic()))
-            first = self._first_bytes(conn)
+            first, passed = self._first_bytes(conn)
             peer = self._check_peer(conn)
             name, stdin, env_entries = self._read_request(conn, first)
-            call = self._prepare(name, stdin, env_entries, peer)
+            call = self._prepare(name, stdin, env_entries, peer, passed)
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
             if ex.claim(State.READING, State.QUEUED):
@@ -483,13 +500,14 @@ class Daemon:
             conn.close()
         self._finish(ex)
 
-    def _prepare(self, name: str, stdin: bytes, env_entries: list[bytes], peer: Peer) -> _Call:
+    def _prepare(self, name: str, stdin: bytes, env_entries: list[bytes], peer: Peer,
+                 passed: NetnsHandle | None) -> _Call:
         try:
             plugin = registry.load(name)
         except registry.UnknownPlugin as exc:
             raise Refused("unknown-plugin", str(exc)) from None
         env = self._vet_delegates(decode_env(env_entries), stdin)
-        return _Call(name, plugin, env, stdin, peer)
+        return _Call(name, plugin, env, stdin, peer, self._pod_netns(env, passed))
 
     def _work_profiled(self, ex: Exchange, call: _Call) -> None:
         """``_work`` under this worker thread's own cProfile (cProfile sees one thread only)."""
@@ -509,7 +527,7 @@ class Daemon:
         if not ex.claim(State.QUEUED, State.RUNNING):
             return  # taken back by the accept loop (deadline or shutdown) and refused there
         try:
-            outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline)
+            outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline, call.netns)
             self._answer(ex, call.name, call.env, outcome)
             self._record(call.name, call.env, outcome, call.peer)
         except Exception as exc:  # never let one request take a worker down
@@ -536,7 +554,7 @@ class Daemon:
             self.log.warning("answer-lost", plugin=name, command=env.get("CNI_COMMAND"), error=str(exc))
 
     def _run(self, name: str, plugin: skel.Plugin, env: dict[str, str], stdin: bytes,
-             deadline: float) -> _Outcome:
+             deadline: float, netns: str = "") -> _Outcome:
         command = env.get("CNI_COMMAND", "")
         network, conf = request_identity(env, stdin)
         out, err = io.StringIO(), io.StringIO()
@@ -546,13 +564,14 @@ class Daemon:
             # The request's streams are the skel's: a plugin reports through args.stderr, never
             # sys.stderr, so concurrent requests need no per-thread redirection of the process's.
             with self._lock_for(command, network, env, deadline):
-                code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+                code = skel.run(plugin, env=env, stdin=io.BytesIO(stdin), stdout=out, stderr=err, netns=netns)
         except Busy as exc:
             version = conf.get("cniVersion") if conf else None
             error = TryAgainLater(str(exc)).to_dict(version if isinstance(version, str) else "1.1.0")
             code, out = 1, io.StringIO(json.dumps(error) + "\n")
         finally:
             self._count(-1)
+            netns_fd.release(netns)
         return _Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - start, network, conf)
 
     def _record(self, name: str, env: Mapping[str, str], outcome: _Outcome, peer: Peer) -> None:
