@@ -361,3 +361,51 @@ def test_every_plugin_is_a_link_to_one_binary(bin_dir: Path) -> None:
         assert os.readlink(bin_dir / plugin) == build.BINARY
         assert (bin_dir / py_shim_name(plugin)).read_text().startswith("#!")
     assert "-Werror" in build.CFLAGS
+
+
+# -- the socket named in the network config ----------------------------------------------------------
+
+def _conf_with(socket_value: object, **more: object) -> bytes:
+    return json.dumps({"cniVersion": "1.1.0", "name": "lo", "type": "podnet-loopback",
+                       p.SOCKET_KEY: socket_value, **more}).encode()
+
+
+@pytest.mark.parametrize("kind", SHIMS)
+def test_the_configs_socket_reaches_a_call_with_a_bare_environment(bin_dir: Path, tmp_path: Path,
+                                                                    kind: str) -> None:
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_PATH": "/nowhere"}
+    with fake_daemon(tmp_path / "conf.sock", ran()) as daemon:
+        proc = call(bin_dir, kind, env, _conf_with(str(tmp_path / "conf.sock")))
+    assert proc.returncode == 0 and len(daemon.seen) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("kind", SHIMS)
+def test_the_configs_socket_wins_over_podnet_socket(bin_dir: Path, tmp_path: Path, kind: str) -> None:
+    with fake_daemon(tmp_path / "env.sock", ran()) as by_env, \
+            fake_daemon(tmp_path / "conf.sock", ran()) as by_conf:
+        call(bin_dir, kind, base_env(tmp_path / "env.sock", "DEL"), _conf_with(str(tmp_path / "conf.sock")))
+    assert (len(by_env.seen), len(by_conf.seen)) == (0, 1)
+
+
+@pytest.mark.parametrize("kind", SHIMS)
+def test_only_the_top_level_key_counts_and_the_last_one_wins(bin_dir: Path, tmp_path: Path,
+                                                             kind: str) -> None:
+    nested, last, key = str(tmp_path / "nested.sock"), str(tmp_path / "last.sock"), p.SOCKET_KEY.encode()
+    stdin = (b'{"cniVersion": "1.1.0", "name": "lo", "ipam": {"' + key + b'": "' + nested.encode()
+             + b'"}, "' + key + b'": "/nowhere.sock", "x": [1, {"y": "\\"}"}], "'
+             + key + b'": "' + last.replace("/", "\\/").encode() + b'"}')
+    assert json.loads(stdin)[p.SOCKET_KEY] == last
+    with fake_daemon(tmp_path / "nested.sock", ran()) as wrong, \
+            fake_daemon(tmp_path / "last.sock", ran()) as right:
+        call(bin_dir, kind, base_env(tmp_path / "none.sock", "DEL"), stdin)
+    assert (len(wrong.seen), len(right.seen)) == (0, 1)
+
+
+@pytest.mark.parametrize("value", [5, "relative.sock", "/" + "s" * 107, None, ["/a"], "/a\u0000b"])
+def test_a_bad_configured_socket_is_the_same_code_7_from_both_shims(bin_dir: Path, tmp_path: Path,
+                                                                    value: object) -> None:
+    env = base_env(tmp_path / "none.sock", "DEL")
+    native, python = (call(bin_dir, kind, env, _conf_with(value)) for kind in SHIMS)
+    err = json.loads(native.stdout)
+    assert native.returncode == 1 and err["code"] == 7 and p.SOCKET_KEY in err["msg"], err
+    assert (native.stdout, native.stderr) == (python.stdout, python.stderr)

@@ -160,10 +160,10 @@ def _config_socket(stdin: bytes) -> bytes | None:
         return None
     path = conf[p.SOCKET_KEY]
     try:
-        raw = path.encode() if isinstance(path, str) else b""
+        raw = path.encode() if isinstance(path, str) and "\0" not in path else b""
     except UnicodeEncodeError:  # a lone surrogate escape: no path at all
         raw = b""
-    if not raw.startswith(b"/") or len(raw) > _SUN_PATH_MAX or b"\0" in raw:
+    if not raw.startswith(b"/") or len(raw) > _SUN_PATH_MAX:
         raise _BadKnob(p.SOCKET_KEY.encode(), raw,
                        f"must be an absolute path of at most {_SUN_PATH_MAX} bytes")
     return raw

@@ -632,12 +632,14 @@ int main(int argc, char **argv) {
     if (!read_stdin(&in) || in.len > PN_MAX_STDIN || !build_request(&frame, &in))
         return hand_over(command, &in, "--in-process", "");
 
-    char path[SUN_PATH_MAX + 1], why[1024];
+    char path[SUN_PATH_MAX + 1], conf_path[4096], why[1024];
     snprintf(path, sizeof path, "%s", sock_env[0] ? sock_env : PN_DEFAULT_SOCKET);
     /* The config's socket wins over PODNET_SOCKET: it reaches every call of the network. */
-    int from_conf = config_socket(&in, path, sizeof path);
-    if (from_conf < 0 || (from_conf > 0 && !socket_path_ok(path)))
-        return bad_value(command, PN_SOCKET_KEY, from_conf < 0 ? "" : path, want, 7);
+    int from_conf = config_socket(&in, conf_path, sizeof conf_path);
+    if (from_conf < 0 || (from_conf > 0 && !socket_path_ok(conf_path)))
+        return bad_value(command, PN_SOCKET_KEY, from_conf < 0 ? "" : conf_path, want, 7);
+    if (from_conf > 0)
+        memcpy(path, conf_path, strlen(conf_path) + 1);
 
     const char *netns = env_or_empty("CNI_NETNS");
     int netns_fd = netns[0] ? open_netns(netns) : -1;
