@@ -4,6 +4,7 @@ No root needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from podnet.cli.install_cmd import py_shim_name
 from podnet.daemon import registry
 from podnet.daemon.native import build
+from podnet.daemon.protocol import SOCKET_KEY
 
 
 def _install(bin_dir: Path, *extra: str,
@@ -73,3 +75,16 @@ def test_a_failing_build_fails_install_with_the_compilers_words(tmp_path: Path) 
     assert proc.returncode == 1 and "building the native shim failed" in proc.stderr
     assert "pretend" in proc.stderr and not (tmp_path / "bin" / "podnet-bridge").exists()
     assert not [p for p in (tmp_path / "bin").iterdir()]  # no temp file left
+
+
+def test_install_socket_goes_into_the_generated_config(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "conf"
+    argv = [sys.executable, "-m", "podnet.cli.main", "install", "--bin-dir", str(tmp_path / "bin"),
+            "--python-shims", "--conf-dir", str(conf_dir), "--socket", "/run/podnet/custom.sock"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    conf = json.loads((conf_dir / "10-podnet.conflist").read_text())
+    assert conf["plugins"][0][SOCKET_KEY] == "/run/podnet/custom.sock"
+    bad = subprocess.run([*argv[:-1], "relative.sock"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert bad.returncode == 1 and "--socket 'relative.sock'" in bad.stderr

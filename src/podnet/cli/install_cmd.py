@@ -21,6 +21,7 @@ from typing import Any
 
 from podnet.cni.errors import CNIError
 from podnet.cni.jsonio import load_json
+from podnet.daemon.protocol import SOCKET_KEY, SUN_PATH_MAX
 
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -72,6 +73,9 @@ def register(sub: Any) -> None:
     p.add_argument("--bridge", default="podnet0", help="generated config: bridge name (default podnet0)")
     p.add_argument("--cni-version", default="1.0.0", help="generated config: cniVersion (default 1.0.0)")
     p.add_argument("--data-dir", help="generated config: host-local dataDir (default host-local's own)")
+    p.add_argument("--socket", help="generated config: the podnet daemon's socket, written into the plugin's "
+                   "config (podnetSocket), so every call reaches it even from a bare environment (default: "
+                   "none written; the plugins use $PODNET_SOCKET or /run/podnet/podnet.sock)")
     p.set_defaults(func=run)
 
 
@@ -169,6 +173,13 @@ def install_plugins(ns: argparse.Namespace, python: str, plugins: list[str]) -> 
             print(f"{link_if_changed(path, build.BINARY):9} {path}")
 
 
+def check_socket(path: str) -> str:
+    """The shims' rule for a socket path (an absolute path that fits a sockaddr_un)."""
+    if not path.startswith("/") or len(path.encode()) > SUN_PATH_MAX:
+        raise ValueError(f"--socket {path!r}: must be an absolute path of at most {SUN_PATH_MAX} bytes")
+    return path
+
+
 def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
     subnet = ipaddress.ip_network(ns.subnet, strict=True)
     default = "0.0.0.0/0" if subnet.version == 4 else "::/0"
@@ -176,7 +187,9 @@ def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
                             "routes": [{"dst": default}]}
     if ns.data_dir:
         ipam["dataDir"] = ns.data_dir
-    bridge = {"type": "podnet-bridge", "bridge": ns.bridge, "isGateway": True, "ipam": ipam}
+    bridge: dict[str, Any] = {"type": "podnet-bridge", "bridge": ns.bridge, "isGateway": True, "ipam": ipam}
+    if getattr(ns, "socket", None):
+        bridge[SOCKET_KEY] = check_socket(ns.socket)
     return {"cniVersion": ns.cni_version, "name": ns.network, "plugins": [bridge]}
 
 

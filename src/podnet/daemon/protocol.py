@@ -26,6 +26,8 @@ DEFAULT_SOCKET = "/run/podnet/podnet.sock"
 # reaches every call of a network, an environment variable does not (podman's cleanup process
 # runs with a bare environment).
 SOCKET_KEY = "podnetSocket"
+# The longest socket path: sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+SUN_PATH_MAX = 107
 REQUEST_MAGIC = b"PNQ1"
 RESPONSE_MAGIC = b"PNA1"
 HEADER_SIZE = 8

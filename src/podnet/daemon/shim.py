@@ -101,8 +101,7 @@ class _BadKnob(Exception):
         super().__init__(f"invalid {name.decode()}={value.decode(errors='replace')!r}: {want}")
 
 
-# A socket address holds 108 bytes with the terminating NUL (sockaddr_un.sun_path).
-_SUN_PATH_MAX = 107
+_SUN_PATH_MAX = p.SUN_PATH_MAX
 # socket timeouts above this overflow the platform's time_t; no runtime waits a day for a plugin.
 MAX_TIMEOUT = 86400.0
 _YES = (b"1", b"true", b"yes")

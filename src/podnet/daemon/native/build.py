@@ -47,6 +47,7 @@ def definitions() -> list[str]:
         "PN_MAX_RESPONSE_BODY": f"{p.MAX_RESPONSE_BODY}u",
         "PN_DEFAULT_SOCKET": c_string(p.DEFAULT_SOCKET),
         "PN_SOCKET_KEY": c_string(p.SOCKET_KEY),
+        "PN_SUN_PATH_MAX": str(p.SUN_PATH_MAX),
         "PN_VERSION_JSON": c_string(version_json()),
         "PN_CONNECT_TIMEOUT": repr(float(shim.CONNECT_TIMEOUT)),
         "PN_DEFAULT_TIMEOUT": repr(float(shim.DEFAULT_TIMEOUT)),

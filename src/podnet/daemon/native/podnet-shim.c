@@ -38,12 +38,12 @@
     !defined(PN_MAX_ENV_BYTES) || !defined(PN_MAX_FIELDS) || !defined(PN_MAX_RESPONSE_BODY) ||       \
     !defined(PN_DEFAULT_SOCKET) || !defined(PN_VERSION_JSON) || !defined(PN_CONNECT_TIMEOUT) ||      \
     !defined(PN_DEFAULT_TIMEOUT) || !defined(PN_MAX_TIMEOUT) || !defined(PN_KIND_RAN) ||             \
-    !defined(PN_KIND_REFUSED) || !defined(PN_SOCKET_KEY)
+    !defined(PN_KIND_REFUSED) || !defined(PN_SOCKET_KEY) || !defined(PN_SUN_PATH_MAX)
 #error "build with podnet.daemon.native.build: it passes the wire format from protocol.py"
 #endif
 
 #define HEADER_SIZE 8
-#define SUN_PATH_MAX 107 /* sockaddr_un.sun_path holds 108 bytes with the NUL */
+#define SUN_PATH_MAX PN_SUN_PATH_MAX
 #define NS_GET_NSTYPE 0xB703
 #define CLONE_NEWNET_FLAG 0x40000000
 
