@@ -20,6 +20,7 @@ import pytest
 from test_daemon_server import Recorder, _recv, call
 from test_daemon_trust import call_frame
 
+from nsutil import NetnsFactory
 from podnet.cni import skel
 from podnet.cni.errors import TryAgainLater
 from podnet.cni.result import Result
@@ -329,3 +330,72 @@ def test_at_the_stop_deadline_running_delegates_are_killed(tmp_path: Path) -> No
             proc.stderr.close()
         for pid in _pids(trusted):
             _end(pid)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fds_settle(at_most: int) -> int:
+    """The open fd count once the daemon's last refusals are closed (each lingers for a short
+    drain of what its peer still sends)."""
+    deadline = time.monotonic() + 3
+    while _open_fds() > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _open_fds()
+
+
+def _send_with_fd(path: str, frame: bytes, ns: str) -> tuple[bytes, int, bytes, bytes]:
+    fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            socket.send_fds(s, [frame], [fd])
+            head = _recv(s, p.HEADER_SIZE)
+            return p.decode_response(_recv(s, p.parse_header(head, p.RESPONSE_MAGIC, p.MAX_RESPONSE_BODY)))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_refused_calls_leave_no_namespace_fd_open(tmp_path: Path, recorder: Recorder,
+                                                  netns: NetnsFactory) -> None:
+    """Every fd a shim sends is closed whatever happens to its call (refused before or after it
+    was queued): a stream of refused calls must not use up the daemon's file descriptors."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hang(args: skel.CmdArgs) -> None:
+        entered.set()
+        release.wait(30)
+
+    registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
+                                                 delete=hang)
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.2))
+    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
+           b"CNI_PATH=/nowhere"]
+    conf = json.dumps({"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}).encode()
+    first = threading.Thread(target=call_frame, args=(d, p.encode_request(b"podnet-hang", conf, env)))
+    pod = netns("pod").path
+    try:
+        before = _open_fds()
+        for _ in range(10):  # refused before the fd became the plugin's namespace
+            answer = _send_with_fd(d.config.socket_path, p.encode_request(b"podnet-nope", conf, env), pod)
+            assert answer[0] == p.KIND_REFUSED
+        assert _fds_settle(before) == before
+        first.start()
+        assert entered.wait(10)
+        for i in range(10):  # queued behind the hung call, then refused at the queue deadline
+            other = [b"CNI_COMMAND=DEL", f"CNI_CONTAINERID=o{i}".encode(), f"CNI_NETNS={pod}".encode(),
+                     b"CNI_IFNAME=eth0", b"CNI_PATH=/nowhere"]
+            frame = p.encode_request(b"podnet-fake", json.dumps({"cniVersion": "1.1.0", "name": "n2",
+                                                                  "type": "podnet-fake"}).encode(), other)
+            kind, _, _, err = _send_with_fd(d.config.socket_path, frame, pod)
+            assert kind == p.KIND_REFUSED and b"no worker was free" in err
+        assert _fds_settle(before + 2) - before <= 2, "more than the hung call's connection (both ends)"
+    finally:
+        release.set()
+        first.join(timeout=10)
+        _stop(d, thread)
+        registry._cache.pop("podnet-hang", None)

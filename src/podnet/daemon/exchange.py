@@ -21,6 +21,11 @@ import enum
 import socket
 import threading
 import time
+from collections.abc import Callable
+
+
+def _nothing() -> None:
+    pass
 
 
 class State(enum.Enum):
@@ -42,6 +47,9 @@ class Exchange:
         self.deadline = now + timeout
         self.state = State.WAITING
         self.late = False  # its reading side was shut down at the read deadline
+        # What a queued call holds (the namespace fd its shim sent): whoever takes the exchange
+        # back before it runs lets go of it, at once (the worker that would have may never come).
+        self.release: Callable[[], None] = _nothing
         self._lock = threading.Lock()
 
     def claim(self, expected: State, new: State) -> bool:

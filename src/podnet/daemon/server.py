@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import os
@@ -316,6 +317,7 @@ class Daemon:
                                      "no worker was free in time (calls in flight are not finishing)")
 
     def _refuse_taken(self, ex: Exchange, reason: str, message: str) -> None:
+        ex.release()
         self._refuse(ex.conn, reason, message)
         self._finish(ex)
 
@@ -351,6 +353,7 @@ class Daemon:
             live = list(self._live)
         for ex in live:  # nothing ran for these: the shims run them in-process
             if ex.claim(State.WAITING, State.DONE) or ex.claim(State.QUEUED, State.DONE):
+                ex.release()
                 self._refuse(ex.conn, "shutting-down", "the daemon is shutting down")
                 self._finish(ex)
         finished = self._wait_idle(time.monotonic() + self.config.stop_timeout)
@@ -475,11 +478,17 @@ class Daemon:
         try:
             conn.settimeout(max(0.001, ex.read_deadline - time.monotonic()))
             first, passed = self._first_bytes(conn)
-            peer = self._check_peer(conn)
-            name, stdin, env_entries = self._read_request(conn, first)
-            call = self._prepare(name, stdin, env_entries, peer, passed)
+            try:
+                peer = self._check_peer(conn)
+                name, stdin, env_entries = self._read_request(conn, first)
+                call = self._prepare(name, stdin, env_entries, peer, passed)
+            except BaseException:
+                if passed is not None:
+                    passed.close()  # a refused call must not keep the fd it brought
+                raise
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
+            ex.release = functools.partial(netns_fd.release, call.netns)
             if ex.claim(State.READING, State.QUEUED):
                 if self._inflight >= self.config.workers:
                     self._poke()  # it will wait: the loop must now also watch its queue deadline
@@ -525,7 +534,7 @@ class Daemon:
     def _work(self, ex: Exchange, call: _Call) -> None:
         """A worker thread: run the call, answer, then log and count (the shim need not wait)."""
         if not ex.claim(State.QUEUED, State.RUNNING):
-            return  # taken back by the accept loop (deadline or shutdown) and refused there
+            return  # taken back by the accept loop (deadline or shutdown), released and refused there
         try:
             outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline, call.netns)
             self._answer(ex, call.name, call.env, outcome)
