@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from nsutil import namespaces
 from podnet.cni import skel
 from podnet.cni.errors import CNIError
 from podnet.cni.result import Result
@@ -104,18 +105,40 @@ def daemon(tmp_path: Path, recorder: Recorder, std_streams: tuple[object, object
         json.loads(line)  # every log line is one JSON object
 
 
+# The pod namespace ADD and CHECK send, as a shim does (the daemon runs them only with the fd of
+# the caller's namespace): made once for the module by the fixture below.
+POD: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pod_namespace() -> Iterator[None]:
+    if os.geteuid() != 0:
+        yield  # ADD and CHECK then go without a namespace and are refused: those tests fail
+        return
+    with namespaces() as made:
+        POD.append(made("fakepod").path)
+        yield
+        POD.clear()
+
+
 def call(d: Daemon, command: str, network: str = "n1", cid: str = "c1", *, args: str = "",
          frame: bytes | None = None, version: str = "1.1.0") -> tuple[bytes, int, bytes, bytes]:
     conf = json.dumps({"cniVersion": version, "name": network, "type": "podnet-fake"}).encode()
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+    pod = POD[0] if POD else "/run/netns/x"
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": pod, "CNI_IFNAME": "eth0",
            "CNI_PATH": "/nowhere", "CNI_ARGS": args}
     if frame is None:
         frame = p.encode_request(b"podnet-fake", conf, [f"{k}={v}".encode() for k, v in env.items()])
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    fds = [os.open(pod, os.O_RDONLY | os.O_CLOEXEC)] if POD and command in ("ADD", "CHECK") else []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, contextlib.ExitStack() as stack:
+        for fd in fds:
+            stack.callback(os.close, fd)
         s.settimeout(10)
         s.connect(d.config.socket_path)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            s.sendall(frame)  # a peer refused before its request is read may not get to send it all
+            # a peer refused before its request is read may not get to send it all
+            sent = socket.send_fds(s, [frame], fds) if fds else 0
+            s.sendall(frame[sent:])
         head = _recv(s, p.HEADER_SIZE)
         return p.decode_response(_recv(s, p.parse_header(head, p.RESPONSE_MAGIC, p.MAX_RESPONSE_BODY)))
 
