@@ -27,6 +27,7 @@ from podnet.cni.result import Result
 from podnet.daemon import protocol as p
 from podnet.daemon import registry
 from podnet.daemon.logs import JsonLog
+from podnet.daemon.peer import Peer
 from podnet.daemon.server import Config, Daemon
 from podnet.plugins import ipam_delegate
 from podnet.runtime.invoke import Invocation, RealExec
@@ -399,3 +400,33 @@ def test_refused_calls_leave_no_namespace_fd_open(tmp_path: Path, recorder: Reco
         first.join(timeout=10)
         _stop(d, thread)
         registry._cache.pop("podnet-hang", None)
+
+
+def test_a_request_that_came_in_time_is_served_though_read_late(tmp_path: Path, recorder: Recorder) -> None:
+    """The one reader is held past the next request's read deadline (a peer check that stalls
+    stands in for any delay). The deadline shuts the socket's reading side, but what the peer sent
+    in time is still read: the request is served, not refused or dropped."""
+    stalled = threading.Event()
+
+    class Stalling(Daemon):
+        def _check_peer(self, conn: socket.socket) -> Peer:
+            if not stalled.is_set():
+                stalled.set()
+                time.sleep(1.5)
+            return super()._check_peer(conn)
+
+    d = Stalling(Config(socket_path=str(tmp_path / "d.sock"), readers=1, read_timeout=1.0),
+                 log=JsonLog(io.StringIO()))
+    d.start()
+    thread = threading.Thread(target=d.serve_forever, daemon=True)
+    thread.start()
+    try:
+        first = threading.Thread(target=call, args=(d, "DEL"), kwargs={"cid": "c1"})
+        first.start()
+        assert stalled.wait(10)
+        start = time.monotonic()
+        assert call(d, "DEL", cid="c2")[:2] == (p.KIND_RAN, 0)
+        assert time.monotonic() - start > 1.0  # it did wait past its read deadline
+        first.join(timeout=10)
+    finally:
+        _stop(d, thread)
