@@ -38,11 +38,11 @@ def podnet_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     where = tmp_path_factory.mktemp("podnet-daemon")
     # The attachment locks of this test's plugin calls, in either mode (passed on like PODNET_SOCKET).
     monkeypatch.setenv("PODNET_LOCK_DIR", str(where / "locks"))
+    monkeypatch.setenv("PODNET_SHIM", "python" if mode == "daemon-py" else "native")
     if mode == "inprocess":
         monkeypatch.setenv("PODNET_SOCKET", str(where / NO_DAEMON))
         yield mode
         return
-    monkeypatch.setenv("PODNET_SHIM", "python" if mode == "daemon-py" else "native")
     daemon = NodeDaemon(request.getfixturevalue("node"), where / "podnet.sock", where / "daemon.log").start()
     monkeypatch.setenv("PODNET_SOCKET", str(daemon.socket))
     try:
