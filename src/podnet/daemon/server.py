@@ -160,6 +160,7 @@ class Daemon:
         self._socket_id: tuple[int, int] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(config.workers)  # calls running at once
         self._live: set[Exchange] = set()  # accepted and not yet done
         self._live_cond = threading.Condition(threading.Lock())
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -489,14 +490,17 @@ class Daemon:
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
             ex.release = functools.partial(netns_fd.release, call.netns)
-            if ex.claim(State.READING, State.QUEUED):
-                if self._inflight >= self.config.workers:
-                    self._poke()  # it will wait: the loop must now also watch its queue deadline
-                try:
-                    self._pool.submit(work, ex, call)
-                except RuntimeError:  # the pool is shut down
-                    ex.state = State.READING
-                    raise Refused("shutting-down", "the daemon is shutting down") from None
+            if not ex.claim(State.READING, State.QUEUED):
+                return
+            if self._slots.acquire(blocking=False):
+                work(ex, call, True)  # a worker slot is free: run it here, no hand-off to another thread
+                return
+            self._poke()  # it will wait: the loop must now also watch its queue deadline
+            try:
+                self._pool.submit(work, ex, call)
+            except RuntimeError:  # the pool is shut down
+                ex.state = State.READING
+                raise Refused("shutting-down", "the daemon is shutting down") from None
             return
         except Refused as refused:
             # After the read deadline cut the request off, whatever the reader then saw is moot.
@@ -518,7 +522,7 @@ class Daemon:
         env = self._vet_delegates(decode_env(env_entries), stdin)
         return _Call(name, plugin, env, stdin, peer, self._pod_netns(env, passed))
 
-    def _work_profiled(self, ex: Exchange, call: _Call) -> None:
+    def _work_profiled(self, ex: Exchange, call: _Call, have_slot: bool = False) -> None:
         """``_work`` under this worker thread's own cProfile (cProfile sees one thread only)."""
         prof: cProfile.Profile | None = getattr(self._profile_local, "prof", None)
         if prof is None:
@@ -527,23 +531,30 @@ class Daemon:
                 self._profiles.append(prof)
         prof.enable()
         try:
-            self._work(ex, call)
+            self._work(ex, call, have_slot)
         finally:
             prof.disable()
 
-    def _work(self, ex: Exchange, call: _Call) -> None:
-        """A worker thread: run the call, answer, then log and count (the shim need not wait)."""
-        if not ex.claim(State.QUEUED, State.RUNNING):
-            return  # taken back by the accept loop (deadline or shutdown), released and refused there
+    def _work(self, ex: Exchange, call: _Call, have_slot: bool = False) -> None:
+        """Run the call, answer, then log and count (the shim need not wait), in one of the
+        ``workers`` slots: in the reader that received it when a slot was free, else in a pool
+        thread, which waits for one."""
+        if not have_slot:
+            self._slots.acquire()
         try:
-            outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline, call.netns)
-            self._answer(ex, call.name, call.env, outcome)
-            self._record(call.name, call.env, outcome, call.peer)
-        except Exception as exc:  # never let one request take a worker down
-            self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
+            if not ex.claim(State.QUEUED, State.RUNNING):
+                return  # taken back by the accept loop (deadline or shutdown), released and refused there
+            try:
+                outcome = self._run(call.name, call.plugin, call.env, call.stdin, ex.deadline, call.netns)
+                self._answer(ex, call.name, call.env, outcome)
+                self._record(call.name, call.env, outcome, call.peer)
+            except Exception as exc:  # never let one request take a worker down
+                self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                ex.conn.close()
+                self._finish(ex)
         finally:
-            ex.conn.close()
-            self._finish(ex)
+            self._slots.release()
 
     def _vet_delegates(self, env: dict[str, str], stdin: bytes) -> dict[str, str]:
         _, conf = request_identity(env, stdin)
