@@ -1,13 +1,21 @@
 """The node daemon: serves plugin calls from the shims over a root-only unix socket.
 
-Each connection carries one request (see :mod:`podnet.daemon.protocol`). A worker thread checks
-the peer (:mod:`podnet.daemon.peer`: root with CAP_NET_ADMIN and CAP_SYS_ADMIN in effect, read
-race-free through its pidfd; in the daemon's own user and network namespaces, since plugins act
-on "the host" as the namespace they run in) and what the call would exec
-(:mod:`podnet.daemon.delegates`), reads the frame within a time limit and size limit,
-and runs the plugin with :func:`podnet.cni.skel.run` — the same code path as an exec'd plugin,
-with the request's environment and stdin injected and its output captured. Requests run
-concurrently in a thread pool under per-network locks (:mod:`podnet.daemon.locks`).
+Each connection carries one request (see :mod:`podnet.daemon.protocol`). No caller can wedge the
+daemon, so the work is split (:mod:`podnet.daemon.exchange`):
+
+* the accept loop (one thread) accepts and polls connections that have sent nothing yet: an idle
+  connection costs no thread. It also enforces every deadline from outside: the request must be
+  in within ``read_timeout`` of the connect however the peer paces its bytes, and a complete
+  request no worker slot took within ``queue_timeout`` is refused (the shim runs it in-process);
+* a reader thread (``readers``, apart from the workers: a slow sender never holds a worker)
+  receives the request, checks the peer (:mod:`podnet.daemon.peer`: root with CAP_NET_ADMIN and
+  CAP_SYS_ADMIN in effect, read race-free through its pidfd; in the daemon's own user and network
+  namespaces, since plugins act on "the host" as the namespace they run in) and what the call
+  would exec (:mod:`podnet.daemon.delegates`);
+* the call runs in one of ``workers`` slots (in the reader itself when one is free, else in a
+  pool thread) with :func:`podnet.cni.skel.run` — the same code path as an exec'd plugin, with
+  the request's environment and stdin injected and its output captured — under per-network locks
+  (:mod:`podnet.daemon.locks`) that never make a worker wait for a call that may not finish.
 
 What stays warm: the interpreter and every plugin module (imported at start), and a read-only
 index of each IPAM directory (podnet.ipam.dir_index). IPAM state itself deliberately stays on
@@ -19,8 +27,10 @@ failed ADD; a daemon killed mid-ADD leaves a veth and a reservation named after 
 which DEL and GC find without the daemon.
 
 Shutdown (SIGTERM/SIGINT): the socket file is removed first (new shims fall back to in-process at
-once), connections already queued are answered ``refused`` (nothing ran, the shim runs them
-in-process), requests in flight are finished and answered, then the process exits 0.
+once), connections accepted but not yet running are answered ``refused`` (nothing ran, the shim
+runs them in-process), calls in flight are finished and answered for up to ``stop_timeout``;
+:meth:`Daemon.serve_forever` then returns whether they all finished (the command exits 0, or
+kills the delegated plugins still running and exits 1 at once).
 """
 
 from __future__ import annotations
