@@ -430,3 +430,29 @@ def test_a_request_that_came_in_time_is_served_though_read_late(tmp_path: Path, 
         first.join(timeout=10)
     finally:
         _stop(d, thread)
+
+
+def test_connections_that_send_nothing_are_capped(tmp_path: Path, recorder: Recorder) -> None:
+    """Past ``max_waiting`` silent connections the one silent longest is refused (a shim would
+    run its call in-process), and a call that sends its request is still served."""
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), max_waiting=4, read_timeout=5.0))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            idle.append(s)
+            s.connect(d.config.socket_path)
+            time.sleep(0.05)
+        for _ in range(3):
+            start = time.monotonic()
+            assert call(d, "DEL")[:2] == (p.KIND_RAN, 0)
+            assert time.monotonic() - start < 1.0
+        oldest = idle[0]
+        oldest.settimeout(2)
+        head = _recv(oldest, p.HEADER_SIZE)
+        kind, _, _, err = p.decode_response(_recv(oldest, p.parse_header(head, p.RESPONSE_MAGIC, 1 << 20)))
+        assert kind == p.KIND_REFUSED and b"too many connections waiting" in err
+    finally:
+        for s in idle:
+            s.close()
+        _stop(d, thread)

@@ -293,17 +293,26 @@ class Daemon:
             except OSError as exc:  # out of file descriptors: the backlog waits for the next round
                 self.log.error("accept-failed", error=str(exc))
                 return
-            if len(waiting) >= cfg.max_waiting:
-                self._refuse_now(conn, "overloaded", "too many connections waiting to send a request")
-                continue
             ex = Exchange(conn, cfg.read_timeout, cfg.queue_timeout, cfg.exchange_timeout)
             with self._live_cond:
                 self._live.add(ex)
             if select.select([conn], [], [], 0)[0]:
                 self._start_reading(ex)  # a shim sends as it connects: usually here already
                 continue
+            if len(waiting) >= cfg.max_waiting:
+                # The one silent longest goes, not the newcomer: a shim sends as it connects, so
+                # whoever holds connections open without sending cannot keep the shims out.
+                self._evict_oldest(poller, waiting)
             waiting[conn.fileno()] = ex
             poller.register(conn.fileno(), select.POLLIN)
+
+    def _evict_oldest(self, poller: select.poll, waiting: dict[int, Exchange]) -> None:
+        fd, ex = min(waiting.items(), key=lambda item: item[1].read_deadline)
+        if ex.claim(State.WAITING, State.DONE):
+            del waiting[fd]
+            poller.unregister(fd)
+            self._refuse_now(ex.conn, "overloaded", "too many connections waiting to send a request")
+            self._finish(ex)
 
     def _start_reading(self, ex: Exchange) -> None:
         if ex.claim(State.WAITING, State.READING):
