@@ -71,11 +71,11 @@ def _delete_pair(nl: Netlink, pod: Netns, name: str) -> None:
 def test_dels_start_no_thread_each(netns: NetnsFactory, nl: Netlink, started: list[str]) -> None:
     pod = netns("pod")
 
-    def twelve() -> None:
-        for i in range(12):
+    def many() -> None:
+        for i in range(2 * unregister_mod.HELPERS + 8):
             _delete_pair(nl, pod, f"vh{i}")
 
-    _in_worker(twelve)
+    _in_worker(many)
     assert len(started) <= unregister_mod.HELPERS, started
 
 

@@ -41,7 +41,7 @@ from podnet.kernel.netns import NetnsHandle, NetnsRef, socket_in_netns
 from podnet.kernel.wire import messages
 
 RTMGRP_LINK = 1
-HELPERS = 4  # threads that sit out the kernel's reclamation for the callers
+HELPERS = 16  # threads that sit out the kernel's reclamation (a burst of DELs keeps many busy at once)
 _POLL_MS = 5  # how often the helper is checked while waiting for notifications
 
 
