@@ -456,3 +456,24 @@ def test_connections_that_send_nothing_are_capped(tmp_path: Path, recorder: Reco
         for s in idle:
             s.close()
         _stop(d, thread)
+
+
+def test_a_request_completed_after_stop_is_refused_not_run(tmp_path: Path, recorder: Recorder) -> None:
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), read_timeout=5.0))
+    conf = json.dumps({"cniVersion": "1.1.0", "name": "n1", "type": "podnet-fake"}).encode()
+    frame = p.encode_request(b"podnet-fake", conf, [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=",
+                                                    b"CNI_IFNAME=eth0", b"CNI_PATH=/nowhere"])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(d.config.socket_path)
+        s.sendall(frame[:10])  # a reader is now waiting for the rest
+        time.sleep(0.2)
+        d.stop()
+        time.sleep(0.2)
+        s.sendall(frame[10:])
+        head = _recv(s, p.HEADER_SIZE)
+        kind, _, _, err = p.decode_response(_recv(s, p.parse_header(head, p.RESPONSE_MAGIC, 1 << 20)))
+    thread.join(timeout=15)
+    assert not thread.is_alive()
+    assert kind == p.KIND_REFUSED and b"shutting down" in err
+    assert recorder.max_parallel == 0  # nothing ran: the shim runs it in-process

@@ -509,8 +509,9 @@ class Daemon:
             assert self._pool is not None
             work = self._work_profiled if self.config.profile_path else self._work
             ex.release = functools.partial(netns_fd.release, call.netns)
-            if not ex.claim(State.READING, State.QUEUED):
-                return
+            if self._stopping.is_set() or not ex.claim(State.READING, State.QUEUED):
+                ex.release()  # read while stopping: nothing runs any more, the shim runs it
+                raise Refused("shutting-down", "the daemon is shutting down")
             if self._slots.acquire(blocking=False):
                 work(ex, call, True)  # a worker slot is free: run it here, no hand-off to another thread
                 return
@@ -518,7 +519,7 @@ class Daemon:
             try:
                 self._pool.submit(work, ex, call)
             except RuntimeError:  # the pool is shut down
-                ex.state = State.READING
+                ex.release()
                 raise Refused("shutting-down", "the daemon is shutting down") from None
             return
         except Refused as refused:
