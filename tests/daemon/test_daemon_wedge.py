@@ -477,3 +477,27 @@ def test_a_request_completed_after_stop_is_refused_not_run(tmp_path: Path, recor
     assert not thread.is_alive()
     assert kind == p.KIND_REFUSED and b"shutting down" in err
     assert recorder.max_parallel == 0  # nothing ran: the shim runs it in-process
+
+
+def test_stop_is_quick_with_many_silent_connections(tmp_path: Path, recorder: Recorder) -> None:
+    """Connections that sent nothing (polled, or still in the listen backlog) are refused at stop
+    without waiting on each of them."""
+    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), read_timeout=30.0))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            idle.append(s)
+            s.connect(d.config.socket_path)
+        time.sleep(0.3)
+        start = time.monotonic()
+        d.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive() and time.monotonic() - start < 2
+        idle[0].settimeout(2)
+        head = _recv(idle[0], p.HEADER_SIZE)
+        kind, _, _, err = p.decode_response(_recv(idle[0], p.parse_header(head, p.RESPONSE_MAGIC, 1 << 20)))
+        assert kind == p.KIND_REFUSED and b"shutting down" in err
+    finally:
+        for s in idle:
+            s.close()

@@ -342,12 +342,17 @@ class Daemon:
         self._finish(ex)
 
     def _refuse_now(self, conn: socket.socket, reason: str, message: str) -> None:
-        """A refusal without waiting (from the accept loop): the peer has sent nothing we would
-        leave unread, and the answer fits in the socket's buffer."""
+        """A refusal without waiting (from the accept loop, and at stop): what the peer sent is
+        read first, as far as it has arrived (closing a unix socket with unread data resets it,
+        and the peer would lose the refusal), and the answer fits in the socket's buffer."""
         self.metrics.refused(reason)
         self.log.warning("refused", reason=reason, msg=message)
         with contextlib.suppress(OSError):
             conn.setblocking(False)
+            for _ in range(16):
+                if not conn.recv(1 << 16):
+                    break
+        with contextlib.suppress(OSError):
             conn.send(p.encode_response(p.KIND_REFUSED, 1, b"", message.encode()))
         conn.close()
 
@@ -367,14 +372,14 @@ class Daemon:
             except (BlockingIOError, InterruptedError, OSError):
                 break
             drained += 1
-            self._refuse(conn, "shutting-down", "the daemon is shutting down")
+            self._refuse_now(conn, "shutting-down", "the daemon is shutting down")
         listener.close()
         with self._live_cond:
             live = list(self._live)
         for ex in live:  # nothing ran for these: the shims run them in-process
             if ex.claim(State.WAITING, State.DONE) or ex.claim(State.QUEUED, State.DONE):
                 ex.release()
-                self._refuse(ex.conn, "shutting-down", "the daemon is shutting down")
+                self._refuse_now(ex.conn, "shutting-down", "the daemon is shutting down")
                 self._finish(ex)
         finished = self._wait_idle(time.monotonic() + self.config.stop_timeout)
         for pool in (self._readers, self._pool):
