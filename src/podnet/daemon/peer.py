@@ -13,6 +13,10 @@ socket's ``SO_PEERPIDFD`` (Linux 6.5) is a pidfd for the process that connected:
 the very process still exists. While it does (even as a zombie) its pid cannot be given to another
 process, so what was read belongs to the caller. A kernel without ``SO_PEERPIDFD`` gets every call
 refused (the shims then run the plugin in-process, with the caller's own rights): never a guess.
+
+Capabilities are per thread and the pid is the process's (its main thread's status is read). A
+thread cannot hide behind that: it shares its memory with the main thread, so whatever the main
+thread may do, the whole process may.
 """
 
 from __future__ import annotations
