@@ -30,6 +30,7 @@ NOT_KERNEL = {
     "SET", "CREATE", "REPLACE",  # requests: flag combinations per kind of write
     "_RCVBUF", "_RECV_SIZE",  # dump: socket buffer sizes chosen by podnet
     "_POLL_MS",  # unregister: a poll interval
+    "HELPERS",  # unregister: how many long-lived threads wait for the kernel's reclamation
     "COMMENT_MAX",  # nftables: nft's comment length limit (userspace, libnftnl)
 }
 # Python name -> C expression, where the C name differs or the value is derived.
