@@ -183,9 +183,13 @@ def _wait(helper: _Job, watches: list[_Departures], whole: bool) -> None:
 
 
 def open_netns(path: str) -> NetnsHandle | None:
-    """The namespace at ``path`` if it can still be opened (None when it is gone or not given)."""
+    """The namespace at ``path`` if it can still be opened (None when it is gone or not given).
+    A handle (the daemon's caller sent its namespace as a descriptor) is duplicated, never looked
+    up again by path: the path is the caller's and may not exist in this mount namespace."""
     if not path:
         return None
+    if isinstance(path, NetnsHandle):
+        return path.dup()
     try:
         return NetnsHandle.open(path)
     except KernelError:
