@@ -4,6 +4,7 @@ worker while its first call hangs, and SIGTERM ends the daemon within its deadli
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -187,9 +188,14 @@ def test_slow_and_idle_clients_do_not_hold_the_workers(tmp_path: Path, recorder:
         _stop(d, thread)
 
 
-def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorder) -> None:
-    """The first DEL of pod c1 hangs; its retries are answered at once with code 11 and an
-    unrelated pod is served, with only two workers."""
+_HUNG_ENV = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
+             b"CNI_PATH=/nowhere"]
+
+
+@contextlib.contextmanager
+def _one_call_hangs(config: Config) -> Iterator[tuple[Daemon, bytes]]:
+    """A daemon serving ``config`` in which a DEL of pod c1 (network n1) is running and never
+    finishes on its own; yields the daemon and that DEL's frame. Everything ends afterwards."""
     release = threading.Event()
     entered = threading.Event()
 
@@ -199,15 +205,26 @@ def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorde
 
     registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
                                                  delete=hang)
-    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=2, read_timeout=2.0))
+    d, thread = _serve(config)
     conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
-    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
-           b"CNI_PATH=/nowhere"]
-    frame = p.encode_request(b"podnet-hang", json.dumps(conf).encode(), env)
+    frame = p.encode_request(b"podnet-hang", json.dumps(conf).encode(), _HUNG_ENV)
     first = threading.Thread(target=call_frame, args=(d, frame))
     try:
         first.start()
         assert entered.wait(10)
+        yield d, frame
+    finally:
+        release.set()
+        first.join(timeout=10)
+        _stop(d, thread)
+        registry._cache.pop("podnet-hang", None)
+
+
+def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorder) -> None:
+    """The first DEL of pod c1 hangs; its retries are answered at once with code 11 and an
+    unrelated pod is served, with only two workers."""
+    config = Config(socket_path=str(tmp_path / "d.sock"), workers=2, read_timeout=2.0)
+    with _one_call_hangs(config) as (d, frame):
         for _ in range(4):
             start = time.monotonic()
             kind, code, out, _ = call_frame(d, frame)
@@ -216,11 +233,6 @@ def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorde
         start = time.monotonic()
         assert call(d, "DEL", "n1", "other")[:2] == (p.KIND_RAN, 0)
         assert time.monotonic() - start < 1.0
-    finally:
-        release.set()
-        first.join(timeout=10)
-        _stop(d, thread)
-        registry._cache.pop("podnet-hang", None)
 
 
 DAEMON = """
@@ -269,34 +281,12 @@ def test_sigterm_ends_the_daemon_within_its_deadline_despite_a_hung_call(tmp_pat
 def test_a_call_no_worker_takes_in_time_is_refused(tmp_path: Path, recorder: Recorder) -> None:
     """Every worker is held by a call that does not finish: an unrelated pod's call is refused
     after the queue deadline (the shim then runs it in-process), not left waiting."""
-    release = threading.Event()
-    entered = threading.Event()
-
-    def hang(args: skel.CmdArgs) -> None:
-        entered.set()
-        release.wait(30)
-
-    registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
-                                                 delete=hang)
-    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.5))
-    conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
-    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
-           b"CNI_PATH=/nowhere"]
-    first = threading.Thread(target=call_frame,
-                             args=(d, p.encode_request(b"podnet-hang", json.dumps(conf).encode(), env)))
-    try:
-        first.start()
-        assert entered.wait(10)
+    config = Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.5)
+    with _one_call_hangs(config) as (d, _):
         start = time.monotonic()
         kind, _, _, err = call(d, "DEL", "n2", "other")
         assert kind == p.KIND_REFUSED and b"no worker was free" in err
         assert 0.4 < time.monotonic() - start < 2
-    finally:
-        release.set()
-        first.join(timeout=10)
-        _stop(d, thread)
-        registry._cache.pop("podnet-hang", None)
-
 
 def test_at_the_stop_deadline_running_delegates_are_killed(tmp_path: Path) -> None:
     """A delegated IPAM that hangs (under a long --delegate-timeout) does not outlive the daemon."""
