@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -193,9 +193,10 @@ _HUNG_ENV = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_I
 
 
 @contextlib.contextmanager
-def _one_call_hangs(config: Config) -> Iterator[tuple[Daemon, bytes]]:
-    """A daemon serving ``config`` in which a DEL of pod c1 (network n1) is running and never
-    finishes on its own; yields the daemon and that DEL's frame. Everything ends afterwards."""
+def _hung_call(config: Config) -> Iterator[tuple[Daemon, bytes, Callable[[], None]]]:
+    """A daemon serving ``config`` where a DEL of pod c1 (network n1) never finishes on its own;
+    yields the daemon, that DEL's frame, and a function that sends it and waits until it runs.
+    Everything ends afterwards."""
     release = threading.Event()
     entered = threading.Event()
 
@@ -209,15 +210,26 @@ def _one_call_hangs(config: Config) -> Iterator[tuple[Daemon, bytes]]:
     conf = {"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}
     frame = p.encode_request(b"podnet-hang", json.dumps(conf).encode(), _HUNG_ENV)
     first = threading.Thread(target=call_frame, args=(d, frame))
-    try:
+
+    def start() -> None:
         first.start()
         assert entered.wait(10)
-        yield d, frame
+
+    try:
+        yield d, frame, start
     finally:
         release.set()
-        first.join(timeout=10)
+        if first.is_alive():
+            first.join(timeout=10)
         _stop(d, thread)
         registry._cache.pop("podnet-hang", None)
+
+
+@contextlib.contextmanager
+def _one_call_hangs(config: Config) -> Iterator[tuple[Daemon, bytes]]:
+    with _hung_call(config) as (d, frame, start):
+        start()
+        yield d, frame
 
 
 def test_retries_of_a_hung_pod_take_no_workers(tmp_path: Path, recorder: Recorder) -> None:
@@ -354,29 +366,17 @@ def test_refused_calls_leave_no_namespace_fd_open(tmp_path: Path, recorder: Reco
                                                   netns: NetnsFactory) -> None:
     """Every fd a shim sends is closed whatever happens to its call (refused before or after it
     was queued): a stream of refused calls must not use up the daemon's file descriptors."""
-    release = threading.Event()
-    entered = threading.Event()
-
-    def hang(args: skel.CmdArgs) -> None:
-        entered.set()
-        release.wait(30)
-
-    registry._cache["podnet-hang"] = skel.Plugin(add=lambda args: Result(cni_version=args.cni_version),
-                                                 delete=hang)
-    d, thread = _serve(Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.2))
-    env = [b"CNI_COMMAND=DEL", b"CNI_CONTAINERID=c1", b"CNI_NETNS=/x", b"CNI_IFNAME=eth0",
-           b"CNI_PATH=/nowhere"]
+    env = _HUNG_ENV
     conf = json.dumps({"cniVersion": "1.1.0", "name": "n1", "type": "podnet-hang"}).encode()
-    first = threading.Thread(target=call_frame, args=(d, p.encode_request(b"podnet-hang", conf, env)))
     pod = netns("pod").path
-    try:
+    config = Config(socket_path=str(tmp_path / "d.sock"), workers=1, queue_timeout=0.2)
+    with _hung_call(config) as (d, _, start):
         before = _open_fds()
         for _ in range(10):  # refused before the fd became the plugin's namespace
             answer = _send_with_fd(d.config.socket_path, p.encode_request(b"podnet-nope", conf, env), pod)
             assert answer[0] == p.KIND_REFUSED
         assert _fds_settle(before) == before
-        first.start()
-        assert entered.wait(10)
+        start()
         for i in range(10):  # queued behind the hung call, then refused at the queue deadline
             other = [b"CNI_COMMAND=DEL", f"CNI_CONTAINERID=o{i}".encode(), f"CNI_NETNS={pod}".encode(),
                      b"CNI_IFNAME=eth0", b"CNI_PATH=/nowhere"]
@@ -385,11 +385,6 @@ def test_refused_calls_leave_no_namespace_fd_open(tmp_path: Path, recorder: Reco
             kind, _, _, err = _send_with_fd(d.config.socket_path, frame, pod)
             assert kind == p.KIND_REFUSED and b"no worker was free" in err
         assert _fds_settle(before + 2) - before <= 2, "more than the hung call's connection (both ends)"
-    finally:
-        release.set()
-        first.join(timeout=10)
-        _stop(d, thread)
-        registry._cache.pop("podnet-hang", None)
 
 
 def test_a_request_that_came_in_time_is_served_though_read_late(tmp_path: Path, recorder: Recorder) -> None:
