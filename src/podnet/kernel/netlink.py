@@ -34,6 +34,7 @@ from podnet.kernel.errors import Exists, InvalidArgument, LinkNotFound, NotFound
 from podnet.kernel.model import Address, Link, Neighbour, Route, Rule
 from podnet.kernel.netns import NetnsHandle, NetnsRef, opened
 from podnet.kernel.sysctl import read_sysctl, write_sysctl
+from podnet.kernel.sysfs import NET_ADDR_SET, NetSysfs
 
 T = TypeVar("T")
 _IFF_PROMISC = 0x100
@@ -233,6 +234,21 @@ class Netlink:
     def set_mac(self, link: LinkRef, mac: str) -> None:
         self._set(link, mac=mac)
 
+    def pin_mac(self, link: Link) -> None:
+        """Make the link keep the MAC it has now (the kernel's NET_ADDR_SET): a bridge then no
+        longer takes the lowest MAC of its ports as they come and go. Done only when it is not
+        pinned yet: setting a MAC, even the same one, makes the kernel flush the link's
+        neighbour table. A link with no MAC yet (00:00:00:00:00:00) is left alone."""
+        try:
+            with NetSysfs(self.netns) as sysfs:
+                if sysfs.addr_assign_type(link.name) == NET_ADDR_SET:
+                    return
+        except OSError:
+            pass  # no private sysfs here (mount API refused): pin it anyway
+        mac = self.link(link.index).mac
+        if mac and mac != _ZERO_MAC:
+            self.set_mac(link, mac)
+
     def set_master(self, link: LinkRef, master: LinkRef | None) -> None:
         """Enslave to a bridge (``None``: release; IFLA_MASTER 0 means no master)."""
         self._set(link, master=0 if master is None else self.index(master))
@@ -359,6 +375,9 @@ class Netlink:
 
     def set_sysctl(self, key: str, value: str | int) -> None:
         write_sysctl(key, value, self.netns)
+
+
+_ZERO_MAC = "00:00:00:00:00:00"
 
 
 def _name(link: LinkRef) -> str:

@@ -14,7 +14,7 @@ import ctypes
 import errno
 import os
 
-from podnet.kernel.netns import run_in_netns
+from podnet.kernel.netns import NetnsRef, run_in_netns
 
 # The mount API's system call numbers are the same on every architecture (asm-generic, 5.2+).
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
@@ -47,7 +47,7 @@ def _new_sysfs() -> int:
 class NetSysfs:
     """A private view of ``/sys/class/net`` of one namespace (None: the caller's thread's)."""
 
-    def __init__(self, netns: str | None) -> None:
+    def __init__(self, netns: NetnsRef | None) -> None:
         self._fd = run_in_netns(netns, _new_sysfs) if netns is not None else _new_sysfs()
 
     def close(self) -> None:

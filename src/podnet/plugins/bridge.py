@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,10 @@ def setup_host_veth(host: Netlink, conf: BridgeConf, port: Link, bridge: Link) -
             host.bridge_vlan_del(port, 1, missing_ok=True)
         # Access port: frames enter untagged and are tagged with the pvid on the bridge.
         host.bridge_vlan_add(port, conf.vlan, pvid=True, untagged=True)
+    # A bridge port needs no IPv6 of its own: its link-local address would start DAD, MLD
+    # reports and router solicitations that the bridge floods to every other pod.
+    with contextlib.suppress(CNIError):
+        host.set_sysctl(f"net/ipv6/conf/{port.name}/disable_ipv6", 1)
     host.set_up(port)
 
 
@@ -199,7 +204,10 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
     forceAddress is replaced, as in the reference plugin.
     """
     wanted = _gateway_addresses(ips)
-    have_all = host.addresses(bridge)
+    # Only the gateways' families can conflict; a dump of one family does not wait on the lock
+    # that the kernel holds while it wires the new port (one of all families does).
+    have_all = [a for v in sorted({w.version for w in wanted})
+                for a in host.addresses(bridge, socket.AF_INET if v == 4 else socket.AF_INET6)]
     for have in have_all:
         addr = have.interface
         conflict = addr not in wanted and any(addr.version == w.version and (
@@ -215,11 +223,9 @@ def setup_gateway(host: Netlink, conf: BridgeConf, bridge: Link, ips: Sequence[I
         if gw not in present:
             # No DAD for the gateway either: pods would not reach a tentative IPv6 gateway.
             host.add_address(bridge, gw, nodad=gw.version == 6, exist_ok=True)
-    mac = host.link(bridge.index).mac or _ZERO_MAC
-    if mac != _ZERO_MAC:
-        # Setting the bridge's MAC to itself pins it (NET_ADDR_SET) on a bridge this plugin did
-        # not create: it then no longer follows the lowest port MAC as pods come and go.
-        host.set_mac(bridge, mac)
+    # A bridge this plugin did not create may still follow the lowest port MAC as pods come and
+    # go (breaking the pods' ARP caches for the gateway): pin the one it has.
+    host.pin_mac(bridge)
     attachment.enable_forwarding(host, (w.version for w in wanted))
 
 
