@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ from podnet.kernel.errors import Exists, InvalidArgument, LinkNotFound, NotFound
 from podnet.kernel.model import Address, Link, Neighbour, Route, Rule
 from podnet.kernel.netns import NetnsHandle, NetnsRef, opened
 from podnet.kernel.sysctl import read_sysctl, write_sysctl
-from podnet.kernel.sysfs import NET_ADDR_SET, NetSysfs
+from podnet.kernel.sysfs import NET_ADDR_SET, mounted_addr_assign_type
 
 T = TypeVar("T")
 _IFF_PROMISC = 0x100
@@ -236,18 +237,24 @@ class Netlink:
 
     def pin_mac(self, link: Link) -> None:
         """Make the link keep the MAC it has now (the kernel's NET_ADDR_SET): a bridge then no
-        longer takes the lowest MAC of its ports as they come and go. Done only when it is not
-        pinned yet: setting a MAC, even the same one, makes the kernel flush the link's
-        neighbour table. A link with no MAC yet (00:00:00:00:00:00) is left alone."""
-        try:
-            with NetSysfs(self.netns) as sysfs:
-                if sysfs.addr_assign_type(link.name) == NET_ADDR_SET:
-                    return
-        except OSError:
-            pass  # no private sysfs here (mount API refused): pin it anyway
-        mac = self.link(link.index).mac
-        if mac and mac != _ZERO_MAC:
-            self.set_mac(link, mac)
+        longer takes the lowest MAC of its ports as they come and go. Setting a MAC, even the
+        same one, makes the kernel flush the link's neighbour table, so a link this process has
+        pinned already is left alone: the process's own /sys says so when it shows this link
+        (rtnetlink does not carry NET_ADDR_SET, and a private sysfs mount per call costs more
+        than it saves), else this process remembers pinning it (same namespace, index and MAC).
+        A link with no MAC yet (00:00:00:00:00:00) is left alone."""
+        current = self.link(link.index)
+        mac = current.mac
+        if not mac or mac == _ZERO_MAC:
+            return
+        key = (self.netns.identity(), link.index, mac)
+        if key in _pinned or mounted_addr_assign_type(current.name, link.index, mac) == NET_ADDR_SET:
+            return
+        self.set_mac(link, mac)
+        with _pinned_lock:
+            if len(_pinned) >= _PINNED_MAX:
+                _pinned.clear()  # only ever costs one more (harmless) pin per link
+            _pinned.add(key)
 
     def set_master(self, link: LinkRef, master: LinkRef | None) -> None:
         """Enslave to a bridge (``None``: release; IFLA_MASTER 0 means no master)."""
@@ -378,6 +385,10 @@ class Netlink:
 
 
 _ZERO_MAC = "00:00:00:00:00:00"
+# Links this process pinned (see Netlink.pin_mac): (namespace identity, ifindex, MAC).
+_pinned: set[tuple[tuple[int, int], int, str]] = set()
+_pinned_lock = threading.Lock()
+_PINNED_MAX = 4096
 
 
 def _name(link: LinkRef) -> str:

@@ -14,7 +14,7 @@ import ctypes
 import errno
 import os
 
-from podnet.kernel.netns import NetnsRef, run_in_netns
+from podnet.kernel.netns import run_in_netns
 
 # The mount API's system call numbers are the same on every architecture (asm-generic, 5.2+).
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
@@ -47,7 +47,7 @@ def _new_sysfs() -> int:
 class NetSysfs:
     """A private view of ``/sys/class/net`` of one namespace (None: the caller's thread's)."""
 
-    def __init__(self, netns: NetnsRef | None) -> None:
+    def __init__(self, netns: str | None) -> None:
         self._fd = run_in_netns(netns, _new_sysfs) if netns is not None else _new_sysfs()
 
     def close(self) -> None:
@@ -77,3 +77,23 @@ class NetSysfs:
             return None
         finally:
             os.close(fd)
+
+
+def _read_attr(ifname: str, attr: str) -> str | None:
+    try:
+        with open(f"/sys/class/net/{ifname}/{attr}", encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def mounted_addr_assign_type(ifname: str, index: int, mac: str) -> int | None:
+    """The link's NET_ADDR_* value as the process's own ``/sys`` shows it, without a new mount;
+    None unless that ``/sys`` shows this very link (same name, index and MAC), as it does when it
+    was mounted from the link's namespace."""
+    if "/" in ifname or ifname in ("", ".", ".."):
+        return None
+    if _read_attr(ifname, "ifindex") != str(index) or _read_attr(ifname, "address") != mac.lower():
+        return None
+    value = _read_attr(ifname, "addr_assign_type")
+    return int(value) if value is not None and value.isdigit() else None
