@@ -22,7 +22,7 @@ from podnet.kernel import dump, model, netlink, nftables, requests, unregister, 
 MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables)
 HEADERS = [
     "sys/socket.h", "linux/netlink.h", "linux/rtnetlink.h", "linux/if.h", "linux/if_link.h",
-    "linux/if_addr.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h", "linux/veth.h",
+    "linux/if_addr.h", "linux/netdevice.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h", "linux/veth.h",
     "linux/netfilter.h", "linux/netfilter/nfnetlink.h", "linux/netfilter/nf_tables.h",
 ]
 # Module constants that are podnet's own choices or combinations, not kernel values.
@@ -30,6 +30,7 @@ NOT_KERNEL = {
     "SET", "CREATE", "REPLACE",  # requests: flag combinations per kind of write
     "_RCVBUF", "_RECV_SIZE",  # dump: socket buffer sizes chosen by podnet
     "_POLL_MS",  # unregister: a poll interval
+    "_PINNED_MAX",  # netlink: how many pinned links a process remembers
     "HELPERS",  # unregister: how many long-lived threads wait for the kernel's reclamation
     "COMMENT_MAX",  # nftables: nft's comment length limit (userspace, libnftnl)
 }
