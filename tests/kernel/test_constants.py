@@ -22,7 +22,8 @@ from podnet.kernel import dump, model, netlink, nftables, requests, unregister, 
 MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables)
 HEADERS = [
     "sys/socket.h", "linux/netlink.h", "linux/rtnetlink.h", "linux/if.h", "linux/if_link.h",
-    "linux/if_addr.h", "linux/netdevice.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h", "linux/veth.h",
+    "linux/if_addr.h", "linux/netdevice.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h",
+    "linux/veth.h",
     "linux/netfilter.h", "linux/netfilter/nfnetlink.h", "linux/netfilter/nf_tables.h",
 ]
 # Module constants that are podnet's own choices or combinations, not kernel values.
