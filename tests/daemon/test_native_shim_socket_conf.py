@@ -50,7 +50,10 @@ def test_del_with_a_bare_environment_reaches_the_daemon_on_the_configs_socket(
         add = node.run([str(bin_dir / "podnet-bridge")], input=json.dumps(conf), env=env, check=False)
         assert add.returncode == 0, add.stdout + add.stderr
         # DEL as podman's cleanup process calls it: nothing in the environment but the CNI variables.
-        bare = {**ids, "CNI_COMMAND": "DEL", "CNI_NETNS": pod.path, "PODNET_SHIM": shim}
+        # PODNET_LOCK_DIR is a test knob (no runtime sets it): kept so the locks stay in this test's
+        # temporary directory, never the machine's /run/podnet.
+        bare = {**ids, "CNI_COMMAND": "DEL", "CNI_NETNS": pod.path, "PODNET_SHIM": shim,
+                "PODNET_LOCK_DIR": os.environ["PODNET_LOCK_DIR"]}
         delete = node.run([str(bin_dir / "podnet-bridge")], input=json.dumps(conf), env=bare, check=False)
         assert delete.returncode == 0, delete.stdout + delete.stderr
         assert [r["exit"] for r in served(daemon, "ADD")] == [0]
