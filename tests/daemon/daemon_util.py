@@ -135,3 +135,10 @@ def ping_all(pods: list[tuple[Netns, list[str]]], attempts: int = 5) -> list[str
             return []
         pods = retry
     return failures
+
+
+def native_bin_dir(where: Path) -> Path:
+    """``where``, a CNI bin dir written by ``podnet install`` (the native shim and its links)."""
+    argv = [sys.executable, "-m", "podnet.cli.main", "install", "--bin-dir", str(where), "--no-conflist"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    return where

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import bridge_conf, host_veths
+from daemon_util import bridge_conf, host_veths, native_bin_dir
 
 from cnienv import NodeDaemon
 from nsutil import Netns, NetnsFactory
@@ -23,10 +21,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("cni") / "bin"
-    argv = [sys.executable, "-m", "podnet.cli.main", "install", "--bin-dir", str(where), "--no-conflist"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    return where
+    return native_bin_dir(tmp_path_factory.mktemp("cni") / "bin")
 
 
 def served(daemon: NodeDaemon, command: str) -> list[dict[str, Any]]:

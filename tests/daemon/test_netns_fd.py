@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_util import bridge_conf, host_veths
+from daemon_util import bridge_conf, host_veths, native_bin_dir
 
 from cnienv import NodeDaemon
 from nsutil import Netns, NetnsFactory
@@ -32,10 +32,7 @@ PRIVATE = ('mount -t tmpfs podnet-test "$1" && touch "$1/ns" && mount --bind "$2
 
 @pytest.fixture(scope="module")
 def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("cni") / "bin"
-    argv = [sys.executable, "-m", "podnet.cli.main", "install", "--bin-dir", str(where), "--no-conflist"]
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
-    return where
+    return native_bin_dir(tmp_path_factory.mktemp("cni") / "bin")
 
 
 @pytest.fixture
