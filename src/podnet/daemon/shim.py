@@ -206,7 +206,8 @@ def _send(sock: _socket.socket, frame: bytes, netns_fd: int | None) -> None:
         return
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, netns_fd.to_bytes(4, sys.byteorder))]
     sent = sock.sendmsg([frame], rights)
-    sock.sendall(frame[sent:])
+    if sent < len(frame):  # never an empty send: the daemon may have answered and closed already
+        sock.sendall(frame[sent:])
 
 
 def ask_daemon(path: bytes, frame: bytes, timeout: float,
