@@ -102,6 +102,19 @@ class NodeDaemon:
         """The daemon's JSON log lines (a line that is not JSON fails the test: logs are structured)."""
         return [json.loads(line) for line in self.log_text().splitlines() if line.strip()]
 
+    def requests(self, command: str | None = None, expect: int = 1,
+                 timeout: float = 10) -> list[dict[str, Any]]:
+        """The daemon's "request" records (of one command), once ``expect`` of them are there or
+        ``timeout`` passed: the daemon answers first and logs after, so the caller can be back
+        before the line is written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            served = [r for r in self.records()
+                      if r.get("event") == "request" and command in (None, r.get("command"))]
+            if len(served) >= expect or time.monotonic() > deadline:
+                return served
+            time.sleep(0.005)
+
 
 @dataclass
 class CniEnv:

@@ -77,12 +77,8 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> Call:
 
 
 def wait_for_requests(daemon: NodeDaemon, command: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = [r for r in daemon.records() if r.get("event") == "request" and r.get("command") == command]
-        if len(done) >= count:
-            return
-        time.sleep(0.002)
+    if len(daemon.requests(command, count, timeout)) >= count:
+        return
     raise AssertionError(f"the daemon did not serve {count} {command} calls in {timeout} s")
 
 

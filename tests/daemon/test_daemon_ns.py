@@ -112,7 +112,7 @@ def test_sigkill_mid_burst_then_gc_leaves_nothing(node: Netns, netns: NetnsFacto
         env = plugin_env(daemon.socket, shims, "DEL", f"b{i}", pods[i].path)
         assert run_plugin(node, shims / "podnet-bridge", env, conf).returncode == 0
     assert host_veths(node) == [] and ipam_files(tmp_path / "ipam", "burst") == ([], [])
-    assert any(r["event"] == "request" and r["command"] == "GC" for r in daemon.records())
+    assert daemon.requests("GC")
 
 
 def test_sigterm_mid_burst_loses_nothing(node: Netns, netns: NetnsFactory, tmp_path: Path, shims: Path,
@@ -214,7 +214,7 @@ def test_bad_requests_next_to_good_ones(node: Netns, netns: NetnsFactory, tmp_pa
     assert "over the limit" in answers[1] and "not KEY=VALUE" in answers[2] and "over the limit" in answers[3]
     calls = [finish(proc) for proc in procs]
     assert [c.returncode for c in calls] == [0] * BURST
-    served = [r for r in daemon.records() if r["event"] == "request"]
+    served = daemon.requests(expect=BURST)
     assert len(served) == BURST  # every good one went through the daemon
     _assert_only(node, tmp_path, pods, {i: c.json() for i, c in enumerate(calls)})
 
@@ -257,10 +257,11 @@ def test_same_results_with_and_without_the_daemon_and_metrics(node: Netns, netns
         env.cni("check", "mnet", pod)
         assert ping_all([(pod, [GATEWAY])]) == []
         if up:
+            assert env.node_daemon is not None
+            env.node_daemon.requests("CHECK")  # logged after it was counted
             metrics = _metrics(node, 9617)
         env.cni("del", "mnet", pod)
-    served = [(r["command"]) for r in env.node_daemon.records() if r["event"] == "request"] \
-        if env.node_daemon else []
+    served = [r["command"] for r in env.node_daemon.requests(expect=3)] if env.node_daemon else []
     assert served == ["ADD", "CHECK", "DEL"]
     shape = [{k: sorted(v) if isinstance(v, dict) else len(v) for k, v in r.items() if k != "cniVersion"}
              for r in results]
@@ -284,6 +285,6 @@ def test_console_script_shims_work_too(node: Netns, netns: NetnsFactory, tmp_pat
         env = plugin_env(sock, VENV_BIN, "ADD", "c", pod.path, ifname="lo")
         call: Call = run_plugin(node, plugin, env, conf)
         assert call.returncode == 0 and call.json()["interfaces"][0]["name"] == "lo"
-    assert len([r for r in daemon.records() if r["event"] == "request"]) == 1
+    assert len(daemon.requests()) == 1
     assert json.loads(node.run([str(plugin)], env={**os.environ, "CNI_COMMAND": "VERSION"}).stdout)[
         "supportedVersions"]

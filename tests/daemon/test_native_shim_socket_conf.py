@@ -25,7 +25,7 @@ def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def served(daemon: NodeDaemon, command: str) -> list[dict[str, Any]]:
-    return [r for r in daemon.records() if r.get("event") == "request" and r.get("command") == command]
+    return daemon.requests(command)
 
 
 @pytest.mark.parametrize("shim", ["native", "python"])
