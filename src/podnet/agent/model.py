@@ -1,0 +1,165 @@
+"""The agent's picture of the cluster: the Kubernetes objects it acts on, reduced to what podnet uses.
+
+Both sources (the manifest directory and the API informer) turn what they read into these values
+(``agent.objects`` parses and validates), so the compilers never see raw API dicts. Values are
+frozen: a change is a new value replacing the old one in the :class:`~podnet.agent.store.Store`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+Labels = Mapping[str, str]
+
+
+class Operator(enum.Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``matchExpressions`` entry (values are empty for Exists / DoesNotExist)."""
+
+    key: str
+    operator: Operator
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Labels) -> bool:
+        if self.operator is Operator.EXISTS:
+            return self.key in labels
+        if self.operator is Operator.DOES_NOT_EXIST:
+            return self.key not in labels
+        inside = self.key in labels and labels[self.key] in self.values
+        return inside if self.operator is Operator.IN else not inside
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A metav1.LabelSelector: every matchLabels pair and every requirement (AND). The empty
+    selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    requirements: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Labels) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels)
+                and all(r.matches(labels) for r in self.requirements))
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.match_labels and not self.requirements
+
+
+EVERYTHING = LabelSelector()
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Protocol(enum.Enum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    """A named container port (only named ones matter to policy: ports by number need no pod)."""
+
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ips: tuple[IPAddress, ...] = ()
+    node_name: str = ""
+    host_network: bool = False
+    ports: tuple[ContainerPort, ...] = ()
+    # Succeeded/Failed pods keep their object but no longer own their IPs.
+    terminal: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def named_port(self, name: str, protocol: Protocol) -> int | None:
+        return next((p.port for p in self.ports if p.name == name and p.protocol is protocol), None)
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    except_: tuple[IPNetwork, ...] = ()
+
+    def contains(self, ip: IPAddress) -> bool:
+        return (ip.version == self.cidr.version and ip in self.cidr
+                and not any(ip.version == e.version and ip in e for e in self.except_))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One ``from``/``to`` entry: pods by selector (in the policy's namespace, or in the namespaces
+    ``namespace_selector`` picks; both set = AND), or an ipBlock."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    """``port`` is a number, a name (resolved per destination pod) or None (every port); ``end_port``
+    makes a range with a numeric port."""
+
+    protocol: Protocol = Protocol.TCP
+    port: int | str | None = None
+    end_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An ingress or egress rule: ``peers`` empty = every peer; ``ports`` empty = every port."""
+
+    peers: tuple[Peer, ...] = ()
+    ports: tuple[PolicyPort, ...] = ()
+
+
+class Direction(enum.Enum):
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A networking.k8s.io/v1 NetworkPolicy with ``policyTypes`` already defaulted. ``error`` set
+    means it could not be understood: the pods it selects (every pod of its namespace when even the
+    selector is unreadable) are isolated in both directions with nothing allowed — fail closed."""
+
+    namespace: str
+    name: str
+    pod_selector: LabelSelector = EVERYTHING
+    directions: frozenset[Direction] = frozenset({Direction.INGRESS})
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
