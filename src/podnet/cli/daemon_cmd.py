@@ -26,22 +26,32 @@ def register(sub: Any) -> None:
     p = sub.add_parser("daemon", help="run the node daemon that serves the plugin shims", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"unix socket path (default {DEFAULT_SOCKET})")
-    p.add_argument("--workers", type=int, default=default_workers(),
+    p.add_argument("--workers", type=count, default=default_workers(),
                    help=f"requests served at once (default {default_workers()}: twice the CPUs, 4 to 8)")
     p.add_argument("--metrics-addr", metavar="HOST:PORT",
                    help="serve Prometheus metrics here, e.g. 127.0.0.1:9617 (default: off)")
     p.add_argument("--log-file", help="append JSON log lines here instead of stderr")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    p.add_argument("--read-timeout", type=float, default=5.0,
-                   help="seconds a client has to send its request (default 5)")
+    p.add_argument("--read-timeout", type=seconds, default=5.0,
+                   help="seconds a client has to send its whole request (default 5)")
+    p.add_argument("--queue-timeout", type=seconds, default=3.0,
+                   help="seconds a received request may wait for a free worker; then it is refused and "
+                        "the shim runs it in-process (default 3)")
+    p.add_argument("--exchange-timeout", type=seconds, default=60.0,
+                   help="seconds for a whole exchange: read, locks, work and answer (default 60)")
+    p.add_argument("--readers", type=count, default=16,
+                   help="threads receiving requests, apart from the workers (default 16)")
+    p.add_argument("--max-waiting", type=count, default=256,
+                   help="connections that have sent nothing yet kept at once; past it the one silent "
+                        "longest is refused (default 256)")
     p.add_argument("--plugin-dir", action="append", metavar="DIR", dest="plugin_dirs",
                    help="a directory a delegated plugin (an ipam type podnet does not implement) may be "
                         "run from; repeat for more (default /opt/cni/bin and /usr/lib/cni). A call whose "
                         "CNI_PATH would find it elsewhere is refused and runs in the shim instead")
-    p.add_argument("--delegate-timeout", type=float, default=60.0,
+    p.add_argument("--delegate-timeout", type=seconds, default=60.0,
                    help="seconds a delegated plugin may run before it is killed with its process group "
                         "(default 60)")
-    p.add_argument("--stop-timeout", type=float, default=10.0,
+    p.add_argument("--stop-timeout", type=seconds, default=10.0,
                    help="on SIGTERM, seconds calls in flight may run on before it exits (default 10)")
     p.add_argument("--profile", metavar="FILE",
                    help="profile every request (cProfile) and write the pstats to FILE at exit")
@@ -50,9 +60,26 @@ def register(sub: Any) -> None:
 
 def default_workers() -> int:
     """Plugin work holds the GIL most of the time it is not waiting for the kernel: threads beyond
-    a couple per CPU only add GIL hand-overs (a burst of 30 ADDs on 2 CPUs: 8 workers 230 ms,
-    4 workers 212 ms, and 12% less daemon CPU)."""
+    a couple per CPU only add GIL hand-overs (measured with bench/bench_cni.py bursts)."""
     return min(8, max(4, 2 * (os.cpu_count() or 1)))
+
+
+def seconds(text: str) -> float:
+    """A duration option: a finite number of seconds above zero and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds above 0 and at most 86400")
+    return value
+
+
+def count(text: str) -> int:
+    """A count option: a whole number from 1 to 4096."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 4096")
+    return int(text)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -70,9 +97,6 @@ def run(ns: argparse.Namespace) -> int:
     stream = open(ns.log_file, "a", encoding="utf-8") if ns.log_file else sys.stderr  # noqa: SIM115
     log = JsonLog(stream, ns.log_level)
     route_stdlib_logging(log)
-    if ns.workers < 1:
-        log.error("bad-option", msg="--workers must be at least 1")
-        return 2
     metrics: Metrics = NoMetrics()
     try:
         if ns.metrics_addr:
@@ -82,8 +106,9 @@ def run(ns: argparse.Namespace) -> int:
             log.info("metrics", addr=f"{host}:{port}")
             metrics = prom
         config = Config(socket_path=ns.socket, workers=ns.workers, read_timeout=ns.read_timeout,
-                        profile_path=ns.profile, delegate_timeout=ns.delegate_timeout,
-                        stop_timeout=ns.stop_timeout)
+                        queue_timeout=ns.queue_timeout, exchange_timeout=ns.exchange_timeout,
+                        readers=ns.readers, max_waiting=ns.max_waiting, profile_path=ns.profile,
+                        delegate_timeout=ns.delegate_timeout, stop_timeout=ns.stop_timeout)
         if ns.plugin_dirs:
             config.plugin_dirs = tuple(ns.plugin_dirs)
         daemon = Daemon(config, log=log, metrics=metrics)
