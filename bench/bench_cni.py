@@ -14,9 +14,10 @@ not in the numbers. podnet's plugins are the shims ``podnet install`` writes.
 * where the time goes: the daemon's own time per call (from its log), the shim's floor, and a
   cProfile summary of a warm in-process ADD and DEL.
 
-Targets (reported, not asserted): ADD p50 <= 1.0x Go, DEL p50 <= 0.5x Go, burst wall <= 0.7x Go,
-daemon RSS <= 80 MB at 250 pods. Raw numbers go to bench/out/bench_cni.json (and a PNG of the
-latency distributions when matplotlib is installed).
+Targets (reported, not asserted): ADD p50 <= 0.6x Go, DEL p50 <= 0.5x Go, burst wall <= 0.7x Go,
+daemon RSS <= 80 MB at 250 pods, ADD p50 with 250 pods on the bridge (once their start-up traffic
+has settled) <= 1.2x the ADD p50 measured on the near-empty node. Raw numbers go to
+bench/out/bench_cni.json (and a PNG of the latency distributions when matplotlib is installed).
 
     python -m bench.bench_cni [--rounds N] [--pods-per-round N] [--burst N] [--burst-rounds N]
                               [--memory-pods N]
@@ -50,7 +51,12 @@ OUT = HERE / "out"
 GO_DIR = Path("/usr/lib/cni")
 VARIANTS = ("go", "daemon", "inprocess")
 LABEL = {"go": "Go bridge", "daemon": "podnet+daemon", "inprocess": "podnet, no daemon"}
-TARGETS = {"add_p50": 1.0, "del_p50": 0.5, "burst_wall": 0.7, "rss_mb": 80.0}
+TARGETS = {"add_p50": 0.6, "del_p50": 0.5, "burst_wall": 0.7, "rss_mb": 80.0, "at_scale": 1.2}
+# A node is "settled" once its bridge carries fewer packets than this per second: right after 250
+# pods come up, their IPv6 link-local start-up (DAD, router solicitations, MLD reports) is flooded to
+# every port for a while, and that is start-up noise, not the cost of one more ADD.
+SETTLED_PPS = 50
+SETTLE_MAX_S = 90.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -189,6 +195,26 @@ class Bench:
         dels = self.drive(mode, [self.call(variant, "DEL", f"{prefix}{i}", p) for i, p in enumerate(pods)])
         return adds, dels
 
+    def one_at_a_time(self, prefix: str, pods: list[str]) -> list[float]:
+        """ADD then DEL a second interface in each of ``pods``, one call at a time: the ADD times."""
+        names = [(f"{prefix}{i}", p) for i, p in enumerate(pods)]
+        seq = self.drive("seq", [self.call("daemon", "ADD", cid, p, "eth1") for cid, p in names])
+        self.drive("seq", [self.call("daemon", "DEL", cid, p, "eth1") for cid, p in names])
+        return [x["t"] for x in seq["results"]]
+
+    def settle(self, bridge: str) -> float:
+        """Wait until the bridge carries fewer than SETTLED_PPS packets a second; the seconds waited."""
+        counter = f"/sys/class/net/{bridge}/statistics/rx_packets"
+        start = last_t = time.monotonic()
+        last = int(ip("netns", "exec", self.node, "cat", counter).stdout)
+        while time.monotonic() - start < SETTLE_MAX_S:
+            time.sleep(1.0)
+            now_t, now = time.monotonic(), int(ip("netns", "exec", self.node, "cat", counter).stdout)
+            if (now - last) / (now_t - last_t) < SETTLED_PPS:
+                break
+            last, last_t = now, now_t
+        return time.monotonic() - start
+
     def leftovers(self) -> int:
         out = ip("-n", self.node, "-j", "link", "show", "type", "veth").stdout
         return len(json.loads(out or "[]"))
@@ -260,14 +286,17 @@ def memory(b: Bench, count: int) -> dict[str, Any]:
         out = b.drive("burst", [b.call("daemon", "ADD", f"m{start + i}", p) for i, p in enumerate(batch)])
         add_times += [x["t"] for x in out["results"]]
     wired = b.daemon_rss_mb()
-    # One more pod at a time with everything wired: does ADD slow down with a full bridge?
-    seq = b.drive("seq", [b.call("daemon", "ADD", f"x{i}", p, "eth1") for i, p in enumerate(pods[:10])])
-    b.drive("seq", [b.call("daemon", "DEL", f"x{i}", p, "eth1") for i, p in enumerate(pods[:10])])
+    # One more pod at a time with everything wired: does ADD slow down with a full bridge? Once at
+    # once (the pods' start-up traffic still flooding the bridge), once after it settled.
+    unsettled = b.one_at_a_time("u", pods[:10])
+    settle_s = b.settle(b.conf("daemon")["bridge"])
+    settled = b.one_at_a_time("x", pods[:10])
     for start in range(0, count, 25):
         batch = pods[start:start + 25]
         b.drive("burst", [b.call("daemon", "DEL", f"m{start + i}", p) for i, p in enumerate(batch)])
     return {"pods": count, "rss_before_mb": before[0], "rss_wired_mb": wired[0], "peak_mb": wired[1],
-            "add_p50_at_scale": percentile([x["t"] for x in seq["results"]], 50), "adds": add_times}
+            "add_p50_at_scale": percentile(settled, 50), "add_p50_unsettled": percentile(unsettled, 50),
+            "settle_s": settle_s, "adds": add_times, "at_scale_adds": settled}
 
 
 def profile(b: Bench) -> str:
@@ -335,15 +364,18 @@ def report(summary: dict[str, dict[str, float]], mem: dict[str, Any], raw: dict[
     print(f"where its DEL p50 goes: {dm['del_p50'] * 1e3:.2f} ms = {del_side * 1e3:.2f} ms in the daemon + "
           f"{(dm['del_p50'] - del_side) * 1e3:.2f} ms shim and transport")
     print(f"daemon RSS: {mem['rss_before_mb']:.1f} MB idle, {mem['rss_wired_mb']:.1f} MB with "
-          f"{mem['pods']} pods wired (peak {mem['peak_mb']:.1f} MB); ADD p50 with {mem['pods']} pods on the "
-          f"bridge: {mem['add_p50_at_scale'] * 1e3:.2f} ms")
+          f"{mem['pods']} pods wired (peak {mem['peak_mb']:.1f} MB)")
+    print(f"ADD p50 with {mem['pods']} pods on the bridge: {mem['add_p50_unsettled'] * 1e3:.2f} ms "
+          f"right after wiring them, {mem['add_p50_at_scale'] * 1e3:.2f} ms once the bridge settled "
+          f"({mem['settle_s']:.0f} s); near-empty node: {dm['add_p50'] * 1e3:.2f} ms")
     checks = [("ADD p50", dm["add_p50"] / go["add_p50"], TARGETS["add_p50"]),
               ("DEL p50", dm["del_p50"] / go["del_p50"], TARGETS["del_p50"]),
               (f"burst{burst} ADD wall", dm["burst_add_wall"] / go["burst_add_wall"], TARGETS["burst_wall"]),
               (f"burst{burst} DEL wall", dm["burst_del_wall"] / go["burst_del_wall"], TARGETS["burst_wall"]),
-              ("daemon RSS (MB)", mem["rss_wired_mb"], TARGETS["rss_mb"])]
+              ("daemon RSS (MB)", mem["rss_wired_mb"], TARGETS["rss_mb"]),
+              (f"ADD p50, {mem['pods']} pods", mem["add_p50_at_scale"] / dm["add_p50"], TARGETS["at_scale"])]
     missed = []
-    print("\ntargets (podnet+daemon / Go):")
+    print("\ntargets (podnet+daemon / Go; the pods row: / podnet on the near-empty node):")
     for name, value, target in checks:
         ok = value <= target
         unit = "" if "MB" in name else "x"
