@@ -98,7 +98,8 @@ def test_pod_ip_fallback_terminal_host_network_default_namespace() -> None:
 @pytest.mark.parametrize(("fields", "field"), [
     ({"status": {"podIP": "10.0.0.300"}}, "status.podIP"),
     ({"status": {"podIPs": [{"ip": 5}]}}, "status.podIPs[0].ip"),
-    ({"spec": {"containers": [{"ports": [{"containerPort": 0}]}]}}, "spec.containers[0].ports[0].containerPort"),
+    ({"spec": {"containers": [{"ports": [{"containerPort": 0}]}]}},
+     "spec.containers[0].ports[0].containerPort"),
     ({"spec": {"containers": [{"ports": [{"containerPort": True}]}]}}, "containerPort"),
     ({"spec": {"containers": [{"ports": [{"containerPort": 80, "protocol": "tcp"}]}]}}, "protocol"),
     ({"spec": {"containers": [{"ports": [{"containerPort": 80, "name": "Web"}]}]}}, "ports[0].name"),
@@ -209,7 +210,7 @@ def test_invalid_policy_fails_closed_with_the_field_named(spec: dict[str, Any], 
 def test_policy_without_spec_or_metadata() -> None:
     got = parse_object(policy(None))
     assert isinstance(got, NetworkPolicy) and got.error and got.pod_selector == EVERYTHING
-    with pytest.raises(ObjectError, match="NetworkPolicy.*metadata.name"):
+    with pytest.raises(ObjectError, match=r"NetworkPolicy.*metadata\.name"):
         parse_object({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {}})
     assert parse_object(policy({}, namespace=None)).key == ("default", "p")
 
