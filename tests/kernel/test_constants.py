@@ -17,7 +17,8 @@ from types import ModuleType
 
 import pytest
 
-from podnet.kernel import dump, model, netlink, nftables, requests, unregister, wire
+from podnet.kernel import dump, model, netlink, requests, unregister, wire
+from podnet.kernel.nft import netlink as nftables
 
 MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables)
 HEADERS = [

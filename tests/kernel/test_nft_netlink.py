@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nsutil import Netns
-from podnet.kernel.nftables import FakeNft, Masquerade, NftExec, Transaction, table_exists
+from podnet.dataplane.plugin_elements import Masquerade
+from podnet.kernel.nft import FakeNft, NftExec, Transaction, table_exists
 
 pytestmark = pytest.mark.root
 

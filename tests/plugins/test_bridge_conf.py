@@ -12,7 +12,7 @@ import pytest
 from podnet.cni import skel
 from podnet.cni.errors import CNIError
 from podnet.cni.result import DNS, IPConfig, Result, Route
-from podnet.kernel.nftables import FakeNft
+from podnet.kernel.nft import FakeNft
 from podnet.plugins import attachment, bridge
 from podnet.plugins.identity import network_token, owner
 

@@ -6,7 +6,7 @@ podnet-bridge keeps per-attachment elements (``ipMasq``: ``inet podnet-bridge``;
 owner whose attachment is not live leaves a pod address masqueraded, or a port name allowed a MAC,
 for whoever gets them next. Only those two tables are read, and in them only elements whose owner
 starts with a configured podnet-bridge network; ``--fix`` removes them through
-:meth:`podnet.kernel.nftables.OwnedElements.remove`, after looking up the attachment's veth again.
+:meth:`podnet.dataplane.plugin_elements.OwnedElements.remove`, after looking up the attachment's veth again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from podnet.doctor.context import Context
 from podnet.doctor.findings import Changed, Finding
 from podnet.doctor.live import LiveAttachments
 from podnet.doctor.scope import PodnetNetwork
-from podnet.kernel.nftables import Masquerade, NftError, NftExec, OwnedElements, SpoofCheck
+from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck
+from podnet.kernel.nft import NftError, NftExec, shared_backend
 from podnet.plugins.bridge import NFT_TABLE
 from podnet.plugins.identity import network_token, owner
 
@@ -25,7 +26,9 @@ HASHED = "#"
 
 
 def tables(netns: str | None) -> list[OwnedElements]:
-    nft = NftExec(netns=netns)
+    # The doctor's own namespace: the process's libnftables context. Another namespace: the nft
+    # binary run there, so a one-shot look leaves no context (nor thread) behind.
+    nft = shared_backend() if netns is None else NftExec(netns=netns)
     return [Masquerade(nft, NFT_TABLE), SpoofCheck(nft, NFT_TABLE)]
 
 

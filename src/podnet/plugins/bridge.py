@@ -38,7 +38,8 @@ from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
 from podnet.kernel.errors import NotSupported
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import IPIface, Netlink, random_mac
-from podnet.kernel.nftables import Masquerade, Nft, NftExec, NftUnavailable, OwnedElements, SpoofCheck
+from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck, default_backend
+from podnet.kernel.nft import Nft, NftUnavailable
 from podnet.plugins import attachment, ipam_delegate, podconf, podside, veth
 from podnet.plugins.attachment import Rollback
 from podnet.plugins.identity import Attachment
@@ -53,8 +54,9 @@ BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
 _ZERO_MAC = podconf.ZERO_MAC
 _IFF_PROMISC = 0x100
 
-# Tests swap in a FakeNft; plugins never run nft themselves.
-nft_backend: Callable[[], Nft] = NftExec
+# In-process libnftables (the binary as fallback); tests swap in a FakeNft. Plugins never run nft
+# themselves.
+nft_backend: Callable[[], Nft] = default_backend
 
 
 # ---- configuration (ADD, CHECK, STATUS; DEL and GC read none of it) ------------------------------
