@@ -1,0 +1,146 @@
+"""One manifest file -> model values: YAML (multi-document) or JSON, ``kind: List`` unwrapped,
+each object checked against the Kubernetes OpenAPI schema (``kubernetes-validate``'s offline
+copy, at a pinned Kubernetes version) and then by ``agent.objects``.
+
+A file that cannot be read or parsed as a whole raises :class:`Unreadable`: the caller keeps the
+file's previous objects in force. Within a file that parses, a bad Pod or Namespace is reported
+and skipped, a bad NetworkPolicy is kept as a fail-closed one, and kinds the agent does not
+read (Deployments, Services...) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import yaml  # type: ignore[import-untyped]
+
+from podnet.agent import objects
+from podnet.agent.model import NetworkPolicy
+from podnet.agent.objects import Object, ObjectError, UnsupportedKind
+
+# The Kubernetes version whose schemas validate manifests: pinned so a package upgrade never
+# changes what a directory means.
+KUBERNETES_VERSION = "1.33"
+SUFFIXES = (".yaml", ".yml", ".json")
+_MAX_BYTES = 64 << 20
+
+
+class Unreadable(Exception):
+    """The file as a whole cannot be used now (I/O, syntax, half-written): retry later."""
+
+
+@dataclass
+class Loaded:
+    objects: list[Object] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes whenever a file's content may have changed."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_stable(path: str) -> tuple[bytes, tuple[int, int, int, int]]:
+    """The file's bytes, only if it did not change while being read (a writer still at work
+    would otherwise hand us a prefix that may well parse)."""
+    try:
+        with open(path, "rb") as fh:
+            before = signature(os.fstat(fh.fileno()))
+            data = fh.read(_MAX_BYTES + 1)
+        after = signature(os.stat(path))
+    except OSError as exc:
+        raise Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > _MAX_BYTES:
+        raise Unreadable(f"larger than {_MAX_BYTES} bytes")
+    if before != after:
+        raise Unreadable("changed while being read (still being written?)")
+    return data, after
+
+
+def _documents(path: str, data: bytes) -> list[Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        if path.endswith(".json"):
+            return [json.loads(text)] if text.strip() else []
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except json.JSONDecodeError as exc:
+        raise Unreadable(f"JSON syntax error at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise Unreadable(f"YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise Unreadable("nested too deeply") from None
+
+
+def _flatten(docs: list[Any]) -> Iterator[tuple[str, Any]]:
+    """(position, raw object) for every object, ``kind: List`` (and ``*List``) unwrapped."""
+    for i, doc in enumerate(docs):
+        kind = doc.get("kind") if isinstance(doc, Mapping) else None
+        if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
+            items = doc["items"]
+            if not isinstance(items, list):
+                raise Unreadable(f"document {i + 1}: items of a {kind} must be a list")
+            for j, item in enumerate(items):
+                yield f"document {i + 1} item {j + 1}", item
+        else:
+            yield f"document {i + 1}", doc
+
+
+def _schema_error(raw: Mapping[str, Any]) -> str | None:
+    try:
+        kubernetes_validate.validate(dict(raw), KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "(object)"
+        return f"{where}: {exc.message}"
+    except Exception as exc:  # a schema the package lacks must not stop the directory
+        return f"schema check failed: {exc}"
+    return None
+
+
+def _label(raw: Mapping[str, Any]) -> str:
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+    prefix = f"{ns}/" if isinstance(ns, str) else ""
+    return f"{raw.get('kind')} {prefix}{name if isinstance(name, str) else '?'}"
+
+
+def _one(where: str, raw: Any, loaded: Loaded) -> None:
+    try:
+        obj = objects.parse_object(raw)
+    except UnsupportedKind:
+        return
+    except ObjectError as exc:
+        loaded.errors.append(f"{where}: {exc}")
+        return
+    assert isinstance(raw, Mapping)  # parse_object accepted it
+    is_policy = isinstance(obj, NetworkPolicy)
+    problem = _schema_error(raw)
+    if problem is None:
+        loaded.objects.append(obj)
+        if isinstance(obj, NetworkPolicy) and obj.error:
+            loaded.errors.append(f"{where}: {_label(raw)}: {obj.error} (enforced fail-closed)")
+        return
+    loaded.errors.append(f"{where}: {_label(raw)}: {problem}"
+                         + (" (enforced fail-closed)" if is_policy else " (skipped)"))
+    if is_policy:
+        loaded.objects.append(objects.failed_policy(raw, problem))
+
+
+def load(path: str) -> tuple[Loaded, tuple[int, int, int, int]]:
+    """The objects of one file and the signature of the content they came from."""
+    data, sig = _read_stable(path)
+    loaded = Loaded()
+    for where, raw in _flatten(_documents(path, data)):
+        _one(where, raw, loaded)
+    return loaded, sig

@@ -1,0 +1,208 @@
+"""The manifest-directory source, for real: files on disk, inotify, the store it feeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from podnet.agent.model import Direction, NetworkPolicy
+from podnet.agent.objects import Kind
+from podnet.agent.sources import manifest_files
+from podnet.agent.sources.manifests import ManifestError, ManifestSource
+from podnet.agent.store import Store
+
+NS = """apiVersion: v1
+kind: Namespace
+metadata: {{name: {name}, labels: {{ns: {name}}}}}
+"""
+POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}
+spec:
+  nodeName: n1
+  containers: [{{name: c, image: busybox, ports: [{{name: web, containerPort: 80}}]}}]
+status: {{podIP: {ip}}}
+"""
+POLICY = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  ingress: [{{from: [{{podSelector: {{}}}}], ports: [{{port: web}}]}}]
+"""
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def write(path: Path, text: str) -> None:
+    # Written in place (not renamed) on purpose: the source must cope with in-place writers.
+    path.write_text(text)
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store("n1")
+
+
+@pytest.fixture
+def source(tmp_path: Path, store: Store) -> Iterator[ManifestSource]:
+    src = ManifestSource(store, tmp_path, debounce=0.05, retry=0.1, poll=0.5)
+    yield src
+    src.stop()
+
+
+def test_initial_read_multi_document_list_json_and_other_kinds(tmp_path: Path, store: Store,
+                                                               source: ManifestSource) -> None:
+    write(tmp_path / "a.yaml", NS.format(name="x") + "---\n" + POD.format(name="a", ip="10.0.0.1")
+          + "---\n# an empty document\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    write(tmp_path / "b.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}},
+        {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+         "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {}}}]}))
+    write(tmp_path / "c.yml", POLICY.format(name="q"))
+    write(tmp_path / "notes.txt", "not a manifest")
+    write(tmp_path / ".hidden.yaml", "{{{")
+    source.start()
+    assert store.synced
+    assert set(store.namespaces()) == {"x", "y"}
+    assert [p.name for p in store.local_pods()] == ["a"]
+    assert set(store.policies()) == {("x", "p"), ("x", "q")}
+    assert store.policy("x", "q").ingress[0].ports[0].port == "web"  # type: ignore[union-attr]
+    assert source.status() == {}
+
+
+def test_changes_followed_with_inotify(tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    write(tmp_path / "pods.yaml", POD.format(name="a", ip="10.0.0.1"))
+    source.start()
+    write(tmp_path / "pods.yaml",
+          POD.format(name="a", ip="10.0.0.2") + "---\n" + POD.format(name="b", ip="10.0.0.3"))
+    wait_for(lambda: len(store.pods()) == 2)
+    assert str(store.pod("x", "a").ips[0]) == "10.0.0.2"  # type: ignore[union-attr]
+    # An atomic replace (write a hidden temporary, rename over) is seen too.
+    tmp = tmp_path / ".pods.yaml.tmp"
+    tmp.write_text(POD.format(name="c", ip="10.0.0.4"))
+    os.rename(tmp, tmp_path / "pods.yaml")
+    wait_for(lambda: set(store.pods()) == {("x", "c")})
+    (tmp_path / "pods.yaml").unlink()
+    wait_for(lambda: not store.pods())
+
+
+def test_half_written_file_keeps_previous_objects_until_whole(tmp_path: Path, store: Store,
+                                                             source: ManifestSource) -> None:
+    path = tmp_path / "pods.yaml"
+    whole = POD.format(name="a", ip="10.0.0.1") + "---\n" + POD.format(name="b", ip="10.0.0.2")
+    write(path, whole)
+    source.start()
+    assert len(store.pods()) == 2
+    scans = source.scans
+    write(path, whole[: whole.index("containers")] + "  containers: [{name: c, ima")
+    wait_for(lambda: source.scans > scans + 1)  # seen, and retried at least once
+    assert len(store.pods()) == 2
+    assert "YAML syntax error" in source.status()[str(path)]
+    assert "previous objects stay in force" in source.status()[str(path)]
+    write(path, whole.replace("10.0.0.1", "10.0.0.9"))
+    wait_for(lambda: str(store.pod("x", "a").ips[0]) == "10.0.0.9")  # type: ignore[union-attr]
+    assert source.status() == {}
+
+
+def test_unparsable_new_file_applies_nothing_and_is_retried(tmp_path: Path, store: Store,
+                                                           source: ManifestSource) -> None:
+    source.start()
+    path = tmp_path / "p.json"
+    write(path, '{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ')
+    wait_for(lambda: str(path) in source.status())
+    assert "JSON syntax error" in source.status()[str(path)] and not store.namespaces()
+    write(path, '{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "z"}}')
+    wait_for(lambda: "z" in store.namespaces())
+
+
+def test_duplicates_first_file_wins(tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    write(tmp_path / "1.yaml", POD.format(name="a", ip="10.0.0.1"))
+    write(tmp_path / "2.yaml", POD.format(name="a", ip="10.0.0.2"))
+    source.start()
+    assert str(store.pod("x", "a").ips[0]) == "10.0.0.1"  # type: ignore[union-attr]
+    assert "already defined in" in source.status()[str(tmp_path / "2.yaml")]
+    (tmp_path / "1.yaml").unlink()
+    wait_for(lambda: str(store.pod("x", "a").ips[0]) == "10.0.0.2")  # type: ignore[union-attr]
+    wait_for(lambda: source.status() == {})
+
+
+def test_bad_objects_reported_pod_skipped_policy_fails_closed(tmp_path: Path, store: Store,
+                                                              source: ManifestSource) -> None:
+    write(tmp_path / "a.yaml", "\n---\n".join([
+        POD.format(name="good", ip="10.0.0.1"),
+        POD.format(name="badip", ip="10.0.0.300"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: noc, namespace: x}\nspec: {}\n",  # schema: containers
+        POLICY.format(name="typo").replace("podSelector: {matchLabels", "podselector: {matchLabels"),
+        POLICY.format(name="badport").replace("port: web", "port: 0"),
+        "just a string",
+    ]))
+    source.start()
+    assert set(store.pods()) == {("x", "good")}
+    typo, badport = store.policy("x", "typo"), store.policy("x", "badport")
+    for pol in (typo, badport):
+        assert isinstance(pol, NetworkPolicy) and pol.error
+        assert pol.directions == {Direction.INGRESS, Direction.EGRESS} and not pol.ingress
+    status = source.status()[str(tmp_path / "a.yaml")]
+    for text in ("Pod x/badip", "status.podIP", "Pod x/noc", "containers", "NetworkPolicy x/typo",
+                 "spec.ingress[0].ports[0].port", "document 6", "fail-closed", "skipped"):
+        assert text in status, text
+
+
+def test_changed_while_read_is_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.yaml"
+    write(path, NS.format(name="x"))
+    real_stat = os.stat
+
+    def growing_stat(p: object) -> os.stat_result:
+        st = real_stat(p)  # type: ignore[arg-type]
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+                               st.st_size + 1, st.st_atime, st.st_mtime, st.st_ctime))
+
+    monkeypatch.setattr(manifest_files.os, "stat", growing_stat)
+    with pytest.raises(manifest_files.Unreadable, match="changed while being read"):
+        manifest_files.load(str(path))
+
+
+def test_missing_directory_and_directory_removed(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(ManifestError, match="not a directory"):
+        ManifestSource(store, tmp_path / "nope").start()
+    d = tmp_path / "m"
+    d.mkdir()
+    write(d / "a.yaml", NS.format(name="x"))
+    src = ManifestSource(store, d, debounce=0.05, retry=0.1)
+    src.start()
+    try:
+        (d / "a.yaml").rename(tmp_path / "a.yaml")
+        d.rmdir()
+        wait_for(lambda: str(d) in src.status())
+        d.mkdir()
+        (tmp_path / "a.yaml").rename(d / "b.yaml")
+        wait_for(lambda: src.status() == {} and "x" in store.namespaces())
+        write(d / "c.yaml", NS.format(name="y"))  # followed again after the directory came back
+        wait_for(lambda: "y" in store.namespaces())
+    finally:
+        src.stop()
+
+
+def test_store_synced_only_after_the_first_read(tmp_path: Path, store: Store) -> None:
+    src = ManifestSource(store, tmp_path)
+    store.register_source("kube", [Kind.POD])
+    src.start()
+    try:
+        assert not store.synced  # the other source has not listed yet
+        store.replace(Kind.POD, "kube", [])
+        assert store.synced
+    finally:
+        src.stop()
