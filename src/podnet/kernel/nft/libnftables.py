@@ -162,6 +162,11 @@ class LibNftables:
         except TimeoutError:
             raise NftUnavailable(f"{what}: libnftables did not finish in {self.timeout:g}s") from None
 
+    def run(self, script: str, *, json: bool = False) -> str:
+        """Any nft command (a listing, for tests and tools): its output, or the NftError."""
+        what = f"libnftables {script.split(chr(10))[0][:80]}"
+        return self._call(lambda c: c.run(script, what, json=json), what)
+
     def apply(self, tx: Transaction) -> None:
         if tx:
             what = f"libnftables (table {tx.family} {tx.table})"

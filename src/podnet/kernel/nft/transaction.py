@@ -198,10 +198,41 @@ class Transaction:
         return self
 
     def render(self) -> str:
-        return "".join(f"{render_op(self.family, self.table, op)}\n" for op in self.ops)
+        """The script. A run of element adds (or deletes) on one set becomes one command: nft parses
+        and sends one command with many elements far faster than many commands."""
+        lines = []
+        for group in _element_runs(self.ops):
+            if len(group) == 1:
+                lines.append(render_op(self.family, self.table, group[0]))
+            else:
+                verb = "add" if group[0].verb == "add-element" else "delete"
+                items = ", ".join(_element_item(op) for op in group)
+                lines.append(f"{verb} element {self.family} {self.table} {group[0].name} {{ {items} }}")
+        return "".join(f"{line}\n" for line in lines)
 
     def __bool__(self) -> bool:
         return bool(self.ops)
+
+
+def _element_runs(ops: list[Op]) -> list[list[Op]]:
+    runs: list[list[Op]] = []
+    keys: set[str] = set()
+    for op in ops:
+        last = runs[-1][-1] if runs else None
+        joins = (last is not None and op.verb in ("add-element", "delete-element")
+                 and (op.verb, op.name) == (last.verb, last.name) and op.value not in keys)
+        if joins:
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+            keys = set()
+        keys.add(op.value)
+    return runs
+
+
+def _element_item(op: Op) -> str:
+    value = "" if op.data is None else f" : {op.data}"
+    return f"{op.value}{_comment(op.comment)}{value}"
 
 
 def _chain_spec(name: str, type: str | None, hook: str | None, priority: str | int | None,
@@ -234,8 +265,7 @@ def render_op(family: str, table: str, op: Op) -> str:
         return f"add rule {where} {op.name} {op.value}{_comment(op.comment)}"
     if op.verb in ("add-set", "add-map"):
         return f"add {op.verb[4:]} {where} {op.name} {{ {_set_body(op)} }}"
-    value = "" if op.data is None else f" : {op.data}"
-    return f"add element {where} {op.name} {{ {op.value}{_comment(op.comment)}{value} }}"
+    return f"add element {where} {op.name} {{ {_element_item(op)} }}"
 
 
 def _set_body(op: Op) -> str:

@@ -1,0 +1,216 @@
+"""The union of every owner's contribution to one table, with the rules of
+:mod:`podnet.dataplane.contribution` enforced, and a record of what changed since it was last taken.
+
+Indexes are kept per object (who declares a chain or set, who gives a chain its rules, who
+contributes each element), so replacing one owner's contribution costs the size of that
+contribution, not the size of the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from podnet.dataplane.contribution import EMPTY, Chain, Contribution, ContributionConflict, Set
+from podnet.kernel.errors import InvalidArgument
+from podnet.kernel.nft import check_comment, check_key, check_name, check_rule
+
+Value = str | None
+
+
+def declaration(chain: Chain) -> Chain:
+    """A chain without its rules: what every declaring owner must agree on."""
+    return replace(chain, rules=())
+
+
+@dataclass
+class Dirty:
+    """Objects whose desired state may differ from what was last applied."""
+
+    chains: set[str] = field(default_factory=set)
+    sets: set[str] = field(default_factory=set)
+    keys: dict[str, set[str]] = field(default_factory=dict)  # set -> keys
+
+    def __bool__(self) -> bool:
+        return bool(self.chains or self.sets or self.keys)
+
+
+class Union:
+    """Every owner's current contribution, and the desired table they make together."""
+
+    def __init__(self) -> None:
+        self.contributions: dict[str, Contribution] = {}
+        self.chain_decls: dict[str, dict[str, Chain]] = {}  # chain -> owner -> declaration
+        self.rule_owner: dict[str, str] = {}  # chain -> the owner giving its rules
+        self.set_decls: dict[str, dict[str, Set]] = {}  # set -> owner -> declaration
+        self.element_owners: dict[str, dict[str, dict[str, Value]]] = {}  # set -> key -> owner -> value
+        self.dirty = Dirty()
+
+    # ---- desired state ----
+
+    def chain(self, name: str) -> Chain | None:
+        """The chain's declaration (no rules), None when no owner declares it."""
+        decls = self.chain_decls.get(name)
+        return declaration(next(iter(decls.values()))) if decls else None
+
+    def rules(self, name: str) -> tuple[str, ...]:
+        owner = self.rule_owner.get(name)
+        if owner is None:
+            return ()
+        return next(c.rules for c in self.contributions[owner].chains if c.name == name)
+
+    def set(self, name: str) -> Set | None:
+        decls = self.set_decls.get(name)
+        return next(iter(decls.values())) if decls else None
+
+    def value(self, set_name: str, key: str) -> tuple[bool, Value]:
+        """(whether any owner contributes the key, its value)."""
+        owners = self.element_owners.get(set_name, {}).get(key)
+        if not owners:
+            return False, None
+        return True, next(iter(owners.values()))
+
+    def elements(self, set_name: str) -> dict[str, Value]:
+        return {k: next(iter(o.values())) for k, o in self.element_owners.get(set_name, {}).items() if o}
+
+    def chain_names(self) -> list[str]:
+        return [n for n, d in self.chain_decls.items() if d]
+
+    def set_names(self) -> list[str]:
+        return [n for n, d in self.set_decls.items() if d]
+
+    # ---- changes ----
+
+    def replace(self, owner: str, new: Contribution) -> None:
+        """Make ``new`` the owner's contribution; ContributionConflict (nothing changed) if it
+        contradicts itself or another owner's."""
+        check_contribution(owner, new)
+        self._check_against_others(owner, new)
+        old = self.contributions.get(owner, EMPTY)
+        self._unindex(owner, old)
+        if new == EMPTY:
+            self.contributions.pop(owner, None)
+        else:
+            self.contributions[owner] = new
+        self._index(owner, new)
+        self._mark(old, new)
+
+    def _check_against_others(self, owner: str, new: Contribution) -> None:
+        for chain in new.chains:
+            for other, theirs_chain in self.chain_decls.get(chain.name, {}).items():
+                if other != owner and theirs_chain != declaration(chain):
+                    raise _conflict(owner, other, f"chain {chain.name}", "declare it differently")
+            rules_by = self.rule_owner.get(chain.name)
+            if chain.rules and rules_by not in (None, owner):
+                raise _conflict(owner, str(rules_by), f"chain {chain.name}", "both give it rules")
+        for decl in new.sets:
+            for other, theirs_set in self.set_decls.get(decl.name, {}).items():
+                if other != owner and theirs_set != decl:
+                    raise _conflict(owner, other, f"set {decl.name}", "declare it differently")
+        for set_name, elements in new.elements.items():
+            known = self.element_owners.get(set_name, {})
+            for key, value in elements.items():
+                for other, theirs in known.get(key, {}).items():
+                    if other != owner and theirs != value:
+                        raise _conflict(owner, other, f"{set_name} element {key}",
+                                        f"give it the values {value!r} and {theirs!r}")
+
+    def _unindex(self, owner: str, old: Contribution) -> None:
+        for chain in old.chains:
+            self.chain_decls.get(chain.name, {}).pop(owner, None)
+            if self.rule_owner.get(chain.name) == owner:
+                del self.rule_owner[chain.name]
+        for decl in old.sets:
+            self.set_decls.get(decl.name, {}).pop(owner, None)
+        for set_name, elements in old.elements.items():
+            known = self.element_owners.get(set_name, {})
+            for key in elements:
+                owners = known.get(key)
+                if owners is not None:
+                    owners.pop(owner, None)
+                    if not owners:
+                        del known[key]
+
+    def _index(self, owner: str, new: Contribution) -> None:
+        for chain in new.chains:
+            self.chain_decls.setdefault(chain.name, {})[owner] = declaration(chain)
+            if chain.rules:
+                self.rule_owner[chain.name] = owner
+        for decl in new.sets:
+            self.set_decls.setdefault(decl.name, {})[owner] = decl
+        for set_name, elements in new.elements.items():
+            known = self.element_owners.setdefault(set_name, {})
+            for key, value in elements.items():
+                known.setdefault(key, {})[owner] = value
+
+    def _mark(self, old: Contribution, new: Contribution) -> None:
+        old_chains, new_chains = {c.name: c for c in old.chains}, {c.name: c for c in new.chains}
+        self.dirty.chains.update(_changed(old_chains, new_chains))
+        old_sets, new_sets = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
+        self.dirty.sets.update(_changed(old_sets, new_sets))
+        for set_name in set(old.elements) | set(new.elements):
+            before, after = old.elements.get(set_name, {}), new.elements.get(set_name, {})
+            if before == after:
+                continue
+            keys = self.dirty.keys.setdefault(set_name, set())
+            keys.update(k for k in before if k not in after or after[k] != before[k])
+            keys.update(k for k in after if k not in before)
+
+    def take_dirty(self) -> Dirty:
+        dirty, self.dirty = self.dirty, Dirty()
+        return dirty
+
+
+def _changed(old: Mapping[str, object], new: Mapping[str, object]) -> Iterable[str]:
+    return [n for n in set(old) | set(new) if old.get(n) != new.get(n)]
+
+
+def _conflict(owner: str, other: str, what: str, how: str) -> ContributionConflict:
+    return ContributionConflict(f"{owner!r} and {other!r} conflict on {what}: they {how}")
+
+
+def check_contribution(owner: str, c: Contribution) -> None:
+    """Names, rules, keys and values that the renderer takes, and no contradiction within ``c``
+    (ContributionConflict, naming what is wrong)."""
+    try:
+        _check_parts(c)
+    except (ValueError, InvalidArgument) as exc:
+        raise ContributionConflict(f"contribution of {owner!r}: {exc}") from None
+    for what, names in (("chain", [ch.name for ch in c.chains]), ("set", [s.name for s in c.sets])):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ContributionConflict(f"contribution of {owner!r}: {what} {dupes[0]} declared twice")
+    decls = {s.name: s for s in c.sets}
+    for set_name, elements in c.elements.items():
+        decl = decls.get(set_name)
+        if decl is None:
+            continue
+        for key, value in elements.items():
+            if (value is None) != (decl.value_type is None):
+                kind = "a map needs" if decl.value_type else "a set takes no"
+                raise ContributionConflict(f"contribution of {owner!r}: {set_name} element {key}: "
+                                           f"{kind} value")
+
+
+def _check_parts(c: Contribution) -> None:
+    for chain in c.chains:
+        check_name(chain.name, "chain name")
+        base = (chain.type, chain.hook, chain.priority)
+        if any(x is not None for x in base) and not all(x is not None for x in base):
+            raise ValueError(f"chain {chain.name}: a base chain needs type, hook and priority")
+        for rule in chain.rules:
+            check_rule(rule)
+    for decl in c.sets:
+        check_name(decl.name, "set name")
+        if not decl.type:
+            raise ValueError(f"set {decl.name}: no type")
+        for part in (*decl.type, *decl.flags, *(() if decl.value_type is None else (decl.value_type,))):
+            check_name(part, "set type or flag")
+        if decl.comment is not None:
+            check_comment(decl.comment)
+    for set_name, elements in c.elements.items():
+        check_name(set_name, "set name")
+        for key, value in elements.items():
+            check_key(key)
+            if value is not None:
+                check_key(value, "map value")

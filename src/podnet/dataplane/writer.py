@@ -1,0 +1,221 @@
+"""The single writer of one nftables table.
+
+Controllers and plugins hand it their contribution under an owner key; it keeps the union
+(:mod:`podnet.dataplane.union`), and :meth:`TableWriter.commit` applies the difference between the
+union and what it last applied as one transaction. A full resync rebuilds the whole table from the
+union in one transaction, and is what the first commit of a writer does (a restarting agent adopts
+the table the previous one left: the kernel swaps old for new in one step, so pods isolated by
+policy stay isolated throughout) and what the commit after any failed one does.
+
+The kernel's table is read only by :meth:`TableWriter.verify`, to compare: on a difference (an
+element or rule added or deleted by hand) the table is rebuilt from the union and the repair
+counted. What the kernel holds is never written back.
+
+Rules are compared by their handles: the kernel gives every rule it adds a new handle, never reused
+in the table, so the handles read right after the writer added a chain's rules identify them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from podnet.dataplane import normalize
+from podnet.dataplane.contribution import EMPTY, Contribution
+from podnet.dataplane.diff import Patch, incremental, rebuild
+from podnet.dataplane.image import Image
+from podnet.dataplane.union import Union
+from podnet.kernel.nft import Family, Nft, NftError, TableState, Transaction, check_family, check_name
+
+
+@dataclass
+class WriterMetrics:
+    """Plain counters; the agent exports them."""
+
+    commits: int = 0  # successful commits that changed the kernel (incremental or full)
+    failed_commits: int = 0
+    full_resyncs: int = 0
+    drift_repairs: int = 0
+    verifies: int = 0
+    last_commit_seconds: float = 0.0
+    last_full_seconds: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    changed: bool  # a transaction was applied
+    full: bool  # it was a full resync
+    ops: int  # commands in the transaction
+    seconds: float
+
+
+class TableWriter:
+    """One table, many contributors. Thread-safe: one lock, commits serialized."""
+
+    def __init__(self, nft: Nft, family: Family, table: str, *, verify_period: float = 60.0,
+                 metrics: WriterMetrics | None = None, comment: str | None = None) -> None:
+        self.nft = nft
+        self.family: Family = check_family(family)  # type: ignore[assignment]
+        self.table = check_name(table, "table name")
+        self.verify_period = verify_period
+        self.metrics = metrics if metrics is not None else WriterMetrics()
+        self.comment = comment if comment is not None else "managed by podnet; do not edit"
+        self._lock = threading.RLock()
+        self._union = Union()
+        self._image = Image()
+        self._handles: dict[str, list[int]] = {}  # chain -> handles of the rules the writer added
+        self._needs_resync = True  # nothing applied yet: the first commit adopts the table
+        self._next_verify = 0.0
+
+    # ---- contributions ----
+
+    def contribute(self, owner: str, c: Contribution) -> None:
+        """Replace the owner's contribution (ContributionConflict: refused, the previous one stays)."""
+        with self._lock:
+            self._union.replace(owner, c)
+
+    def withdraw(self, owner: str) -> None:
+        with self._lock:
+            self._union.replace(owner, EMPTY)
+
+    def owners(self) -> list[str]:
+        with self._lock:
+            return sorted(self._union.contributions)
+
+    def desired(self) -> Image:
+        """The table the union makes (a copy)."""
+        with self._lock:
+            return Image.of(self._union)
+
+    # ---- writing ----
+
+    def commit(self) -> CommitResult:
+        """Apply what changed since the last commit as one transaction (a full resync when one is
+        due). An NftError is raised again after it is counted; the next commit is then a resync."""
+        with self._lock:
+            if self._needs_resync:
+                return self._resync()
+            start = time.monotonic()
+            dirty = self._union.take_dirty()
+            if not dirty:
+                return CommitResult(False, False, 0, 0.0)
+            patch = incremental(self.family, self.table, self._union, self._image, dirty)
+            if patch is None:
+                return self._resync()
+            if not patch.tx:
+                return CommitResult(False, False, 0, time.monotonic() - start)
+            self._apply(patch.tx)
+            patch.apply_to(self._image, self._union)
+            self._record_handles(patch)
+            return self._done(start, full=False, ops=len(patch.tx.ops))
+
+    def resync(self) -> CommitResult:
+        """Rebuild the whole table from the union, in one transaction."""
+        with self._lock:
+            return self._resync()
+
+    def _resync(self) -> CommitResult:
+        start = time.monotonic()
+        self._needs_resync = True
+        self._union.take_dirty()
+        image = Image.of(self._union)
+        tx = rebuild(self.family, self.table, image, self.comment)
+        self._apply(tx)
+        self._image = image
+        self._needs_resync = False
+        self.metrics.full_resyncs += 1
+        self._handles = {}
+        self._record_handles(None)
+        result = self._done(start, full=True, ops=len(tx.ops))
+        self.metrics.last_full_seconds = result.seconds
+        return result
+
+    def _apply(self, tx: Transaction) -> None:
+        try:
+            self.nft.apply(tx)
+        except NftError as exc:
+            self._needs_resync = True
+            self.metrics.failed_commits += 1
+            self.metrics.last_error = str(exc)
+            raise
+
+    def _done(self, start: float, *, full: bool, ops: int) -> CommitResult:
+        seconds = time.monotonic() - start
+        self.metrics.commits += 1
+        self.metrics.last_commit_seconds = seconds
+        return CommitResult(True, full, ops, seconds)
+
+    def _record_handles(self, patch: Patch | None) -> None:
+        """Read back the handles of the chains whose rules were just written (all of them after a
+        rebuild). A chain whose rule count does not match is left unrecorded, so verify compares
+        its count and finds the difference."""
+        chains = list(self._image.chains) if patch is None else patch.rewritten()
+        for name in [] if patch is None else [n for n in patch.rules if n not in self._image.chains]:
+            self._handles.pop(name, None)
+        if not chains:
+            return
+        try:
+            state = self.nft.list_table(self.family, self.table)
+        except NftError:
+            state = None  # applied; verify compares rule counts instead
+        for name in chains:
+            handles = state.handles(name) if state is not None else []
+            if len(handles) == len(self._image.rules.get(name, ())):
+                self._handles[name] = handles
+            else:
+                self._handles.pop(name, None)
+
+    # ---- verifying ----
+
+    def verify(self) -> int:
+        """Compare the kernel's table with what was applied; on any difference rebuild it from the
+        union. Returns the number of repairs made (0 or 1)."""
+        with self._lock:
+            self.metrics.verifies += 1
+            if self._needs_resync:
+                return 0  # the next commit rebuilds anyway
+            found = drift(self.nft.list_table(self.family, self.table), self._image, self._handles)
+            if not found:
+                return 0
+            self.metrics.last_error = f"drift: {found[0]}"
+            self._resync()
+            self.metrics.drift_repairs += 1
+            return 1
+
+    def maybe_verify(self, now: float | None = None) -> int:
+        """:meth:`verify` when a period has passed since the last one (the agent's loop calls this)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now < self._next_verify:
+                return 0
+            self._next_verify = now + self.verify_period
+        return self.verify()
+
+
+def drift(kernel: TableState | None, image: Image, handles: dict[str, list[int]]) -> list[str]:
+    """What differs between the kernel's table and the applied image (empty: nothing)."""
+    if kernel is None:
+        return ["the table is missing"]
+    out = []
+    if set(kernel.chains) != set(image.chains):
+        out.append(f"chains {sorted(set(kernel.chains) ^ set(image.chains))} added or deleted")
+    for name in sorted(set(kernel.chains) & set(image.chains)):
+        if name in handles:
+            if kernel.handles(name) != handles[name]:
+                out.append(f"rules of chain {name} changed")
+        elif len(kernel.chains[name]) != len(image.rules.get(name, ())):
+            out.append(f"chain {name} has {len(kernel.chains[name])} rules, "
+                       f"not {len(image.rules.get(name, ()))}")
+    if set(kernel.sets) != set(image.sets):
+        out.append(f"sets {sorted(set(kernel.sets) ^ set(image.sets))} added or deleted")
+    for name in sorted(set(kernel.sets) & set(image.sets)):
+        decl = image.sets[name]
+        want = normalize.elements(image.elements.get(name, {}), decl.type, decl.value_type)
+        have = normalize.elements({e.key: e.value for e in kernel.sets[name].elements}, decl.type,
+                                  decl.value_type)
+        if want != have:
+            missing, extra = len(set(want) - set(have)), len(set(have) - set(want))
+            out.append(f"set {name}: {missing} element(s) missing, {extra} extra, or values changed")
+    return out
