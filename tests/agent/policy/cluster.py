@@ -195,7 +195,8 @@ def build(factory: NetnsFactory) -> Cluster:
             _sysctl(pod_ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
             routed = space == "z"
             if routed:
-                pod = PodNs(key, pod_ns, IPv4Address(f"10.100.1.{index}"), IPv6Address(f"fd00:101::{index:x}"), True)
+                pod = PodNs(key, pod_ns, IPv4Address(f"10.100.1.{index}"),
+                            IPv6Address(f"fd00:101::{index:x}"), True)
             else:
                 pod = PodNs(key, pod_ns, IPv4Address(f"10.100.0.{index + 10}"),
                             IPv6Address(f"fd00:100::{index + 10:x}"), False)
