@@ -412,3 +412,42 @@ def test_sctp_only_from_a_pod_in_a_different_namespace(cluster: Cluster) -> None
     cluster.apply([policy("x", "allow-ns-y-pod-a-via-namespace-pod-selector", sel(pod_is("a")),
                           ingress=[rule(peer(sel(pod_is("a")), sel(ns_is("y"))))])])
     check(cluster, 80, TCP, reach(cluster).ingress("x/a", False).peer("y/a", "x/a", True))
+
+
+# -- podnet's own cases ----------------------------------------------------------------------------
+
+def test_invalid_policy_fails_closed_and_others_keep_working(cluster: Cluster) -> None:
+    cluster.apply([policy("x", "broken", sel(pod_is("a")), ingress=[rule()], error="spec.ingress[0]: bad"),
+                   policy("y", "deny-ingress", sel(), types=[ING])])
+    check(cluster, 80, TCP, reach(cluster).ingress("x/a", False).egress("x/a", False).peer(to="y/*"))
+
+
+def test_node_reaches_its_isolated_pods(cluster: Cluster) -> None:
+    """Kubelet probes: the node's own traffic to its pods is never policy's to drop."""
+    cluster.apply([policy(space, "deny-all", sel(), types=[ING, EGR]) for space in ("x", "y", "z")])
+    check(cluster, 80, TCP, reach(cluster).peer())
+    for key in ("x/a", "z/b"):
+        for family in (4, 6):
+            address = cluster.pods[key].address(family)
+            script = ("import socket,sys; s=socket.create_connection((sys.argv[1], 80), timeout=2); "
+                      "print('reached')")
+            assert cluster.node.run(["python3", "-c", script, address]).stdout.strip() == "reached"
+
+
+def test_ipv6_ip_block_with_except(cluster: Cluster) -> None:
+    yb = cluster.pods["y/b"].ip6
+    cluster.apply([policy("x", "v6-only", sel(pod_is("a")),
+                          egress=[rule(block("fd00:100::/64", f"{yb}/128"))], types=[EGR])])
+    check(cluster, 80, TCP, reach(cluster).egress("x/a", False).peer("x/a", "x/*", True)
+          .peer("x/a", "y/*", True).peer("x/a", "y/b", False), family=6)
+    check(cluster, 80, TCP, reach(cluster).egress("x/a", False), family=4)
+
+
+def test_end_port_range_and_named_udp_egress(cluster: Cluster) -> None:
+    from_y = peer(nss=sel(ns_is("y")))
+    cluster.apply([policy("x", "range", sel(), ingress=[rule(from_y, ports=[port(80, TCP, 81)])]),
+                   policy("y", "udp-out", sel(), egress=[rule(ports=[port("serve-81-udp", UDP)])],
+                          types=[EGR])])
+    check(cluster, 81, TCP, reach(cluster).peer(to="x/*").peer(frm="y/*"))
+    check(cluster, 81, UDP, reach(cluster).peer(to="x/*"))
+    check(cluster, 80, UDP, reach(cluster).peer(to="x/*").peer(frm="y/*"), family=6)
