@@ -104,6 +104,13 @@ class Store:
         self._deliver_queued()
         return change
 
+    def delete(self, kind: Kind, key: Key) -> bool:
+        """Delete by key (for a source that cannot read the deleted object's last state)."""
+        with self._lock:
+            change = self._delete(kind, key)
+        self._deliver_queued()
+        return change
+
     def replace(self, kind: Kind, source: str, objects: Iterable[Object]) -> int:
         """Make ``source``'s objects of ``kind`` exactly ``objects`` (a full list): objects it set
         before that are not listed are deleted. Returns how many objects changed."""
