@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from ipaddress import ip_network
 
 from podnet.agent.model import IPBlock, IPNetwork, NetworkPolicy, Pod, PolicyPort, Rule
-from podnet.agent.policy.inputs import PolicyInputs, peer_selects_pod, port_range
+from podnet.agent.policy.index import PodIndex
+from podnet.agent.policy.inputs import port_range
 
 PROTOCOL_NAMES = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
@@ -48,7 +49,7 @@ def without_nested(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
     return out
 
 
-def peer_elements(inputs: PolicyInputs, policy: NetworkPolicy, rule: Rule, family: int) -> dict[str, None]:
+def peer_elements(index: PodIndex, policy: NetworkPolicy, rule: Rule, family: int) -> dict[str, None]:
     """The addresses of every peer of the rule (pods picked by selectors, anywhere in the cluster,
     and ipBlocks minus their excepts)."""
     nets: list[IPNetwork] = []
@@ -56,9 +57,8 @@ def peer_elements(inputs: PolicyInputs, policy: NetworkPolicy, rule: Rule, famil
         if peer.ip_block is not None:
             nets.extend(block_networks(peer.ip_block, family))
             continue
-        for pod in inputs.live_pods():
-            if peer_selects_pod(inputs, policy, peer, pod):
-                nets.extend(ip_network(ip) for ip in pod.ips if ip.version == family)
+        for pod in index.peer_pods(policy.namespace, peer):
+            nets.extend(ip_network(ip) for ip in pod.ips if ip.version == family)
     return {element(n): None for n in without_nested(nets)}
 
 

@@ -45,7 +45,8 @@ from collections.abc import Iterable, Mapping
 
 from podnet.agent.model import Direction, Namespace, NetworkPolicy, Pod, Rule
 from podnet.agent.policy.addresses import named_elements, peer_elements, port_elements
-from podnet.agent.policy.inputs import PolicyInputs, peer_matches, rules_of, selects
+from podnet.agent.policy.index import PodIndex
+from podnet.agent.policy.inputs import PolicyInputs, directions_of, rules_of
 from podnet.agent.policy.names import (
     EGRESS_CHAIN,
     INGRESS_CHAIN,
@@ -84,54 +85,66 @@ def compile(namespaces: Mapping[str, Namespace], pods: Iterable[Pod],
 
 def compile_inputs(inputs: PolicyInputs) -> Contribution:
     out = _Builder()
-    local = [p for p in inputs.live_pods() if p.node_name == inputs.node_name]
+    index = PodIndex(inputs)
     for direction in (Direction.EGRESS, Direction.INGRESS):
-        _compile_direction(out, inputs, local, direction)
+        _compile_direction(out, index, direction)
     return out.build()
 
 
-def _compile_direction(out: _Builder, inputs: PolicyInputs, local: list[Pod], direction: Direction) -> None:
+def _isolating(index: PodIndex, direction: Direction) -> dict[tuple[str, str], list[NetworkPolicy]]:
+    """Local pods isolated in this direction, each with the policies isolating it."""
+    found: dict[tuple[str, str], list[NetworkPolicy]] = {}
+    for policy in index.inputs.policies:
+        if direction in directions_of(policy):
+            for pod in index.in_namespace(policy.namespace, policy.pod_selector):
+                if pod.node_name == index.inputs.node_name:
+                    found.setdefault(pod.key, []).append(policy)
+    return found
+
+
+def _compile_direction(out: _Builder, index: PodIndex, direction: Direction) -> None:
     name, priority, field = BASE[direction]
     out.chains.append(Chain(name, type="filter", hook="forward", priority=priority, policy="accept", rules=(
         "ct state established,related accept",
         f"icmpv6 type {{ {ND_TYPES} }} accept",
         *(f"{ADDR[f][0]} {field} vmap @{verdict_map(direction, f)}" for f in FAMILIES),
     )))
-    groups: dict[tuple[tuple[str, str], ...], list[Pod]] = {}
+    pods = {p.key: p for p in index.inputs.live_pods()}
     by_key: dict[tuple[str, str], NetworkPolicy] = {}
-    for pod in local:
-        isolating = [p for p in inputs.policies if selects(p, pod, direction)]
+    groups: dict[tuple[tuple[str, str], ...], list[Pod]] = {}
+    for pod_key, isolating in _isolating(index, direction).items():
         by_key.update((p.key, p) for p in isolating)
-        if isolating:
-            groups.setdefault(tuple(sorted(p.key for p in isolating)), []).append(pod)
+        groups.setdefault(tuple(sorted({p.key for p in isolating})), []).append(pods[pod_key])
     maps: dict[int, dict[str, str | None]] = {f: {} for f in FAMILIES}
-    for keys, pods in groups.items():
+    selected: dict[tuple[str, str], list[Pod]] = {}
+    for keys, members in groups.items():
         chain = isolation_chain(keys, direction)
         jumps = [f"jump {policy_prefix(k, direction)}" for k in keys if rules_of(by_key[k], direction)]
         out.chains.append(Chain(chain, rules=("ct state invalid drop", *jumps, "drop")))
-        for pod in pods:
+        for key in keys:
+            selected.setdefault(key, []).extend(members)
+        for pod in members:
             for ip in pod.ips:
                 maps[ip.version][str(ip)] = f"goto {chain}"
     for f in FAMILIES:
         out.add_set(Set(verdict_map(direction, f), (ADDR[f][1],), value_type="verdict"), maps[f])
     for key in sorted(by_key):
-        selected = [p for pods in (v for k, v in groups.items() if key in k) for p in pods]
-        _compile_policy(out, inputs, by_key[key], direction, selected)
+        _compile_policy(out, index, by_key[key], direction, selected[key])
 
 
-def _compile_policy(out: _Builder, inputs: PolicyInputs, policy: NetworkPolicy, direction: Direction,
+def _compile_policy(out: _Builder, index: PodIndex, policy: NetworkPolicy, direction: Direction,
                     selected: list[Pod]) -> None:
     rules = rules_of(policy, direction)
     if not rules:
         return
     prefix = policy_prefix(policy.key, direction)
     statements: list[str] = []
-    for index, rule in enumerate(rules):
-        statements.extend(_compile_rule(out, inputs, policy, direction, f"{prefix}-{index}", rule, selected))
+    for number, rule in enumerate(rules):
+        statements.extend(_compile_rule(out, index, policy, direction, f"{prefix}-{number}", rule, selected))
     out.chains.append(Chain(prefix, rules=tuple(statements)))
 
 
-def _compile_rule(out: _Builder, inputs: PolicyInputs, policy: NetworkPolicy, direction: Direction,
+def _compile_rule(out: _Builder, index: PodIndex, policy: NetworkPolicy, direction: Direction,
                   name: str, rule: Rule, selected: list[Pod]) -> list[str]:
     """The statements of one policy rule, declaring the sets they look up."""
     peer_field = "saddr" if direction is Direction.INGRESS else "daddr"
@@ -140,7 +153,7 @@ def _compile_rule(out: _Builder, inputs: PolicyInputs, policy: NetworkPolicy, di
     if rule.peers:
         for f in FAMILIES:
             peers = Set(f"{name}-peers{f}", (ADDR[f][1],), flags=("interval",), comment=comment)
-            out.add_set(peers, peer_elements(inputs, policy, rule, f))
+            out.add_set(peers, peer_elements(index, policy, rule, f))
             peer_match[f] = f"{ADDR[f][0]} {peer_field} @{peers.name} "
     if not rule.ports:
         return [f"{peer_match[f]}accept" for f in FAMILIES] if rule.peers else ["accept"]
@@ -153,7 +166,7 @@ def _compile_rule(out: _Builder, inputs: PolicyInputs, policy: NetworkPolicy, di
     if any(isinstance(pp.port, str) for pp in rule.ports):
         for f in FAMILIES:
             named = Set(f"{name}-named{f}", (ADDR[f][1], "inet_proto", "inet_service"), comment=comment)
-            destinations = _destinations(inputs, policy, rule, direction, selected, f)
+            destinations = _destinations(index, policy, rule, direction, selected, f)
             out.add_set(named, named_elements(destinations, rule.ports, f))
             lookup = f"{ADDR[f][0]} daddr . meta l4proto . th dport @{named.name} accept"
             # Egress elements are peer pods already; ingress ones are the selected pods.
@@ -161,12 +174,17 @@ def _compile_rule(out: _Builder, inputs: PolicyInputs, policy: NetworkPolicy, di
     return statements
 
 
-def _destinations(inputs: PolicyInputs, policy: NetworkPolicy, rule: Rule, direction: Direction,
+def _destinations(index: PodIndex, policy: NetworkPolicy, rule: Rule, direction: Direction,
                   selected: list[Pod], family: int) -> list[Pod]:
     """The pods a named port is resolved on: the selected (local) pods for ingress; for egress every
-    pod the rule's peers take in (all pods when it has none)."""
+    pod the rule's peers take in (all pods when it has none; ipBlocks by the pod's address)."""
     if direction is Direction.INGRESS:
         return selected
-    return [pod for pod in inputs.live_pods()
-            if not rule.peers or any(peer_matches(inputs, policy, peer, pod, ip)
-                                     for peer in rule.peers for ip in pod.ips if ip.version == family)]
+    if not rule.peers:
+        return list(index.inputs.live_pods())
+    found = {p.key: p for peer in rule.peers for p in index.peer_pods(policy.namespace, peer)}
+    blocks = [peer.ip_block for peer in rule.peers if peer.ip_block is not None]
+    if blocks:
+        found.update((p.key, p) for p in index.inputs.live_pods()
+                     if any(b.contains(ip) for b in blocks for ip in p.ips if ip.version == family))
+    return list(found.values())

@@ -1,0 +1,48 @@
+"""Who selectors pick, computed once per snapshot for the compiler.
+
+Pods with the same namespace and labels are one group, so a selector is evaluated once per group,
+not once per pod; the pods a peer picks are remembered per peer (many policies repeat peers). The
+semantics module answers the same questions pod by pod, plainly: the tests hold the two to the same
+answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from podnet.agent.model import EVERYTHING, LabelSelector, Peer, Pod
+from podnet.agent.policy.inputs import PolicyInputs
+
+_Group = tuple[Mapping[str, str], list[Pod]]
+
+
+class PodIndex:
+    def __init__(self, inputs: PolicyInputs) -> None:
+        self.inputs = inputs
+        self.groups: dict[str, dict[frozenset[tuple[str, str]], _Group]] = {}
+        for pod in inputs.live_pods():
+            by_labels = self.groups.setdefault(pod.namespace, {})
+            by_labels.setdefault(frozenset(pod.labels.items()), (pod.labels, []))[1].append(pod)
+        self._peers: dict[tuple[LabelSelector | None, LabelSelector | None, str], list[Pod]] = {}
+
+    def in_namespace(self, namespace: str, selector: LabelSelector) -> list[Pod]:
+        return [pod for labels, pods in self.groups.get(namespace, {}).values() if selector.matches(labels)
+                for pod in pods]
+
+    def peer_pods(self, policy_namespace: str, peer: Peer) -> list[Pod]:
+        """The pods a peer's selectors pick (none for an ipBlock peer)."""
+        if peer.pod_selector is None and peer.namespace_selector is None:
+            return []
+        # Without a namespace selector the peer means the policy's own namespace.
+        key = (peer.pod_selector, peer.namespace_selector,
+               policy_namespace if peer.namespace_selector is None else "")
+        found = self._peers.get(key)
+        if found is None:
+            if peer.namespace_selector is None:
+                spaces = [policy_namespace]
+            else:
+                chosen = peer.namespace_selector
+                spaces = [n for n in self.groups if chosen.matches(self.inputs.namespace_labels(n))]
+            selector = peer.pod_selector or EVERYTHING
+            found = self._peers[key] = [p for n in spaces for p in self.in_namespace(n, selector)]
+        return found
