@@ -60,6 +60,7 @@ class KubeServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.gone_as_status = False
         self.fail_next = 0  # answer this many requests with 500
+        self.expire_next_continue = 0  # answer this many continued list requests with 410
         self.epoch = 0  # bumped to drop every watch connection
         self.drop_mid_chunk = False
         self.inject: dict[str, Any] | None = None  # an ERROR status to send on open watches
@@ -238,7 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
             if "continue" in query:
                 token = json.loads(base64.b64decode(query["continue"]))
                 snapshot_rv, start = int(token["rv"]), int(token["start"])
-                if snapshot_rv < srv.floor:
+                expire = srv.expire_next_continue > 0
+                srv.expire_next_continue -= 1 if expire else 0
+                if snapshot_rv < srv.floor or expire:
                     return self._json(410, _status(410, "Expired", "The provided continue parameter "
                                                    "is too old"))
             else:

@@ -265,6 +265,21 @@ def test_backoff_on_500s(server: KubeServer, store: Store, make_source: Callable
     assert delays == [0.01, 0.02, 0.04, 0.04] and informer.stats.errors == 4
 
 
+def test_expired_continue_token_lists_again_from_the_start(
+        server: KubeServer, store: Store, make_source: Callable[..., KubeSource]) -> None:
+    for i in range(3):
+        server.put(pod(f"p{i}", f"10.0.0.{i + 1}"))
+    server.expire_next_continue = 2
+    source = make_source(page_size=2)
+    source.start()
+    assert store.wait_synced(5)
+    assert len(store.pods()) == 3
+    pages = [q for p, q in server.requests if p == PODS and "watch" not in q]
+    assert ["continue" in q for q in pages] == [False, True, False, True, False, True]
+    informer = source.informers[Kind.POD]
+    assert informer.stats.errors == 2 and informer.stats.lists == 1
+
+
 def test_backoff_jitter_and_cap() -> None:
     values = iter([0.0, 1.0, 0.5, 0.0, 0.0, 0.0])
     backoff = Backoff(initial=1.0, cap=5.0, factor=2.0, jitter=0.5, rand=lambda: next(values))

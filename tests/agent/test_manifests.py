@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from podnet.agent.model import Direction, NetworkPolicy
 from podnet.agent.objects import Kind
@@ -206,3 +209,52 @@ def test_store_synced_only_after_the_first_read(tmp_path: Path, store: Store) ->
         assert store.synced
     finally:
         src.stop()
+
+
+yaml_text = st.text(alphabet=st.sampled_from(list("abkindPod:v1 -{}[],\n\"'#&*!|>%@`\t0123456789.")),
+                    max_size=200)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["apiVersion", "kind", "metadata", "name", "items", "spec", "labels"]), inner,
+        max_size=4),
+    max_leaves=15)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=yaml_text | json_values.map(json.dumps), suffix=st.sampled_from([".yaml", ".json"]))
+def test_fuzz_any_file_gives_objects_or_a_clear_error(text: str, suffix: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "f" + suffix)
+        Path(path).write_text(text)
+        try:
+            loaded, _ = manifest_files.load(path)
+        except manifest_files.Unreadable as exc:
+            assert str(exc)
+            return
+        assert all(isinstance(e, str) and e for e in loaded.errors)
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc=json_values, kind=st.sampled_from(["Pod", "Namespace", "NetworkPolicy", "List"]))
+def test_fuzz_objects_of_known_kinds(doc: object, kind: str) -> None:
+    raw = {"apiVersion": "networking.k8s.io/v1" if kind == "NetworkPolicy" else "v1", "kind": kind,
+           "metadata": {"name": "a", "namespace": "x"}, "spec": doc, "items": doc if kind == "List" else None}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "f.json")
+        Path(path).write_text(json.dumps(raw))
+        try:
+            loaded, _ = manifest_files.load(path)
+        except manifest_files.Unreadable as exc:
+            assert str(exc)
+            return
+        for obj in loaded.objects:
+            assert not isinstance(obj, NetworkPolicy) or obj.error is None or obj.directions == {
+                Direction.INGRESS, Direction.EGRESS}
+
+
+def test_labels_are_read_only(tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    write(tmp_path / "a.yaml", POD.format(name="a", ip="10.0.0.1"))
+    source.start()
+    with pytest.raises(TypeError):
+        store.pod("x", "a").labels["pod"] = "b"  # type: ignore[index, union-attr]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from podnet.agent import objects_fields as f
@@ -75,6 +76,11 @@ def _metadata(raw: Mapping[str, Any], kind: Kind,
     return f.object_name(ns_raw, "metadata.namespace", dns_label=True), name, meta
 
 
+def _frozen_labels(meta: Mapping[str, Any]) -> Mapping[str, str]:
+    # Read-only, so a value handed out by the store cannot be changed under its other readers.
+    return MappingProxyType(f.labels(meta.get("labels"), "metadata.labels"))
+
+
 def _pod_ips(status: Mapping[str, Any]) -> tuple[IPAddress, ...]:
     entries = f.sequence(status.get("podIPs"), "status.podIPs")
     texts = [f.string(f.mapping(e, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip")
@@ -116,7 +122,7 @@ def _pod(raw: Mapping[str, Any], namespace: str, name: str, meta: Mapping[str, A
     return Pod(
         namespace=namespace, name=name,
         uid=f.string(meta.get("uid"), "metadata.uid", optional=True),
-        labels=f.labels(meta.get("labels"), "metadata.labels"),
+        labels=_frozen_labels(meta),
         ips=_pod_ips(status),
         node_name=f.string(spec.get("nodeName"), "spec.nodeName", optional=True),
         host_network=f.boolean(spec.get("hostNetwork"), "spec.hostNetwork"),
@@ -161,7 +167,7 @@ def parse_object(raw: object, *, expected: Kind | None = None,
         return objects_policy.parse_spec(raw, namespace, name)
     try:
         if kind is Kind.NAMESPACE:
-            return Namespace(name, f.labels(meta.get("labels"), "metadata.labels"))
+            return Namespace(name, _frozen_labels(meta))
         return _pod(raw, namespace, name, meta)
     except f.Invalid as exc:
         label = name if kind is Kind.NAMESPACE else f"{namespace}/{name}"

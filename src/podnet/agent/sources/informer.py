@@ -146,6 +146,11 @@ class Informer:
                     # A server (or proxy) that ends every watch at once must not make a busy loop.
                     raise ApiError(f"watch {self.path}: the server ended the stream at once")
             except Gone:
+                if self.resource_version is None:
+                    # The list itself was refused (its continue token expired): list again,
+                    # but never in a busy loop against a server that keeps refusing.
+                    self._failed(ApiError(f"list {self.path}: 410 Gone"))
+                    continue
                 log.info("%s: resourceVersion %s is gone; listing again", self.kind.kind,
                          self.resource_version)
                 self.stats.relists_gone += 1
