@@ -20,8 +20,11 @@ import base64
 import contextlib
 import copy
 import json
+import os
 import select
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -51,13 +54,16 @@ class Change:
 
 
 class KubeServer:
-    def __init__(self) -> None:
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        """Plain HTTP, or HTTPS with a fresh self-signed certificate for 127.0.0.1 made in
+        ``tls_dir`` (``ca_file`` is then the certificate to trust)."""
         self.cond = threading.Condition()
         self.rv = 100
         self.floor = 0  # watches and continue tokens from an rv below this get 410 (history ends here)
         self.history: list[Change] = []
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {k: {} for k, _ in COLLECTIONS.values()}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.authorizations: list[str] = []
         self.gone_as_status = False
         self.fail_next = 0  # answer this many requests with 500
         self.expire_next_continue = 0  # answer this many continued list requests with 410
@@ -70,19 +76,39 @@ class KubeServer:
         handler = type("Handler", (_Handler,), {"server_ref": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
+        self.ca_file: Path | None = None
+        if tls_dir is not None:
+            self.ca_file = self._tls(tls_dir)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
         self.thread.start()
 
+    def _tls(self, directory: Path) -> Path:
+        cert, key = directory / "server.crt", directory / "server.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        return cert
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "https" if self.ca_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig pointing lightkube at this server."""
+    def kubeconfig(self, path: Path, *, ca_file: Path | None = None) -> Path:
+        """A kubeconfig pointing lightkube at this server (trusting ``ca_file``, by default the
+        server's own certificate)."""
+        cluster: dict[str, Any] = {"server": self.url}
+        ca = ca_file or self.ca_file
+        if ca is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
         path.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "test", "cluster": cluster}],
             "users": [{"name": "test", "user": {"token": "test-token"}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
         return path
@@ -212,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         with srv.cond:
             srv.requests.append((url.path, query))
+            srv.authorizations.append(self.headers.get("Authorization", ""))
             failing = srv.fail_next > 0
             srv.fail_next -= 1 if failing else 0
         if failing:
@@ -328,13 +355,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_gone(self) -> bool:
         # The client closed its end (a watch the informer stopped): readable with nothing to read.
+        # Peeked on a plain socket sharing the descriptor: a TLS socket refuses recv flags.
         ready, _, _ = select.select([self.connection], [], [], 0)
         if not ready:
             return False
+        raw = socket.socket(fileno=os.dup(self.connection.fileno()))
         try:
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
         except OSError:
             return True
+        finally:
+            raw.close()
 
     def _chunk(self, event: dict[str, Any]) -> None:
         data = json.dumps(event).encode() + b"\n"

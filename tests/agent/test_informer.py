@@ -375,3 +375,42 @@ def test_pods_are_parsed_like_manifests(server: KubeServer, store: Store,
     got = store.pod("x", "a")
     assert isinstance(got, Pod) and got.uid == "uid-a" and got.labels == {"app": "web"}
     assert [p.name for p in store.local_pods()] == ["a"]
+
+
+def test_https_with_the_kubeconfig_ca_and_token(tmp_path: Path, store: Store) -> None:
+    server = KubeServer(tls_dir=tmp_path)
+    try:
+        server.put(pod("a"))
+        source = KubeSource(store, load_config(server.kubeconfig(tmp_path / "kubeconfig")))
+        source.start()
+        try:
+            assert store.wait_synced(5)
+            server.wait_watches(3)
+            server.put(pod("b", "10.0.0.2"))
+            wait_for(lambda: "b" in ips(store))
+            assert set(server.authorizations) == {"Bearer test-token"}
+        finally:
+            source.close()
+        wait_for(lambda: server.active_watches == 0)
+    finally:
+        server.close()
+
+
+def test_https_with_an_untrusted_certificate_never_syncs(tmp_path: Path, store: Store) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    server, impostor = KubeServer(tls_dir=tmp_path), KubeServer(tls_dir=other)
+    try:
+        assert impostor.ca_file is not None
+        config = load_config(server.kubeconfig(tmp_path / "kubeconfig", ca_file=impostor.ca_file))
+        source = KubeSource(store, config, kinds=(Kind.POD,), backoff=Backoff(initial=0.01, cap=0.05))
+        source.start()
+        try:
+            wait_for(lambda: source.informers[Kind.POD].stats.errors >= 2)
+            assert not store.synced and server.requests == []
+            assert "SSL" in (source.informers[Kind.POD].stats.last_error or "")
+        finally:
+            source.close()
+    finally:
+        server.close()
+        impostor.close()
