@@ -4,6 +4,7 @@ a stale resourceVersion, 500s with backoff, and a clean stop."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -414,3 +415,43 @@ def test_https_with_an_untrusted_certificate_never_syncs(tmp_path: Path, store: 
     finally:
         server.close()
         impostor.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_churn_with_faults_converges_to_the_server_state(
+        server: KubeServer, store: Store, make_source: Callable[..., KubeSource], seed: int) -> None:
+    """Mutations interleaved at random with dropped connections (whole or mid-chunk), 410s,
+    bookmarks, compactions and 500s: the store always ends equal to the server."""
+    rng = random.Random(seed)
+    source = make_source(page_size=3)
+    source.start()
+    assert store.wait_synced(5)
+    names = [f"p{i}" for i in range(8)]
+    for step in range(120):
+        action = rng.random()
+        name = rng.choice(names)
+        exists = ("x", name) in server.objects["Pod"]
+        if action < 0.45:
+            server.put(pod(name, f"10.0.{step // 250}.{step % 250 + 1}", v=str(step)))
+        elif action < 0.65 and exists:
+            server.delete("Pod", name, "x")
+        elif action < 0.72:
+            server.drop_watches(mid_chunk=rng.random() < 0.5)
+        elif action < 0.77:
+            server.compact()
+            server.inject_error(410)
+        elif action < 0.85:
+            server.bump()
+            server.bookmark()
+        elif action < 0.88:
+            server.fail_next = rng.randint(1, 2)
+        if rng.random() < 0.2:
+            time.sleep(0.005)
+
+    def expected() -> dict[str, str]:
+        with server.cond:
+            return {n: o["status"]["podIP"] for (_, n), o in server.objects["Pod"].items()}
+
+    wait_for(lambda: ips(store) == expected(), timeout=10)
+    labels = {n: p.labels["v"] for (_, n), p in store.pods().items()}
+    assert labels == {n: o["metadata"]["labels"]["v"] for (_, n), o in server.objects["Pod"].items()}

@@ -258,3 +258,21 @@ def test_labels_are_read_only(tmp_path: Path, store: Store, source: ManifestSour
     source.start()
     with pytest.raises(TypeError):
         store.pod("x", "a").labels["pod"] = "b"  # type: ignore[index, union-attr]
+
+
+def test_configmap_style_symlink_swap(tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    """A ConfigMap volume: files are symlinks through ``..data``, which the kubelet swaps
+    atomically to a new hidden directory on every update."""
+    def publish(version: int, text: str) -> None:
+        data = tmp_path / f"..v{version}"
+        data.mkdir()
+        (data / "pods.yaml").write_text(text)
+        (tmp_path / "..data_tmp").symlink_to(data.name)
+        os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+
+    publish(1, POD.format(name="a", ip="10.0.0.1"))
+    (tmp_path / "pods.yaml").symlink_to("..data/pods.yaml")
+    source.start()
+    assert set(store.pods()) == {("x", "a")}
+    publish(2, POD.format(name="b", ip="10.0.0.2"))
+    wait_for(lambda: set(store.pods()) == {("x", "b")})
