@@ -157,7 +157,7 @@ class TableWriter:
         if not chains:
             return
         try:
-            state = self.nft.list_table(self.family, self.table)
+            state = self.nft.list_table(self.family, self.table, elements=False)
         except NftError:
             state = None  # applied; verify compares rule counts instead
         for name in chains:

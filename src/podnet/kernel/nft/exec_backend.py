@@ -42,10 +42,11 @@ class NftExec:
         if tx:
             self._run(["-f", "-"], tx.render(), f"nft -f (table {tx.family} {tx.table})")
 
-    def list_table(self, family: Family, table: str) -> TableState | None:
+    def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
+        argv = ["-j", *([] if elements else ["-t"]), "list", "table", check_family(family),
+                check_name(table, "table name")]
         try:
-            out = self._run(["-j", "list", "table", check_family(family), check_name(table, "table name")],
-                            None, f"nft list table {family} {table}")
+            out = self._run(argv, None, f"nft list table {family} {table}")
         except NftNotFound:
             return None
         return parse_table_json(out, family, table)

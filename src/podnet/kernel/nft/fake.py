@@ -35,9 +35,12 @@ class FakeNft:
         self.tables = tables  # all or nothing, like the kernel's batch
         self.applied.append(tx.render())
 
-    def list_table(self, family: Family, table: str) -> TableState | None:
-        found = self.tables.get((family, table))
-        return copy.deepcopy(found) if found is not None else None
+    def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
+        found = copy.deepcopy(self.tables.get((family, table)))
+        if found is not None and not elements:
+            for s in found.sets.values():
+                s.elements = []
+        return found
 
     def has_table(self, family: Family, table: str) -> bool:
         return (family, table) in self.tables

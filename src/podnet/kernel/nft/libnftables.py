@@ -32,6 +32,7 @@ from podnet.kernel.nft.transaction import Family, Transaction, check_family, che
 LIBRARY = "libnftables.so.1"
 # enum nft_output_flags (nftables/libnftables.h): JSON output for listings.
 _NFT_CTX_OUTPUT_JSON = 1 << 4
+_NFT_CTX_OUTPUT_TERSE = 1 << 11  # sets without their elements
 _NFT_CTX_DEFAULT = 0
 
 T = TypeVar("T")
@@ -83,8 +84,9 @@ class _Context:
         lib.nft_ctx_buffer_output(self.ctx)
         lib.nft_ctx_buffer_error(self.ctx)
 
-    def run(self, script: str, what: str, *, json: bool = False) -> str:
-        self.lib.nft_ctx_output_set_flags(self.ctx, _NFT_CTX_OUTPUT_JSON if json else 0)
+    def run(self, script: str, what: str, *, json: bool = False, terse: bool = False) -> str:
+        flags = (_NFT_CTX_OUTPUT_JSON if json else 0) | (_NFT_CTX_OUTPUT_TERSE if terse else 0)
+        self.lib.nft_ctx_output_set_flags(self.ctx, flags)
         rc = self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode())
         out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode(errors="replace")
         err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode(errors="replace")
@@ -173,11 +175,11 @@ class LibNftables:
             script = tx.render()
             self._call(lambda c: c.run(script, what), what)
 
-    def list_table(self, family: Family, table: str) -> TableState | None:
+    def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
         what = f"libnftables list table {family} {table}"
         cmd = f"list table {check_family(family)} {check_name(table, 'table name')}"
         try:
-            out = self._call(lambda c: c.run(cmd, what, json=True), what)
+            out = self._call(lambda c: c.run(cmd, what, json=True, terse=not elements), what)
         except NftNotFound:
             return None
         return parse_table_json(out, family, table)
@@ -221,6 +223,7 @@ def close_backend(nft: Nft) -> None:
 
 
 _shared: list[LibNftables] = []
+_shared_lock = threading.Lock()
 
 
 def _forget_shared() -> None:
@@ -238,7 +241,7 @@ def shared_backend() -> Nft:
     so a long-lived process holds at most this one (and keeps no dead namespace alive)."""
     if not _in_process_netns():
         return NftExec()
-    with _lock:
+    with _shared_lock:
         if not _shared and load() is not None:
             try:
                 _shared.append(LibNftables())

@@ -12,8 +12,9 @@ class Nft(Protocol):
     def apply(self, tx: Transaction) -> None:
         """Apply the transaction atomically; raises an :class:`NftError` and changes nothing on failure."""
 
-    def list_table(self, family: Family, table: str) -> TableState | None:
-        """The table's chains, rules and sets with their elements; None when the table does not exist."""
+    def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
+        """The table's chains, rules and sets with their elements (``elements=False``: without, which
+        costs far less on big sets); None when the table does not exist."""
 
     def has_table(self, family: Family, table: str) -> bool:
         """False only when the table certainly does not exist: a cheap check before a listing."""
