@@ -16,6 +16,7 @@ from podnet.agent.model import Pod
 from podnet.agent.objects import Kind
 from podnet.agent.sources.informer import Backoff
 from podnet.agent.sources.kube import KubeConfigError, KubeSource, load_config
+from podnet.agent.sources.manifests import ManifestSource
 from podnet.agent.store import Change, Store
 
 from .kubeserver import Change as ServerChange
@@ -455,3 +456,19 @@ def test_random_churn_with_faults_converges_to_the_server_state(
     wait_for(lambda: ips(store) == expected(), timeout=10)
     labels = {n: p.labels["v"] for (_, n), p in store.pods().items()}
     assert labels == {n: o["metadata"]["labels"]["v"] for (_, n), o in server.objects["Pod"].items()}
+
+
+def test_two_sources_sync_only_when_both_have_listed(server: KubeServer, store: Store, tmp_path: Path,
+                                                     make_source: Callable[..., KubeSource]) -> None:
+    manifests_dir = tmp_path / "manifests"
+    manifests_dir.mkdir()
+    server.fail_next = 3
+    kube = make_source((Kind.POD,))  # registered when made, before anything starts
+    manifests = ManifestSource(store, manifests_dir)
+    manifests.start()
+    try:
+        assert not store.synced  # the directory was read, the API not yet
+        kube.start()
+        assert store.wait_synced(5)
+    finally:
+        manifests.stop()

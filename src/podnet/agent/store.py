@@ -87,7 +87,9 @@ class Store:
 
     # --- sources ---------------------------------------------------------------------------
     def register_source(self, source: str, kinds: Iterable[Kind] = tuple(Kind)) -> None:
-        """A source that will feed ``kinds``: the store is not synced until it has replaced each."""
+        """A source that will feed ``kinds``: the store is not synced until it has replaced each.
+        Sources register when they are made, so that all are known before any lists; one that
+        registers after the store is synced does not make it unsynced."""
         with self._lock:
             self._registered = True
             if not self._synced.is_set():

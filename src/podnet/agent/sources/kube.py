@@ -74,9 +74,11 @@ class KubeSource:
             kind: Informer(self.client, kind, store, name, page_size=page_size, watch_timeout=watch_timeout,
                            backoff=Backoff(**_backoff_args(backoff)))
             for kind in kinds}
+        # Registered when made, not when started: the store cannot become synced on another
+        # source's list before this one has listed.
+        store.register_source(name, tuple(self.informers))
 
     def start(self) -> None:
-        self.store.register_source(self.name, tuple(self.informers))
         for informer in self.informers.values():
             informer.start()
 

@@ -47,14 +47,16 @@ class ManifestSource:
         self._thread: threading.Thread | None = None
         self._watch: inotify.DirWatch | None = None
         self.scans = 0
+        # Registered when made, not when started: the store cannot become synced on another
+        # source's list before this one has listed.
+        store.register_source(name, tuple(Kind))
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Register, read the whole directory once (the store's first full list from this
-        source) and start following changes in a thread."""
+        """Read the whole directory once (the store's first full list from this source) and
+        start following changes in a thread."""
         if not os.path.isdir(self.directory):
             raise ManifestError(f"manifest directory {self.directory}: not a directory")
-        self.store.register_source(self.name, tuple(Kind))
         self._watch = self._new_watch()
         self.scan()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
