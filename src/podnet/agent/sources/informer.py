@@ -105,6 +105,8 @@ class Informer:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Run in a thread; after a stop, a new start resumes from the last resourceVersion."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name=f"podnet-informer-{self.kind.kind}",
                                         daemon=True)
