@@ -7,7 +7,7 @@ from ipaddress import ip_address
 import pytest
 
 from podnet.agent.model import NetworkPolicy, Pod
-from podnet.agent.policy import EndpointError, Match, PolicyInputs, allowed, verdict
+from podnet.agent.policy import EndpointError, ExplainError, Match, PolicyInputs, allowed, explain, verdict
 
 from .world import EGR, ING, SCTP, TCP, UDP, block, ns, peer, pod, policy, port, rule, sel
 
@@ -207,3 +207,39 @@ def test_namespace_unknown_to_the_model_has_no_labels() -> None:
     assert not ok(w, stray, XA) and ok(w, YA, XA)
     w = world(policy("x", "p", sel({"app": "a"}), ingress=[rule(peer(sel(), sel()))]), pods=(*PODS, stray))
     assert ok(w, stray, XA)
+
+
+def test_explain_says_who_isolates_and_which_rule_allows() -> None:
+    w = world(policy("x", "p1", sel({"app": "a"}), ingress=[rule(peer(sel({"app": "b"})), ports=[port(80)])]),
+              policy("x", "out", sel({"app": "b"}), types=[EGR]))
+    text = explain(w, "y/a", "x/a", "80/tcp")
+    assert text.splitlines() == [
+        "y/a (10.0.1.1) -> x/a (10.0.0.1) TCP/80: DENIED",
+        "  egress of y/a (10.0.1.1): not isolated (no policy selects it for egress)",
+        "  ingress of x/a (10.0.0.1): isolated by x/p1; no rule allows it",
+    ]
+    assert "ALLOWED" in explain(w, "10.0.0.1", "y/a", "80")
+    text = explain(w, "x/b", "x/a", "80", family=6)
+    assert "x/b (fd00::2) -> x/a (fd00::1) TCP/80: DENIED" in text
+    assert "egress of x/b (fd00::2): isolated by x/out; no rule allows it" in text
+    assert "allowed by x/p1 rule 0 (peer 0, port 0)" in text
+    assert "never leaves" in explain(w, "x/a", "x/a", "81/UDP")
+
+
+@pytest.mark.parametrize(("src", "dst", "port", "message"), [
+    ("x/nope", "x/a", "80", "no pod x/nope in the model"),
+    ("x", "x/a", "80", "'x' is neither an IP address nor namespace/name"),
+    ("x/a", "x/b/c", "80", "neither an IP address"),
+    ("x/a", "x/b", "80/icmp", "protocol 'icmp' is not TCP, UDP or SCTP"),
+    ("x/a", "x/b", "http", "port 'http' is not a number"),
+    ("x/a", "x/b", "0/tcp", "port '0' is not a number"),
+    ("x/a", "y/b", "80", None),
+    ("fd00::1", "y/b", "80", "different address families"),
+])
+def test_explain_bad_input_is_a_clear_error(src: str, dst: str, port: str, message: str | None) -> None:
+    w = world()
+    if message is None:
+        assert "ALLOWED" in explain(w, src, dst, port)
+        return
+    with pytest.raises(ExplainError, match=message):
+        explain(w, src, dst, port)
