@@ -4,6 +4,7 @@ the wrong namespace."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -87,3 +88,28 @@ def test_shared_backend_in_another_namespace_runs_there(node: Netns) -> None:
         nft.apply(Transaction("inet", "shared-check").add_table())
     kernel_netns.run_in_netns(node.path, inside)
     assert "shared-check" in _tables(node)
+
+
+SHARED_SCRIPT = """
+import sys
+import threading
+from podnet.kernel.nft import LibNftables, Transaction, shared_backend
+seen = []
+def call(i):
+    nft = shared_backend()
+    nft.apply(Transaction("inet", f"t{i}").add_table())
+    seen.append(nft)
+threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+workers = [t for t in threading.enumerate() if t.name.startswith("podnet-nft")]
+print(len({id(n) for n in seen}), type(seen[0]).__name__, len(workers))
+"""
+
+
+def test_shared_backend_is_one_context_per_process(node: Netns) -> None:
+    """A process acting in its own namespace (the daemon, a plugin run as a program): every call and
+    thread shares one libnftables worker, however many calls it serves."""
+    out = node.run([sys.executable, "-c", SHARED_SCRIPT]).stdout.split()
+    assert out == ["1", "LibNftables", "1"]
+    assert _tables(node).count("table inet t") == 8

@@ -52,3 +52,35 @@ def test_parse_unknown_value_shape() -> None:
     with pytest.raises(NftError, match="unexpected element value"):
         parse_table_json(json.dumps(doc), "inet", "t")
 
+
+
+# Captured from `nft -j list table inet podnet-policy` (nftables 1.0.6), trimmed: a verdict map, a
+# data map with a comment, rules with handles.
+MAPS_AND_RULES = {"nftables": [
+    {"table": {"family": "inet", "name": "podnet-policy", "handle": 3}},
+    {"map": {"family": "inet", "name": "pods-v4", "table": "podnet-policy", "type": "ipv4_addr",
+             "handle": 1, "map": "verdict", "elem": [
+                 ["10.0.0.1", {"goto": {"target": "isolate-a"}}], ["10.0.0.2", {"accept": None}]]}},
+    {"map": {"family": "inet", "name": "nat", "table": "podnet-policy", "type": ["ipv4_addr", "inet_service"],
+             "handle": 2, "map": "ipv4_addr", "elem": [
+                 [{"elem": {"val": {"concat": ["10.0.0.1", 80]}, "comment": "svc"}}, "10.1.0.1"]]}},
+    {"chain": {"family": "inet", "table": "podnet-policy", "name": "ingress", "handle": 4, "type": "filter",
+               "hook": "forward", "prio": 0, "policy": "accept"}},
+    {"chain": {"family": "inet", "table": "podnet-policy", "name": "isolate-a", "handle": 5}},
+    {"rule": {"family": "inet", "table": "podnet-policy", "chain": "isolate-a", "handle": 9,
+              "expr": [{"drop": None}]}},
+    {"rule": {"family": "inet", "table": "podnet-policy", "chain": "isolate-a", "handle": 12,
+              "expr": [{"accept": None}], "comment": "x"}},
+]}
+
+
+def test_parse_maps_and_rules() -> None:
+    state = parse_table_json(json.dumps(MAPS_AND_RULES), "inet", "podnet-policy")
+    assert state.elements("pods-v4") == [Element("10.0.0.1", None, "goto isolate-a"),
+                                         Element("10.0.0.2", None, "accept")]
+    assert state.sets["pods-v4"].value_type == "verdict"
+    assert state.elements("nat") == [Element("10.0.0.1 . 80", "svc", "10.1.0.1")]
+    assert state.handles("isolate-a") == [9, 12] and state.handles("ingress") == []
+    assert len(state.chains["isolate-a"]) == 2 and state.chains["ingress"] == []
+    assert state.chain_states["ingress"].spec == {"type": "filter", "hook": "forward", "priority": "0",
+                                                  "policy": "accept"}

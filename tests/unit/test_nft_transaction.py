@@ -63,3 +63,45 @@ def test_render_happens_after_validation() -> None:
     with pytest.raises(InvalidArgument):
         tx.add_element("s", "a{b")
     assert tx.render() == "add table inet t\n"
+
+
+def test_render_writer_verbs() -> None:
+    tx = (Transaction("inet", "t").add_map("m", "ipv4_addr", "verdict", comment="pods")
+          .add_map("n", ("ipv4_addr", "inet_service"), "ipv4_addr", flags=("interval",))
+          .create_chain("c", type="filter", hook="forward", priority=0)
+          .add_element("m", "10.0.0.1", value="goto c").add_element("m", "10.0.0.2", value="accept")
+          .delete_element("m", "10.0.0.3").delete_element("m", "10.0.0.4")
+          .delete_rule("c", 7).flush_set("m").delete_set("n").delete_chain("c"))
+    assert tx.render().splitlines() == [
+        'add map inet t m { type ipv4_addr : verdict; comment "pods"; }',
+        "add map inet t n { type ipv4_addr . inet_service : ipv4_addr; flags interval; }",
+        "create chain inet t c { type filter hook forward priority 0; }",
+        "add element inet t m { 10.0.0.1 : goto c, 10.0.0.2 : accept }",
+        "delete element inet t m { 10.0.0.3, 10.0.0.4 }",
+        "delete rule inet t c handle 7",
+        "flush set inet t m",
+        "delete set inet t n",
+        "delete chain inet t c",
+    ]
+
+
+def test_element_runs_join_only_distinct_keys_of_one_set_and_verb() -> None:
+    tx = (Transaction("inet", "t").add_element("s", "1.1.1.1", "a").add_element("s", "1.1.1.2")
+          .add_element("s", "1.1.1.1").add_element("u", "1.1.1.1"))
+    assert tx.render().splitlines() == [
+        'add element inet t s { 1.1.1.1 comment "a", 1.1.1.2 }',
+        "add element inet t s { 1.1.1.1 }",
+        "add element inet t u { 1.1.1.1 }",
+    ]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Transaction("inet", "t").delete_rule("c", 0),
+    lambda: Transaction("inet", "t").delete_rule("c", True),
+    lambda: Transaction("inet", "t").add_element("m", "1.1.1.1", value="goto c }"),
+    lambda: Transaction("inet", "t").add_map("m", (), "verdict"),
+    lambda: Transaction("inet", "t").extend(Transaction("ip", "t")),
+])
+def test_writer_verbs_validation(build: object) -> None:
+    with pytest.raises(InvalidArgument):
+        build()  # type: ignore[operator]

@@ -185,11 +185,15 @@ class LibNftables:
         return parse_table_json(out, family, table)
 
     def has_table(self, family: Family, table: str) -> bool:
-        """One netlink request; True when unsure."""
-        try:
-            return table_exists(check_family(family), check_name(table, "table name"), self.netns)
-        except OSError:
-            return True
+        """One netlink request, from the worker (already in the namespace); True when unsure."""
+        family, table = check_family(family), check_name(table, "table name")  # type: ignore[assignment]
+
+        def ask(_: _Context) -> bool:
+            try:
+                return table_exists(family, table)
+            except OSError:
+                return True
+        return self._call(ask, f"libnftables: does table {family} {table} exist")
 
     def close(self) -> None:
         """End the worker and free the context (idempotent)."""
