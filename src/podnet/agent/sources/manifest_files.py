@@ -1,6 +1,5 @@
 """One manifest file -> model values: YAML (multi-document) or JSON, ``kind: List`` unwrapped,
-each object checked against the Kubernetes OpenAPI schema (``kubernetes-validate``'s offline
-copy, at a pinned Kubernetes version) and then by ``agent.objects``.
+each object checked by ``agent.objects`` and against the Kubernetes OpenAPI schema (``schemas``).
 
 A file that cannot be read or parsed as a whole raises :class:`Unreadable`: the caller keeps the
 file's previous objects in force. Within a file that parses, a bad Pod or Namespace is reported
@@ -16,16 +15,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import kubernetes_validate  # type: ignore[import-untyped]
 import yaml  # type: ignore[import-untyped]
 
 from podnet.agent import objects
 from podnet.agent.model import NetworkPolicy
 from podnet.agent.objects import Object, ObjectError, UnsupportedKind
+from podnet.agent.sources import schemas
 
-# The Kubernetes version whose schemas validate manifests: pinned so a package upgrade never
-# changes what a directory means.
-KUBERNETES_VERSION = "1.33"
 SUFFIXES = (".yaml", ".yml", ".json")
 _MAX_BYTES = 64 << 20
 
@@ -96,17 +92,6 @@ def _flatten(docs: list[Any]) -> Iterator[tuple[str, Any]]:
             yield f"document {i + 1}", doc
 
 
-def _schema_error(raw: Mapping[str, Any]) -> str | None:
-    try:
-        kubernetes_validate.validate(dict(raw), KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "(object)"
-        return f"{where}: {exc.message}"
-    except Exception as exc:  # a schema the package lacks must not stop the directory
-        return f"schema check failed: {exc}"
-    return None
-
-
 def _label(raw: Mapping[str, Any]) -> str:
     meta = raw.get("metadata")
     name = meta.get("name") if isinstance(meta, Mapping) else None
@@ -125,7 +110,7 @@ def _one(where: str, raw: Any, loaded: Loaded) -> None:
         return
     assert isinstance(raw, Mapping)  # parse_object accepted it
     is_policy = isinstance(obj, NetworkPolicy)
-    problem = _schema_error(raw)
+    problem = schemas.schema_error(raw)
     if problem is None:
         loaded.objects.append(obj)
         if isinstance(obj, NetworkPolicy) and obj.error:
