@@ -4,11 +4,15 @@ of endpoints, both families, TCP/UDP/SCTP, on this node (only local pods are iso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nsutil import Netns
+from nsutil import namespaces as netns_factory
 from podnet.agent.model import (
     ContainerPort,
     Direction,
@@ -27,6 +31,7 @@ from podnet.agent.model import (
 from podnet.agent.policy import PolicyInputs, compile, verdict
 
 from .nfteval import Packet, Table, allows
+from .nftload import render
 
 KEYS, VALUES = ("app", "tier"), ("a", "b")
 NODE = "n1"
@@ -98,7 +103,7 @@ def expected(inputs: PolicyInputs, src: Pod | None, dst: Pod | None, family: int
     return egress and ingress
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(namespaces, pods(), policies())
 def test_compiled_table_allows_what_the_semantics_allows(
         spaces: dict[str, Namespace], pod_list: list[Pod], policy_list: list[NetworkPolicy]) -> None:
@@ -117,3 +122,19 @@ def test_compiled_table_allows_what_the_semantics_allows(
                         want = expected(inputs, src, dst, family, port, proto)
                         got = allows(table, Packet(s_ip, d_ip, proto.value.lower(), port))
                         assert got == want, (src, dst, family, proto, port, policy_list)
+
+
+@pytest.fixture(scope="module")
+def loader() -> Iterator[Netns]:
+    with netns_factory() as factory:
+        yield factory("node")
+
+
+@pytest.mark.root
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(namespaces, pods(), policies())
+def test_random_tables_load_into_the_kernel(loader: Netns, spaces: dict[str, Namespace], pod_list: list[Pod],
+                                            policy_list: list[NetworkPolicy]) -> None:
+    script = render(compile(spaces, pod_list, policy_list, NODE))
+    loaded = loader.run(["nft", "-f", "-"], input=script, check=False)
+    assert loaded.returncode == 0, (loaded.stderr, script)

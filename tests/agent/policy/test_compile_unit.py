@@ -38,6 +38,10 @@ POLICIES = (
     policy("y", "egress", sel({"app": "b"}), egress=[rule(peer(nss=sel()), ports=[port("web")]), rule()],
            types=[EGR]),
     policy("y", "sctp-only", sel({"app": "a"}), ingress=[rule(ports=[port(80, SCTP)])]),
+    # Overlapping ports and blocks: interval sets refuse overlapping elements.
+    policy("y", "overlaps", sel({"app": "b"}), ingress=[rule(
+        block("0.0.0.0/0", "10.0.0.0/8"), block("10.0.0.0/24"), block("::/0"), peer(nss=sel()),
+        ports=[port(None, TCP), port(80), port(1000, TCP, 2000), port(1500, TCP, 3000), port(3001, TCP)])]),
 )
 
 
@@ -153,3 +157,15 @@ def test_compiled_table_loads_into_the_kernel(netns: NetnsFactory) -> None:
     got = json.loads(node.run(["nft", "-j", "list", "map", "inet", "podnet-policy", "ingress-ip4"]).stdout)
     elems = next(x["map"] for x in got["nftables"] if "map" in x)["elem"]
     assert len(elems) == len(contribution.elements["ingress-ip4"]) > 400
+
+
+def test_overlapping_ports_and_blocks_become_disjoint_elements() -> None:
+    c = build(8)
+    prefix = policy_prefix(("y", "overlaps"), ING)
+    assert set(c.elements[f"{prefix}-0-ports"]) == {"tcp . 0-65535"}
+    peers = set(c.elements[f"{prefix}-0-peers4"])
+    assert "10.0.0.0/24" in peers and "0.0.0.0/5" in peers
+    assert not any(p.startswith("10.0.0.1") for p in peers)  # pods inside a block are the block
+    assert set(c.elements[f"{prefix}-0-peers6"]) == {"::/0"}
+    allow_b = policy_prefix(("x", "allow-b"), ING)
+    assert set(c.elements[f"{allow_b}-1-ports"]) == {"tcp . 7"}

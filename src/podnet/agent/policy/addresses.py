@@ -63,15 +63,30 @@ def peer_elements(index: PodIndex, policy: NetworkPolicy, rule: Rule, family: in
 
 
 def port_elements(ports: Iterable[PolicyPort]) -> dict[str, None]:
-    """``proto . port`` or ``proto . first-last`` for every port given by number or not at all."""
-    out: dict[str, None] = {}
+    """``proto . port`` or ``proto . first-last`` for every port given by number or not at all.
+    Overlapping ranges (``protocol: TCP`` next to ``port: 80``) are merged: an interval set refuses
+    overlapping elements."""
+    spans: dict[str, list[tuple[int, int]]] = {}
     for pp in ports:
         if isinstance(pp.port, str):
             continue
         span = port_range(pp, None)
         assert span is not None  # only named ports need a pod
-        first, last = span
-        out[f"{PROTOCOL_NAMES[pp.protocol.value]} . {first if first == last else f'{first}-{last}'}"] = None
+        spans.setdefault(PROTOCOL_NAMES[pp.protocol.value], []).append(span)
+    out: dict[str, None] = {}
+    for proto, ranges in spans.items():
+        for first, last in _merged(ranges):
+            out[f"{proto} . {first if first == last else f'{first}-{last}'}"] = None
+    return out
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
     return out
 
 
