@@ -11,7 +11,7 @@ from writer_util import policy
 
 from podnet.dataplane.contribution import Chain, Contribution, Set
 from podnet.dataplane.writer import TableWriter
-from podnet.kernel.nft import FakeNft, NftError, TableState, Transaction
+from podnet.kernel.nft import Element, FakeNft, NftError, TableState, Transaction
 
 
 def _setup() -> tuple[TableWriter, FakeNft]:
@@ -184,3 +184,31 @@ def test_concurrent_contributors_end_in_the_union() -> None:
     state = nft.list_table("inet", "t")
     assert state is not None and sorted(e.key for e in state.elements("isolate-a-peers")) == want
     assert w.verify() == 0 and w.metrics.failed_commits == 0
+
+
+class _OddLister(FakeNft):
+    """Lists one element in a form the comparison cannot match, as a kernel might."""
+
+    def list_table(self, family: str, table: str, *, elements: bool = True) -> TableState | None:  # type: ignore[override]
+        state = super().list_table(family, table, elements=elements)  # type: ignore[arg-type]
+        if state is not None and "isolate-a-peers" in state.sets:
+            found = state.sets["isolate-a-peers"]
+            found.elements = [Element(f"{e.key} odd", e.comment, e.value) for e in found.elements]
+        return state
+
+
+def test_a_difference_a_rebuild_cannot_fix_is_reported_not_rebuilt_every_period() -> None:
+    nft = _OddLister()
+    w = TableWriter(nft, "inet", "t")
+    w.contribute("policy", policy(["10.0.0.1"], ["10.1.0.0/24"]))
+    w.commit()
+    assert w.verify() == 1 and "right after a rebuild" in w.metrics.last_error
+    assert w.verify() == 0 and w.verify() == 0 and w.metrics.full_resyncs == 2
+    nft.apply(Transaction("inet", "t").delete_element("pods-v4", "10.0.0.1"))  # real drift still repaired
+    assert w.verify() == 1 and w.metrics.drift_repairs == 2
+
+
+def test_a_base_chain_policy_changed_by_hand_is_drift() -> None:
+    w, nft = _setup()
+    nft.tables[("inet", "podnet-policy")].chain_states["ingress"].spec["policy"] = "drop"
+    assert w.verify() == 1 and _kernel(nft).chain_states["ingress"].spec["policy"] == "accept"

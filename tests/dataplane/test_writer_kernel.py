@@ -70,6 +70,9 @@ def test_drift_made_by_hand_is_repaired_and_counted(nft: Nft, node: Netns) -> No
     assert w.verify() == 1 and w.verify() == 0 and w.metrics.drift_repairs == 3
     listed = _nft(node, "list", "table", "inet", TABLE)
     assert "192.168.7.0/24" not in listed and not re.search(r"\n\s+accept\n", listed)
+    _nft(node, "chain", "inet", TABLE, "ingress", "{ policy drop; }")
+    assert w.verify() == 1 and w.metrics.drift_repairs == 4
+    assert "policy accept" in _nft(node, "list", "chain", "inet", TABLE, "ingress")
 
 
 class Sampler:

@@ -21,12 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from podnet.dataplane import normalize
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.diff import Patch, incremental, rebuild
 from podnet.dataplane.image import Image
 from podnet.dataplane.union import Union
-from podnet.kernel.nft import Family, Nft, NftError, TableState, Transaction, check_family, check_name
+from podnet.dataplane.verify import drift
+from podnet.kernel.nft import Family, Nft, NftError, Transaction, check_family, check_name
 
 
 @dataclass
@@ -68,6 +68,7 @@ class TableWriter:
         self._handles: dict[str, list[int]] = {}  # chain -> handles of the rules the writer added
         self._needs_resync = True  # nothing applied yet: the first commit adopts the table
         self._next_verify = 0.0
+        self._unrepairable: set[str] = set()
 
     # ---- contributions ----
 
@@ -107,6 +108,7 @@ class TableWriter:
             if not patch.tx:
                 return CommitResult(False, False, 0, time.monotonic() - start)
             self._apply(patch.tx)
+            self._unrepairable = set()
             patch.apply_to(self._image, self._union)
             self._record_handles(patch)
             return self._done(start, full=False, ops=len(patch.tx.ops))
@@ -176,13 +178,21 @@ class TableWriter:
             self.metrics.verifies += 1
             if self._needs_resync:
                 return 0  # the next commit rebuilds anyway
-            found = drift(self.nft.list_table(self.family, self.table), self._image, self._handles)
-            if not found:
+            found = self._drift()
+            if not found or set(found) <= self._unrepairable:
                 return 0
             self.metrics.last_error = f"drift: {found[0]}"
             self._resync()
             self.metrics.drift_repairs += 1
+            # Still different right after a rebuild: the kernel lists something in a form this
+            # comparison does not know. Say so once, and do not rebuild every period for it.
+            self._unrepairable = set(self._drift())
+            if self._unrepairable:
+                self.metrics.last_error = f"verify: differs right after a rebuild: {min(self._unrepairable)}"
             return 1
+
+    def _drift(self) -> list[str]:
+        return drift(self.nft.list_table(self.family, self.table), self._image, self._handles)
 
     def maybe_verify(self, now: float | None = None) -> int:
         """:meth:`verify` when a period has passed since the last one (the agent's loop calls this)."""
@@ -192,30 +202,3 @@ class TableWriter:
                 return 0
             self._next_verify = now + self.verify_period
         return self.verify()
-
-
-def drift(kernel: TableState | None, image: Image, handles: dict[str, list[int]]) -> list[str]:
-    """What differs between the kernel's table and the applied image (empty: nothing)."""
-    if kernel is None:
-        return ["the table is missing"]
-    out = []
-    if set(kernel.chains) != set(image.chains):
-        out.append(f"chains {sorted(set(kernel.chains) ^ set(image.chains))} added or deleted")
-    for name in sorted(set(kernel.chains) & set(image.chains)):
-        if name in handles:
-            if kernel.handles(name) != handles[name]:
-                out.append(f"rules of chain {name} changed")
-        elif len(kernel.chains[name]) != len(image.rules.get(name, ())):
-            out.append(f"chain {name} has {len(kernel.chains[name])} rules, "
-                       f"not {len(image.rules.get(name, ()))}")
-    if set(kernel.sets) != set(image.sets):
-        out.append(f"sets {sorted(set(kernel.sets) ^ set(image.sets))} added or deleted")
-    for name in sorted(set(kernel.sets) & set(image.sets)):
-        decl = image.sets[name]
-        want = normalize.elements(image.elements.get(name, {}), decl.type, decl.value_type)
-        have = normalize.elements({e.key: e.value for e in kernel.sets[name].elements}, decl.type,
-                                  decl.value_type)
-        if want != have:
-            missing, extra = len(set(want) - set(have)), len(set(have) - set(want))
-            out.append(f"set {name}: {missing} element(s) missing, {extra} extra, or values changed")
-    return out
