@@ -10,10 +10,11 @@ PY := $(VENV)/bin/python
 # System packages: the kernel tools, the Go reference plugins for interop, Go + libcni sources
 # for the libcni interop driver (built offline in GOPATH mode), and a C compiler with the
 # kernel's uapi headers (every netlink constant podnet defines is checked against them). The
-# native plugin shim is built from source with Debian's gcc (scripts/build-shim.sh).
-RUN_PKGS := iproute2 nftables iputils-ping containernetworking-plugins python3 python3-venv procps \
+# native plugin shim is built from source with Debian's gcc (scripts/build-shim.sh). libnftables1
+# is the in-process nftables backend; iperf3 measures pod-to-pod throughput in bench/.
+RUN_PKGS := iproute2 nftables libnftables1 iputils-ping containernetworking-plugins python3 python3-venv procps \
 	gcc libc6-dev
-TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git linux-libc-dev
+TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git linux-libc-dev iperf3
 
 .PHONY: demo test bench lint typecheck install-run install-test clean
 
