@@ -2,15 +2,16 @@
 every pod serving TCP and UDP on 80 and 81, a probe matrix run concurrently, and the truth table
 printed as upstream prints it (``.`` reachable, ``X`` blocked; rows are clients, columns servers).
 
-Wiring, as podnet's two plugins wire pods: x and y pods are ports of one bridge in the node
-namespace (so x<->y traffic is switched, and reaches the forward hook through br_netfilter); z pods
-are routed (/32 and /128 with a host route per pod and the 169.254.1.1 / fe80::1 gateway). Links
-are made with ``ip`` here so the module needs no IPAM state; the policy table is loaded with the
-TEST-ONLY whole-table loader until the dataplane writer replaces it.
+Pods are wired by podnet's own plugins (CNI ADD, in-process): x and y pods by podnet-bridge, as
+ports of one bridge in the node namespace (so x<->y traffic is switched, and reaches the forward
+hook through br_netfilter); z pods by podnet-routed (/32 and /128, a host route each). The policy
+table is loaded with the TEST-ONLY whole-table loader until the dataplane writer replaces it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -170,38 +171,52 @@ class Reach:
 
 # -- wiring ----------------------------------------------------------------------------------------
 
-def _ip(ns: Netns, script: Iterable[str]) -> None:
-    subprocess.run(["ip", "-n", ns.name, "-b", "-"], input="\n".join(script) + "\n", text=True,
-                   check=True, capture_output=True)
+PLUGINS = Path(sys.executable).parent
+SUBNETS = {"bridge": ("10.100.0.0/24", "fd00:100::/64"), "routed": ("10.100.1.0/24", "fd00:101::/64")}
 
 
 def _sysctl(ns: Netns, *settings: str) -> None:
     ns.run(["sysctl", "-q", "-w", *settings])
 
 
-def build(factory: NetnsFactory) -> Cluster:
+def _conf(kind: str, workdir: Path) -> dict[str, object]:
+    ipam = {"type": "podnet-host-local", "dataDir": str(workdir / f"ipam-{kind}"),
+            "ranges": [[{"subnet": s}] for s in SUBNETS[kind]]}
+    conf: dict[str, object] = {"cniVersion": "1.0.0", "name": f"netpol-{kind}", "type": f"podnet-{kind}",
+                               "ipam": ipam}
+    if kind == "bridge":
+        conf.update(bridge="br0", isDefaultGateway=True)
+    return conf
+
+
+def _add(node: Netns, pod: Netns, kind: str, workdir: Path,
+         container_id: str) -> tuple[IPv4Address, IPv6Address]:
+    """CNI ADD with podnet's own plugin, in-process (no daemon), as a runtime on the node would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update(CNI_COMMAND="ADD", CNI_CONTAINERID=container_id, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+               CNI_PATH=str(PLUGINS), PODNET_SOCKET=str(workdir / "no-daemon.sock"))
+    done = node.run([str(PLUGINS / f"podnet-{kind}")], input=json.dumps(_conf(kind, workdir)), env=env,
+                    check=False)
+    assert done.returncode == 0, f"{kind} ADD failed: {done.stdout} {done.stderr}"
+    ips = [ip_address(ip["address"].split("/")[0]) for ip in json.loads(done.stdout)["ips"]]
+    v4 = next(ip for ip in ips if isinstance(ip, IPv4Address))
+    v6 = next(ip for ip in ips if isinstance(ip, IPv6Address))
+    return v4, v6
+
+
+def build(factory: NetnsFactory, workdir: Path) -> Cluster:
     node = factory("node")
-    _sysctl(node, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-            "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
-            # br_netfilter hands bridged IPv4/IPv6 to the inet hooks (with conntrack).
-            "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")
-    _ip(node, ["link add br0 type bridge", "link set br0 up", "addr add 10.100.0.1/24 dev br0",
-               "addr add fd00:100::1/64 dev br0 nodad"])
+    # br_netfilter hands bridged IPv4/IPv6 to the inet hooks (with conntrack): without it two pods
+    # on one bridge would never meet a policy.
+    _sysctl(node, "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")
     cluster = Cluster(node)
-    for n, space in enumerate(NAMESPACES):
-        for m, name in enumerate(NAMES):
-            key, index = f"{space}/{name}", n * len(NAMES) + m + 1
+    for space in NAMESPACES:
+        for name in NAMES:
+            key = f"{space}/{name}"
             pod_ns = factory(f"{space}{name}")
-            _sysctl(pod_ns, "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
-            routed = space == "z"
-            if routed:
-                pod = PodNs(key, pod_ns, IPv4Address(f"10.100.1.{index}"),
-                            IPv6Address(f"fd00:101::{index:x}"), True)
-            else:
-                pod = PodNs(key, pod_ns, IPv4Address(f"10.100.0.{index + 10}"),
-                            IPv6Address(f"fd00:100::{index + 10:x}"), False)
-            _wire(node, pod, index)
-            cluster.pods[key] = pod
+            kind = "routed" if space == "z" else "bridge"
+            ip4, ip6 = _add(node, pod_ns, kind, workdir, f"netpol-{space}-{name}")
+            cluster.pods[key] = PodNs(key, pod_ns, ip4, ip6, kind == "routed")
     for pod in cluster.pods.values():
         pod.proc = pod.netns.popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, text=True, bufsize=1)  # type: ignore[assignment]
@@ -210,27 +225,3 @@ def build(factory: NetnsFactory) -> Cluster:
         assert pod.proc.stdout.readline().strip() == "ready", f"{pod.key}: server did not start"
     cluster.reset()
     return cluster
-
-
-def _wire(node: Netns, pod: PodNs, index: int) -> None:
-    host = f"h{index}"
-    mac = f"02:00:00:00:00:{index:02x}"
-    _ip(node, [f"link add {host} address {mac} type veth peer name eth0 netns {pod.netns.name}"])
-    if pod.routed:
-        _ip(node, [f"link set {host} up", f"addr add fe80::1/64 dev {host} nodad",
-                   f"route add {pod.ip4}/32 dev {host}", f"route add {pod.ip6}/128 dev {host}"])
-        _ip(pod.netns, ["link set eth0 up", f"addr add {pod.ip4}/32 dev eth0",
-                        f"addr add {pod.ip6}/128 dev eth0 nodad",
-                        f"neigh add 169.254.1.1 lladdr {mac} dev eth0 nud permanent",
-                        "route add 169.254.1.1 dev eth0 scope link",
-                        "route add default via 169.254.1.1 dev eth0",
-                        "route add ::/0 via fe80::1 dev eth0"])
-    else:
-        _ip(node, [f"link set {host} master br0", f"link set {host} up"])
-        _ip(pod.netns, ["link set eth0 up", f"addr add {pod.ip4}/24 dev eth0",
-                        f"addr add {pod.ip6}/64 dev eth0 nodad", "route add default via 10.100.0.1",
-                        "route add ::/0 via fd00:100::1"])
-
-
-def pod_ip(cluster: Cluster, key: str) -> str:
-    return str(ip_address(cluster.pods[key].ip4))

@@ -4,9 +4,10 @@ agent.policy.compile, loaded into the node namespace's kernel, probed pod to pod
 cell by cell with agent.policy.semantics (and, for the upstream cases, with upstream's own
 hand-written expectation). Every truth table is printed (``pytest -s`` shows them).
 
-x and y pods share one bridge, z pods are routed: the matrix covers bridged, routed and mixed
-paths. Upstream's SCTP cases cannot send SCTP here (the kernel has no SCTP module); they are run
-with TCP and UDP probes, which is what matters for them: an SCTP rule must load and open nothing else.
+x and y pods share one bridge (podnet-bridge), z pods are routed (podnet-routed): the matrix covers
+bridged, routed and mixed paths. Upstream's SCTP cases cannot send SCTP here (the kernel has no SCTP
+module); they are run with TCP and UDP probes, which is what matters for them: an SCTP rule must
+load and open nothing else.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ NAME = "kubernetes.io/metadata.name"
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[Cluster]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with namespaces() as factory:
-        yield build(factory)
+        yield build(factory, tmp_path_factory.mktemp("netpol"))
 
 
 @pytest.fixture
