@@ -3,9 +3,11 @@ without starting a process, so a one-element change costs microseconds instead o
 
 A libnftables context opens its netlink socket when it is created, and a socket belongs for its whole
 life to the network namespace of the thread that created it. So every :class:`LibNftables` owns one
-worker thread that enters its target namespace, creates the context there, and runs every command of
-that backend; callers hand it work through a queue. A context is not safe for concurrent use, and
-the single worker serializes it. :meth:`LibNftables.close` ends the worker and frees the context.
+worker thread that enters its target namespace, creates the context there, and runs the commands of
+callers in other namespaces, handed over through a queue. A caller whose thread is in the target
+namespace already uses the context directly (no hand-off); a lock keeps the context to one user at a
+time, since it is not safe for concurrent use. :meth:`LibNftables.close` ends the worker and frees
+the context.
 
 :func:`load` is None when the library cannot be loaded; :func:`backend` then falls back to
 :class:`~podnet.kernel.nft.exec_backend.NftExec`.
@@ -103,6 +105,7 @@ class _Context:
 _STOP = object()
 # The namespace of the process's main thread (/proc/self follows the thread-group leader).
 _PROCESS_NETNS = "/proc/self/ns/net"
+_THREAD_NETNS = "/proc/thread-self/ns/net"
 
 
 class LibNftables:
@@ -120,8 +123,12 @@ class LibNftables:
             self.netns = netns.dup()
         else:
             self.netns = NetnsHandle.open(netns if netns is not None else _PROCESS_NETNS)
+        self._identity = self.netns.identity()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        # One user of the context at a time: the worker, or a caller already in the namespace.
+        self._context_lock = threading.Lock()
+        self._context: _Context | None = None
         started: Future[None] = Future()
         self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True,
                                         name=f"podnet-nft {self.netns.path}")
@@ -132,7 +139,7 @@ class LibNftables:
         try:
             assert self.lib is not None
             with entered(self.netns):
-                context = _Context(self.lib)
+                self._context = context = _Context(self.lib)
                 started.set_result(None)
                 self._loop(context)
         except BaseException as exc:  # handed to the constructor's caller
@@ -148,14 +155,29 @@ class LibNftables:
                 fn, future = item
                 if future.set_running_or_notify_cancel():
                     try:
-                        future.set_result(fn(context))
+                        with self._context_lock:
+                            result = fn(context)
+                        future.set_result(result)
                     except BaseException as exc:  # raised again in the caller
                         future.set_exception(exc)
         finally:
-            context.free()
+            with self._context_lock:
+                self._context = None
+                context.free()
 
     def _call(self, fn: Callable[[_Context], T], what: str) -> T:
         if self._closed:
+            raise NftUnavailable(f"{what}: this libnftables backend is closed")
+        if self._caller_inside():
+            # The caller is in the context's namespace already: whatever the library opens from
+            # this thread lands there too, so it may use the context itself and skip the hand-off.
+            if not self._context_lock.acquire(timeout=self.timeout):
+                raise NftUnavailable(f"{what}: libnftables busy for {self.timeout:g}s")
+            try:
+                if self._context is not None:
+                    return fn(self._context)
+            finally:
+                self._context_lock.release()
             raise NftUnavailable(f"{what}: this libnftables backend is closed")
         future: Future[T] = Future()
         self._queue.put((fn, future))
@@ -163,6 +185,13 @@ class LibNftables:
             return future.result(self.timeout)
         except TimeoutError:
             raise NftUnavailable(f"{what}: libnftables did not finish in {self.timeout:g}s") from None
+
+    def _caller_inside(self) -> bool:
+        try:
+            st = os.stat(_THREAD_NETNS)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     def run(self, script: str, *, json: bool = False) -> str:
         """Any nft command (a listing, for tests and tools): its output, or the NftError."""
@@ -256,7 +285,7 @@ def shared_backend() -> Nft:
 
 def _in_process_netns() -> bool:
     try:
-        mine, process = os.stat("/proc/thread-self/ns/net"), os.stat(_PROCESS_NETNS)
+        mine, process = os.stat(_THREAD_NETNS), os.stat(_PROCESS_NETNS)
     except OSError:
         return False
     return (mine.st_dev, mine.st_ino) == (process.st_dev, process.st_ino)
