@@ -20,8 +20,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from podnet.kernel.netns import NetnsHandle, NetnsRef, entered
 from podnet.kernel.nft.errors import NftError, NftNotFound, NftUnavailable, error_from_stderr
@@ -102,6 +101,33 @@ class _Context:
             self.ctx = None
 
 
+class _Pending(Generic[T]):
+    """A result one thread hands another (concurrent.futures would import logging in every plugin)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def set_result(self, result: T) -> None:
+        self._result = result
+        self._done.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> T:
+        if not self._done.wait(timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
 _STOP = object()
 # The namespace of the process's main thread (/proc/self follows the thread-group leader).
 _PROCESS_NETNS = "/proc/self/ns/net"
@@ -129,13 +155,13 @@ class LibNftables:
         # One user of the context at a time: the worker, or a caller already in the namespace.
         self._context_lock = threading.Lock()
         self._context: _Context | None = None
-        started: Future[None] = Future()
+        started: _Pending[None] = _Pending()
         self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True,
                                         name=f"podnet-nft {self.netns.path}")
         self._thread.start()
         started.result()
 
-    def _serve(self, started: Future[None]) -> None:
+    def _serve(self, started: _Pending[None]) -> None:
         try:
             assert self.lib is not None
             with entered(self.netns):
@@ -153,13 +179,12 @@ class LibNftables:
                 if item is _STOP:
                     return
                 fn, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        with self._context_lock:
-                            result = fn(context)
-                        future.set_result(result)
-                    except BaseException as exc:  # raised again in the caller
-                        future.set_exception(exc)
+                try:
+                    with self._context_lock:
+                        result = fn(context)
+                    future.set_result(result)
+                except BaseException as exc:  # raised again in the caller
+                    future.set_exception(exc)
         finally:
             with self._context_lock:
                 self._context = None
@@ -179,7 +204,7 @@ class LibNftables:
             finally:
                 self._context_lock.release()
             raise NftUnavailable(f"{what}: this libnftables backend is closed")
-        future: Future[T] = Future()
+        future: _Pending[T] = _Pending()
         self._queue.put((fn, future))
         try:
             return future.result(self.timeout)
@@ -269,11 +294,31 @@ os.register_at_fork(after_in_child=_forget_shared)
 def shared_backend() -> Nft:
     """The process-wide backend for callers that act in the process's own namespace (the daemon,
     a plugin run in-process): one libnftables worker and context for the whole process, however
-    many calls and threads use it. A caller whose thread is inside another namespace gets the
-    ``nft`` binary, which runs in the thread's namespace: contexts are never cached per namespace,
-    so a long-lived process holds at most this one (and keeps no dead namespace alive)."""
-    if not _in_process_netns():
-        return NftExec()
+    many calls and threads use it, made on the first write or listing (asking whether a table exists
+    needs neither). A caller whose thread is inside another namespace gets the ``nft`` binary, which
+    runs in the thread's namespace: contexts are never cached per namespace, so a long-lived process
+    holds at most this one (and keeps no dead namespace alive)."""
+    return _SharedNft() if _in_process_netns() else NftExec()
+
+
+class _SharedNft:
+    """The process's backend, loaded on first use."""
+
+    def apply(self, tx: Transaction) -> None:
+        _shared_real().apply(tx)
+
+    def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
+        return _shared_real().list_table(family, table, elements=elements)
+
+    def has_table(self, family: Family, table: str) -> bool:
+        """One netlink request in the process's namespace; True when unsure."""
+        try:
+            return table_exists(check_family(family), check_name(table, "table name"), _PROCESS_NETNS)
+        except OSError:
+            return True
+
+
+def _shared_real() -> Nft:
     with _shared_lock:
         if not _shared and load() is not None:
             try:
