@@ -212,3 +212,27 @@ def test_a_base_chain_policy_changed_by_hand_is_drift() -> None:
     w, nft = _setup()
     nft.tables[("inet", "podnet-policy")].chain_states["ingress"].spec["policy"] = "drop"
     assert w.verify() == 1 and _kernel(nft).chain_states["ingress"].spec["policy"] == "accept"
+
+
+class _Overtaken(FakeNft):
+    """A commit lands while verify lists the table (verify holds no lock meanwhile)."""
+
+    writer: TableWriter | None = None
+
+    def list_table(self, family: str, table: str, *, elements: bool = True) -> TableState | None:  # type: ignore[override]
+        state = super().list_table(family, table, elements=elements)  # type: ignore[arg-type]
+        if self.writer is not None and elements:
+            writer, self.writer = self.writer, None
+            writer.contribute("late", Contribution(elements={"pods-v4": {"10.0.0.7": "accept"}}))
+            writer.commit()
+        return state
+
+
+def test_a_listing_overtaken_by_a_commit_is_not_taken_for_drift() -> None:
+    nft = _Overtaken()
+    w = TableWriter(nft, "inet", "t")
+    w.contribute("policy", policy(["10.0.0.1"], []))
+    w.commit()
+    nft.writer = w
+    assert w.verify() == 0 and w.metrics.full_resyncs == 1  # the stale listing lacks 10.0.0.7
+    assert w.verify() == 0 and w.metrics.drift_repairs == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.diff import Patch, incremental, rebuild
@@ -57,7 +58,7 @@ class TableWriter:
     def __init__(self, nft: Nft, family: Family, table: str, *, verify_period: float = 60.0,
                  metrics: WriterMetrics | None = None, comment: str | None = None) -> None:
         self.nft = nft
-        self.family: Family = check_family(family)  # type: ignore[assignment]
+        self.family = cast(Family, check_family(family))
         self.table = check_name(table, "table name")
         self.verify_period = verify_period
         self.metrics = metrics if metrics is not None else WriterMetrics()
@@ -69,6 +70,7 @@ class TableWriter:
         self._needs_resync = True  # nothing applied yet: the first commit adopts the table
         self._next_verify = 0.0
         self._unrepairable: set[str] = set()
+        self._generation = 0  # transactions applied (verify's listings are matched against it)
 
     # ---- contributions ----
 
@@ -135,6 +137,7 @@ class TableWriter:
         return result
 
     def _apply(self, tx: Transaction) -> None:
+        self._generation += 1
         try:
             self.nft.apply(tx)
         except NftError as exc:
@@ -178,7 +181,14 @@ class TableWriter:
             self.metrics.verifies += 1
             if self._needs_resync:
                 return 0  # the next commit rebuilds anyway
-            found = self._drift()
+            generation = self._generation
+        # Listing a big table takes a while: commits go on meanwhile, and a listing that a commit
+        # overtook is not compared (the next period looks again).
+        kernel = self.nft.list_table(self.family, self.table)
+        with self._lock:
+            if generation != self._generation or self._needs_resync:
+                return 0
+            found = drift(kernel, self._image, self._handles)
             if not found or set(found) <= self._unrepairable:
                 return 0
             self.metrics.last_error = f"drift: {found[0]}"
