@@ -14,6 +14,12 @@ podnet: pod networking for a Kubernetes node, in Python.
       plugins whether they are ready, or garbage-collect attachments (like cnitool).
   podnet daemon [--socket PATH] [--metrics-addr HOST:PORT]
       Run the node daemon: plugin shims hand it their calls over a root-only unix socket.
+  podnet agent (--manifests DIR | --kubeconfig PATH | --in-cluster) [--pod-cidr CIDR]
+      Run the node agent: NetworkPolicy for this node's pods, in nftables.
+  podnet status
+      The agent's and the daemon's state: sync, objects, last error, drift repairs.
+  podnet policy explain SRC DST PORT/PROTO
+      Which policies select each side and which rule allows the traffic, or that none does.
   podnet install [--bin-dir DIR] [--conf-dir DIR]
       Install the plugin shims into a CNI bin dir and a network config into a CNI conf dir.
   podnet doctor [--fix] [--json] [--netns NAME] [--conf-dir DIR] [--cache-dir DIR]
@@ -31,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    from podnet.cli import cni_cmd, daemon_cmd, demo_cmd, doctor_cmd, install_cmd
+    from podnet.cli import agent_cmd, cni_cmd, daemon_cmd, demo_cmd, doctor_cmd, install_cmd
 
     cni_cmd.register(sub)
+    agent_cmd.register(sub)
     demo_cmd.register(sub)
     daemon_cmd.register(sub)
     install_cmd.register(sub)

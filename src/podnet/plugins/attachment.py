@@ -26,7 +26,7 @@ from podnet.cni.errors import InvalidEnvironment
 from podnet.cni.result import Result
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import Netlink
-from podnet.plugins import ipam_delegate, veth
+from podnet.plugins import agent_notify, ipam_delegate, veth
 from podnet.plugins.attachment_lock import Held, attachment_lock, network_lock, sweep
 from podnet.plugins.identity import Attachment, alias_ifname, host_veth_name, network_token, owner
 
@@ -84,7 +84,11 @@ def add(args: skel.CmdArgs, plugin: str, build: Build) -> Result:
     with locked(args, att), Netlink() as host, Netlink(args.netns) as pod:
         preflight(host, pod, att)
         with rollback(args, plugin) as undo:
-            return build(host, pod, att, undo)
+            result = build(host, pod, att, undo)
+        # Still under the attachment's lock, so a DEL's release cannot overtake this admission.
+        agent_notify.admit(args.conf, args.env, args.args, att.container_id,
+                           [str(ip.address.ip) for ip in result.ips], args.stderr, plugin)
+        return result
 
 
 @contextlib.contextmanager
@@ -128,6 +132,7 @@ def delete(args: skel.CmdArgs, remove_elements: RemoveElements | None = None) ->
             veth.delete_host_side(host, att.host_name, args.netns)
         if ipam_configured(args.conf):
             ipam_delegate.ipam_del(args)
+        agent_notify.release(args.conf, args.env, att.container_id)
         lock.forget()
 
 

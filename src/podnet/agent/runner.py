@@ -1,0 +1,143 @@
+"""``podnet agent``: sources -> store -> policy sync -> the policy table's writer, plus the agent's
+socket (admission, status, explain) and metrics.
+
+The agent runs in the node's network namespace (the host's, on a real node). Its table outlives it:
+stopping the agent leaves every pod's isolation in force, and the next agent adopts the table in
+one transaction (see :mod:`podnet.dataplane.writer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from podnet.agent.admission import AdmissionServer, parse_admit
+from podnet.agent.model import IPNetwork
+from podnet.agent.policy.explain import ExplainError, explain
+from podnet.agent.policy.inputs import PolicyInputs
+from podnet.agent.store import Store
+from podnet.agent.sync import PolicySync
+from podnet.dataplane.writer import TableWriter
+from podnet.kernel.nft import Nft, backend
+
+log = logging.getLogger(__name__)
+POLICY_TABLE = "podnet-policy"
+DEFAULT_SOCKET = "/run/podnet/agent.sock"
+
+
+class Source(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def status(self) -> Any: ...
+
+
+@dataclass
+class AgentConfig:
+    node_name: str | None = None
+    manifests: str | None = None
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    pod_ranges: Sequence[IPNetwork] = ()
+    socket_path: str = DEFAULT_SOCKET
+    verify_period: float = 60.0
+    admit_timeout: float = 1.5
+    sources: list[Source] = field(default_factory=list)  # made by build_sources unless given
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, nft: Nft | None = None) -> None:
+        self.config = config
+        self.store = Store(config.node_name)
+        self.sources: list[Source] = config.sources or build_sources(config, self.store)
+        self.writer = TableWriter(nft or backend(), "inet", POLICY_TABLE, verify_period=config.verify_period)
+        self.sync = PolicySync(self.store, self.writer, pod_ranges=config.pod_ranges)
+        self.started_at = time.time()
+        self.server = AdmissionServer(config.socket_path, {
+            "admit": self._admit, "release": self._release, "status": self._status,
+            "explain": self._explain})
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.sync.start()
+        for source in self.sources:
+            source.start()
+        self.server.start()
+        log.info("agent started on node %s", self.store.node_name)
+
+    def stop(self) -> None:
+        self.server.stop()
+        for source in self.sources:
+            source.stop()
+        self.sync.stop()
+        self._stopped.set()
+
+    # ---- socket handlers ----
+
+    def _admit(self, request: dict[str, Any]) -> dict[str, Any]:
+        pod = parse_admit(request)
+        classified = self.sync.admit(pod, self.config.admit_timeout)
+        return {"ok": True, "classified": classified}
+
+    def _release(self, request: dict[str, Any]) -> dict[str, Any]:
+        cid = request.get("containerID")
+        if isinstance(cid, str) and cid:
+            self.sync.release(cid)
+        return {"ok": True}
+
+    def _explain(self, request: dict[str, Any]) -> dict[str, Any]:
+        src, dst, port = (request.get(k) for k in ("src", "dst", "port"))
+        if not (isinstance(src, str) and isinstance(dst, str) and isinstance(port, str)):
+            return {"ok": False, "error": "bad request: src, dst and port are required strings"}
+        snap = self.store.snapshot()
+        inputs = PolicyInputs.of(snap.namespaces, snap.pods.values(), snap.policies.values(),
+                                 self.store.node_name)
+        try:
+            return {"ok": True, "text": explain(inputs, src, dst, port)}
+        except ExplainError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "status": self.status()}
+
+    def status(self) -> dict[str, Any]:
+        stats, wm = self.sync.stats, self.writer.metrics
+        return {
+            "node": self.store.node_name,
+            "synced": self.store.synced,
+            "pending_lists": sorted(f"{s}/{k.name}" for s, k in self.store.pending_lists()),
+            "objects": self.store.counts(),
+            "generation": self.store.generation,  # the model's; equal to applied = the kernel is current
+            "generation_applied": self.sync.stats.generation_applied,
+            "policy_sync": {"syncs": stats.syncs, "full": stats.full_syncs, "failed": stats.failed_syncs,
+                            "last_seconds": round(stats.last_sync_seconds, 6),
+                            "last_at": stats.last_sync_at, "last_error": stats.last_error},
+            "table": {"name": f"inet {POLICY_TABLE}", "commits": wm.commits,
+                      "failed_commits": wm.failed_commits,
+                      "full_resyncs": wm.full_resyncs, "drift_repairs": wm.drift_repairs,
+                      "verifies": wm.verifies, "last_error": wm.last_error},
+            "pod_ranges": [str(r) for r in self.config.pod_ranges],
+            "sources": {type(s).__name__: s.status() for s in self.sources},
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+
+def build_sources(config: AgentConfig, store: Store) -> list[Source]:
+    """Every source is made (and so registered with the store) before any starts."""
+    sources: list[Source] = []
+    if config.manifests:
+        from podnet.agent.sources.manifests import ManifestSource
+
+        sources.append(ManifestSource(store, config.manifests))
+    if config.kubeconfig or config.in_cluster:
+        from podnet.agent.sources.kube import KubeSource, load_config
+
+        sources.append(KubeSource(store, load_config(config.kubeconfig)))
+    if not sources:
+        raise ValueError("no source: give --manifests DIR, --kubeconfig PATH or --in-cluster")
+    return sources

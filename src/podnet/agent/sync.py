@@ -1,0 +1,204 @@
+"""The policy sync loop: store changes in, one commit of the policy table out.
+
+One thread. A change in the store (or an admitted pod) marks the state dirty; the loop takes a
+snapshot, compiles NetworkPolicy and the admission chain from that one snapshot, hands both to the
+table writer under their owners and commits once, so a pod's address becomes known and gets its
+policy in the same transaction. Changes arriving during a sync are coalesced into the next one.
+Nothing is programmed before every source has completed its first list; the periodic verify (drift
+repair) runs from the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from podnet.agent import admission_rules
+from podnet.agent.model import IPAddress, IPNetwork, Pod
+from podnet.agent.objects import Kind
+from podnet.agent.policy.compile import compile_inputs
+from podnet.agent.policy.inputs import PolicyInputs
+from podnet.agent.store import Change, Store
+from podnet.dataplane.writer import TableWriter
+from podnet.kernel.nft import NftError
+
+log = logging.getLogger(__name__)
+POLICY_OWNER = "policy"
+
+
+@dataclass
+class SyncStats:
+    syncs: int = 0
+    full_syncs: int = 0
+    failed_syncs: int = 0
+    last_sync_seconds: float = 0.0
+    last_sync_at: float = 0.0  # wall clock
+    last_error: str = ""
+    generation_applied: int = -1
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A pod address reported by a CNI ADD before the sources show it (the pod's status lags)."""
+
+    namespace: str
+    name: str
+    container_id: str
+    ips: tuple[IPAddress, ...]
+
+
+class PolicySync:
+    def __init__(self, store: Store, writer: TableWriter, *, pod_ranges: Sequence[IPNetwork] = (),
+                 retry_seconds: float = 1.0, observe: Callable[[bool, float], None] | None = None) -> None:
+        self.observe = observe  # (full, seconds) of each successful sync, for the metrics
+        self.store, self.writer = store, writer
+        self.pod_ranges = tuple(pod_ranges)
+        self.retry_seconds = retry_seconds
+        self.stats = SyncStats()
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._requested = 0  # requests counted; a sync covers those made before it started
+        self._done = -1
+        self._admitted: dict[str, Admitted] = {}  # container ID -> addresses
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = store.subscribe(self._on_change)
+
+    # ---- inputs ----
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind is Kind.POD and change.new is None:  # deleted: what its ADD said goes too
+            with self._cond:
+                for cid in [c for c, a in self._admitted.items() if (a.namespace, a.name) == change.key]:
+                    del self._admitted[cid]
+        self.request()
+
+    def request(self) -> int:
+        """Mark dirty; returns a ticket :meth:`wait_for` accepts."""
+        with self._cond:
+            self._dirty = True
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def admit(self, pod: Admitted, timeout: float) -> bool:
+        """Take an ADD's addresses and wait (bounded) until a commit includes them. False when the
+        wait ran out or the sources do not list the pod yet: its addresses stay held back (the
+        admission chain) until they do, since its labels, and so its policy, are unknown."""
+        with self._cond:
+            self._admitted[pod.container_id] = pod
+        committed = self.wait_for(self.request(), timeout)
+        return committed and self.store.pod(pod.namespace, pod.name) is not None
+
+    def release(self, container_id: str) -> None:
+        with self._cond:
+            gone = self._admitted.pop(container_id, None)
+        if gone is not None:
+            self.request()
+
+    def wait_for(self, ticket: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._done < ticket:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    # ---- the loop ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="podnet-policy-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._unsubscribe()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not (self._dirty and self.store.synced):
+                    self._cond.wait(self._verify_wait())
+                    if not self._dirty or not self.store.synced:
+                        self._verify()
+                if self._stopping:
+                    return
+                self._dirty = False
+                ticket = self._requested
+            if not self.sync_once():
+                with self._cond:
+                    self._dirty = True
+                    self._cond.wait(self.retry_seconds)
+                continue
+            with self._cond:
+                self._done = ticket
+                self._cond.notify_all()
+
+    def _verify_wait(self) -> float:
+        return max(0.05, min(self.writer.verify_period, 5.0))
+
+    def _verify(self) -> None:
+        if not self.store.synced:
+            return
+        try:
+            self.writer.maybe_verify()
+        except NftError as exc:
+            log.warning("policy table verify failed: %s", exc)
+
+    def sync_once(self) -> bool:
+        """Compile from one snapshot, contribute, commit. False (and logged) on failure."""
+        start = time.monotonic()
+        snap = self.store.snapshot()
+        with self._cond:
+            for cid, a in list(self._admitted.items()):  # the sources show them now
+                listed = snap.pods.get((a.namespace, a.name))
+                if listed is not None and set(a.ips) <= set(listed.ips):
+                    del self._admitted[cid]
+            admitted = list(self._admitted.values())
+        pods = merge_admitted(list(snap.pods.values()), admitted)
+        inputs = PolicyInputs.of(snap.namespaces, pods, snap.policies.values(), self.store.node_name)
+        known = [ip for pod in inputs.live_pods() if pod.node_name == inputs.node_name for ip in pod.ips]
+        try:
+            self.writer.contribute(POLICY_OWNER, compile_inputs(inputs))
+            held_back = admission_rules.contribution(self.pod_ranges, known)
+            self.writer.contribute(admission_rules.OWNER, held_back)
+            result = self.writer.commit()
+        except (NftError, ValueError) as exc:
+            self.stats.failed_syncs += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("policy sync failed: %s", self.stats.last_error)
+            return False
+        seconds = time.monotonic() - start
+        self.stats.syncs += 1
+        self.stats.full_syncs += int(result.full)
+        self.stats.last_sync_seconds = seconds
+        self.stats.last_sync_at = time.time()
+        self.stats.generation_applied = snap.generation
+        if self.observe is not None:
+            self.observe(result.full, seconds)
+        return True
+
+
+def merge_admitted(pods: list[Pod], admitted: list[Admitted]) -> list[Pod]:
+    """The store's pods with the admitted addresses put in: an admitted pod the sources list takes
+    them (its status may not show them yet), and an address an ADD just handed out belongs to that
+    pod only, whoever else the sources still show with it (a terminating pod's old address)."""
+    taken = {ip for a in admitted for ip in a.ips}
+    by_key = {(a.namespace, a.name): a for a in admitted}
+    out: list[Pod] = []
+    for pod in pods:
+        mine = by_key.pop(pod.key, None)
+        ips = tuple(ip for ip in pod.ips if ip not in taken)
+        if mine is not None:
+            ips = tuple(dict.fromkeys(mine.ips + ips))
+        out.append(pod if ips == pod.ips else replace(pod, ips=ips))
+    return out

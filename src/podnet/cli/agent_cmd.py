@@ -1,0 +1,177 @@
+"""``podnet agent``, ``podnet status`` and ``podnet policy explain``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from podnet.cli.daemon_cmd import parse_addr, seconds
+
+AGENT_SOCKET = "/run/podnet/agent.sock"
+DAEMON_SOCKET = "/run/podnet/podnet.sock"
+
+AGENT_HELP = """\
+Run the node agent: read Namespaces, Pods and NetworkPolicies from a manifest directory (the
+default that needs no cluster) and/or the Kubernetes API, and enforce NetworkPolicy for this
+node's pods in nftables table 'inet podnet-policy'. Nothing is programmed before every source has
+listed everything once. The table outlives the agent: stopping it never opens isolated pods, and
+the next agent adopts the table in one transaction.
+
+With --pod-cidr, an address of the node's pod ranges carries no forwarded traffic until the agent
+has classified it: a pod's CNI ADD asks the agent (its socket) and waits for it, bounded. While the
+agent is down, new pods stay unreachable (fail closed); running pods keep their rules.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("agent", help="run the node agent (NetworkPolicy)", description=AGENT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifests", metavar="DIR",
+                   help="a directory of YAML/JSON objects, followed as it changes")
+    p.add_argument("--kubeconfig", metavar="PATH", help="read the Kubernetes API with this kubeconfig")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="read the Kubernetes API with the pod's service account")
+    p.add_argument("--node-name", help="this node's name (default: the hostname)")
+    p.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR", type=_network,
+                   help="this node's pod range; repeat for more (enables isolation from the first packet)")
+    p.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's unix socket (default {AGENT_SOCKET})")
+    p.add_argument("--verify-period", type=seconds, default=60.0,
+                   help="seconds between checks of the kernel's table against the agent's (default 60)")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(func=run_agent)
+
+    s = sub.add_parser("status", help="the agent's and the daemon's state")
+    s.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's socket (default {AGENT_SOCKET})")
+    s.add_argument("--daemon-socket", default=DAEMON_SOCKET,
+                   help=f"the daemon's socket (default {DAEMON_SOCKET})")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=run_status)
+
+    pol = sub.add_parser("policy", help="NetworkPolicy tools")
+    psub = pol.add_subparsers(dest="policy_command", metavar="COMMAND")
+    e = psub.add_parser("explain", help="which policies and rules decide SRC -> DST PORT/PROTO",
+                        description="SRC and DST are pods (NAMESPACE/NAME) or IP addresses; PORT/PROTO "
+                                    "like 80/TCP. Answered by the running agent from its model.")
+    e.add_argument("src")
+    e.add_argument("dst")
+    e.add_argument("port", metavar="PORT/PROTO")
+    e.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's socket (default {AGENT_SOCKET})")
+    e.set_defaults(func=run_explain)
+    pol.set_defaults(func=lambda ns: (pol.print_help(), 2)[1])
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def run_agent(ns: argparse.Namespace) -> int:
+    from podnet.agent.runner import Agent, AgentConfig
+    from podnet.daemon.logs import JsonLog, route_stdlib_logging
+
+    route_stdlib_logging(JsonLog(sys.stderr, ns.log_level))  # JSON lines, like the daemon's
+    config = AgentConfig(node_name=ns.node_name, manifests=ns.manifests, kubeconfig=ns.kubeconfig,
+                         in_cluster=ns.in_cluster, pod_ranges=tuple(ns.pod_cidr), socket_path=ns.socket,
+                         verify_period=ns.verify_period)
+    try:
+        agent = Agent(config)
+    except Exception as exc:  # a bad source or config: said in one line, never a traceback
+        print(f"podnet agent: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    metrics_server = None
+    if ns.metrics_addr:
+        from podnet.agent.metrics import AgentMetrics
+
+        metrics = AgentMetrics(agent.status)
+        agent.sync.observe = metrics.observe
+        from podnet.daemon.metrics_http import MetricsServer
+
+        host, port = parse_addr(ns.metrics_addr)
+        metrics_server = MetricsServer(metrics.render, host, port).start()
+    agent.start()
+    try:
+        stop.wait()
+    finally:
+        agent.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0
+
+
+def _ask(path: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    from podnet.plugins.agent_notify import ask
+
+    return ask(path, request, timeout)
+
+
+def run_status(ns: argparse.Namespace) -> int:
+    out: dict[str, Any] = {"agent": None, "daemon": {"socket": ns.daemon_socket,
+                                                     "listening": _listening(ns.daemon_socket)}}
+    try:
+        answer = _ask(ns.socket, {"op": "status"})
+        out["agent"] = answer.get("status") if answer.get("ok") else {"error": answer.get("error")}
+    except (OSError, ValueError) as exc:
+        out["agent"] = {"error": f"no agent at {ns.socket}: {exc}"}
+    if ns.json:
+        print(json.dumps(out, indent=1, sort_keys=True))
+    else:
+        print(_status_text(out))
+    return 0 if "error" not in (out["agent"] or {}) else 1
+
+
+def _listening(path: str) -> bool:
+    import socket
+
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def _status_text(out: dict[str, Any]) -> str:
+    d = out["daemon"]
+    lines = [f"daemon: {'listening' if d['listening'] else 'not running'} at {d['socket']}"]
+    a = out["agent"] or {}
+    if "error" in a:
+        return "\n".join([*lines, f"agent: {a['error']}"])
+    sync, table = a["policy_sync"], a["table"]
+    objects = ", ".join(f"{n} {k}" for k, n in sorted(a["objects"].items()))
+    state = "synced" if a["synced"] else "waiting for " + ", ".join(a["pending_lists"])
+    lines += [f"agent: node {a['node']}, {state}",
+              f"  objects: {objects}",
+              f"  policy syncs: {sync['syncs']} ({sync['full']} full, {sync['failed']} failed), last "
+              f"{sync['last_seconds'] * 1000:.1f} ms; last error: {sync['last_error'] or 'none'}",
+              f"  table {table['name']}: {table['commits']} commits, {table['failed_commits']} failed, "
+              f"{table['drift_repairs']} drift repairs; last error: {table['last_error'] or 'none'}",
+              f"  pod ranges held back until classified: {', '.join(a['pod_ranges']) or 'none'}"]
+    return "\n".join(lines)
+
+
+def run_explain(ns: argparse.Namespace) -> int:
+    try:
+        answer = _ask(ns.socket, {"op": "explain", "src": ns.src, "dst": ns.dst, "port": ns.port})
+    except (OSError, ValueError) as exc:
+        print(f"podnet policy explain: no agent at {ns.socket}: {exc}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"podnet policy explain: {answer.get('error')}", file=sys.stderr)
+        return 2
+    print(answer["text"])
+    return 0
