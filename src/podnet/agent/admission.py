@@ -100,11 +100,14 @@ class AdmissionServer:
         with conn:
             conn.settimeout(self.deadline)
             try:
+                # The request is read before any refusal: closing with unread data would reset the
+                # connection and the caller would lose the answer.
+                line = _read_line(conn)
                 peer = read_peer(conn)
                 missing = missing_caps(peer)
                 if peer.uid != 0 or missing:
                     raise PeerRefused("not-allowed", f"peer uid {peer.uid} lacks root/{', '.join(missing)}")
-                answer = self._answer(_read_line(conn))
+                answer = self._answer(line)
             except PeerRefused as exc:
                 answer = {"ok": False, "error": str(exc)}
             except (OSError, ValueError) as exc:

@@ -1,0 +1,150 @@
+"""The agent's policy sync on the fake nftables backend: nothing before the sources listed, one
+commit per snapshot covering policy and admission, admitted addresses, and failures retried."""
+
+from __future__ import annotations
+
+import threading
+import time
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from podnet.agent import admission_rules
+from podnet.agent.model import LabelSelector, Namespace, NetworkPolicy, Pod
+from podnet.agent.objects import Kind
+from podnet.agent.store import Event, EventType, Store
+from podnet.agent.sync import Admitted, PolicySync, merge_admitted
+from podnet.dataplane.writer import TableWriter
+from podnet.kernel.nft import FakeNft, NftError
+
+NODE = "n1"
+RANGE = ip_network("10.60.0.0/24")
+
+
+def pod(name: str, ip: str | None, labels: dict[str, str] | None = None, node: str = NODE) -> Pod:
+    return Pod("x", name, labels=labels or {"app": name}, ips=(ip_address(ip),) if ip else (), node_name=node)
+
+
+def deny_all() -> NetworkPolicy:
+    return NetworkPolicy("x", "deny", LabelSelector())
+
+
+class World:
+    def __init__(self) -> None:
+        self.store = Store(NODE)
+        self.store.register_source("test")
+        self.nft = FakeNft()
+        self.writer = TableWriter(self.nft, "inet", "podnet-policy", verify_period=3600)
+        self.sync = PolicySync(self.store, self.writer, pod_ranges=[RANGE], retry_seconds=0.05)
+
+    def list_all(self, *objects: Namespace | Pod | NetworkPolicy) -> None:
+        for kind in Kind:
+            self.store.replace(kind, "test", [o for o in objects if _kind(o) is kind])
+
+    def elements(self, set_name: str) -> set[str]:
+        table = self.nft.list_table("inet", "podnet-policy")
+        if table is None or set_name not in table.sets:
+            return set()
+        return {e.key for e in table.sets[set_name].elements}
+
+
+def _kind(obj: object) -> Kind:
+    return {Namespace: Kind.NAMESPACE, Pod: Kind.POD, NetworkPolicy: Kind.NETWORK_POLICY}[type(obj)]
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.sync.start()
+    yield w
+    w.sync.stop()
+
+
+def wait_until(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_nothing_is_programmed_before_every_source_listed(world: World) -> None:
+    world.store.register_source("second")
+    world.list_all(Namespace("x"), pod("a", "10.60.0.5"), deny_all())
+    time.sleep(0.3)
+    assert world.nft.list_table("inet", "podnet-policy") is None and world.sync.stats.syncs == 0
+    for kind in Kind:
+        world.store.replace(kind, "second", [])
+    wait_until(lambda: world.sync.stats.syncs >= 1)
+    assert world.elements(admission_rules.known_set(4)) == {"10.60.0.5"}
+    assert "10.60.0.5" in {k.split(" ")[0] for k in world.elements("ingress-ip4")}
+
+
+def test_an_admitted_pod_becomes_known_with_its_policy_in_one_commit(world: World) -> None:
+    world.list_all(Namespace("x"), pod("a", "10.60.0.5"), pod("new", None), deny_all())
+    wait_until(lambda: world.sync.stats.syncs >= 1)
+    assert world.elements(admission_rules.known_set(4)) == {"10.60.0.5"}
+    commits = world.writer.metrics.commits
+    assert world.sync.admit(Admitted("x", "new", "cid-new", (ip_address("10.60.0.6"),)), timeout=5)
+    assert world.elements(admission_rules.known_set(4)) == {"10.60.0.5", "10.60.0.6"}
+    assert any(k.startswith("10.60.0.6") for k in world.elements("ingress-ip4"))  # isolated at once
+    assert world.writer.metrics.commits == commits + 1
+
+
+def test_a_pod_the_sources_do_not_list_stays_held_back(world: World) -> None:
+    world.list_all(Namespace("x"))
+    wait_until(lambda: world.sync.stats.syncs >= 1)
+    assert not world.sync.admit(Admitted("x", "ghost", "cid-g", (ip_address("10.60.0.9"),)), timeout=5)
+    assert "10.60.0.9" not in world.elements(admission_rules.known_set(4))
+    world.store.apply(Event(EventType.ADDED, pod("ghost", None)), "test")  # listed now, status lags
+    wait_until(lambda: "10.60.0.9" in world.elements(admission_rules.known_set(4)))
+
+
+def test_release_and_pod_deletion_forget_the_admitted_addresses(world: World) -> None:
+    world.list_all(Namespace("x"), pod("a", None), pod("b", None))
+    assert world.sync.admit(Admitted("x", "a", "ca", (ip_address("10.60.0.7"),)), timeout=5)
+    assert world.sync.admit(Admitted("x", "b", "cb", (ip_address("10.60.0.8"),)), timeout=5)
+    world.sync.release("ca")
+    wait_until(lambda: world.elements(admission_rules.known_set(4)) == {"10.60.0.8"})
+    world.store.delete(Kind.POD, ("x", "b"))
+    wait_until(lambda: world.elements(admission_rules.known_set(4)) == set())
+
+
+def test_remote_pods_and_addresses_outside_the_ranges_are_not_admitted(world: World) -> None:
+    world.list_all(Namespace("x"), pod("far", "10.60.0.20", node="n2"), pod("odd", "10.99.0.1"))
+    wait_until(lambda: world.sync.stats.syncs >= 1)
+    assert world.elements(admission_rules.known_set(4)) == set()
+
+
+def test_a_failed_commit_is_retried_from_the_union(world: World) -> None:
+    world.nft.fail_next = NftError("injected")
+    world.list_all(Namespace("x"), pod("a", "10.60.0.5"), deny_all())
+    wait_until(lambda: world.sync.stats.syncs >= 1)
+    assert world.sync.stats.failed_syncs == 1 and "injected" in world.sync.stats.last_error
+    assert world.elements(admission_rules.known_set(4)) == {"10.60.0.5"}
+
+
+def test_merge_gives_an_address_to_the_pod_whose_add_handed_it_out() -> None:
+    old = pod("old", "10.60.0.5")  # terminating, its status still shows the address
+    new = pod("new", None)
+    merged = merge_admitted([old, new], [Admitted("x", "new", "c", (ip_address("10.60.0.5"),))])
+    assert [p.ips for p in merged] == [(), (ip_address("10.60.0.5"),)]
+
+
+def test_admit_waits_for_the_commit_and_is_bounded() -> None:
+    w = World()  # not started: no commit can happen
+    w.list_all(Namespace("x"), pod("a", None))
+    start = time.monotonic()
+    assert not w.sync.admit(Admitted("x", "a", "c", (ip_address("10.60.0.5"),)), timeout=0.3)
+    assert 0.25 < time.monotonic() - start < 2
+    done = threading.Event()
+    threading.Thread(target=lambda: (w.sync.admit(Admitted("x", "a", "c", (ip_address("10.60.0.5"),)), 5),
+                                     done.set()), daemon=True).start()
+    time.sleep(0.1)
+    assert not done.is_set()
+    w.sync.start()
+    try:
+        assert done.wait(5)
+    finally:
+        w.sync.stop()
