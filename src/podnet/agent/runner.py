@@ -64,10 +64,16 @@ class Agent:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        self.sync.start()
-        for source in self.sources:
-            source.start()
-        self.server.start()
+        """Start everything, or (on an error: a missing manifest directory, a socket path that
+        cannot be bound) stop what was started and raise."""
+        try:
+            self.sync.start()
+            for source in self.sources:
+                source.start()
+            self.server.start()
+        except BaseException:
+            self.stop()
+            raise
         log.info("agent started on node %s", self.store.node_name)
 
     def stop(self) -> None:
@@ -121,10 +127,17 @@ class Agent:
                       "failed_commits": wm.failed_commits,
                       "full_resyncs": wm.full_resyncs, "drift_repairs": wm.drift_repairs,
                       "verifies": wm.verifies, "last_error": wm.last_error},
+            "invalid_policies": self._invalid_policies(),
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
+
+
+    def _invalid_policies(self) -> dict[str, str]:
+        """Each fails closed for the pods it selects; the others keep working."""
+        return {f"{ns}/{name}": p.error for (ns, name), p in sorted(self.store.policies().items())
+                if p.error is not None}
 
 
 def build_sources(config: AgentConfig, store: Store) -> list[Source]:

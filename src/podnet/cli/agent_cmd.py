@@ -98,9 +98,19 @@ def run_agent(ns: argparse.Namespace) -> int:
         agent.sync.observe = metrics.observe
         from podnet.daemon.metrics_http import MetricsServer
 
-        host, port = parse_addr(ns.metrics_addr)
-        metrics_server = MetricsServer(metrics.render, host, port).start()
-    agent.start()
+        try:
+            host, port = parse_addr(ns.metrics_addr)
+            metrics_server = MetricsServer(metrics.render, host, port).start()
+        except (ValueError, OSError) as exc:
+            print(f"podnet agent: --metrics-addr {ns.metrics_addr}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        agent.start()
+    except Exception as exc:
+        print(f"podnet agent: {exc}", file=sys.stderr)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        return 2
     try:
         stop.wait()
     finally:
@@ -161,6 +171,8 @@ def _status_text(out: dict[str, Any]) -> str:
               f"  table {table['name']}: {table['commits']} commits, {table['failed_commits']} failed, "
               f"{table['drift_repairs']} drift repairs; last error: {table['last_error'] or 'none'}",
               f"  pod ranges held back until classified: {', '.join(a['pod_ranges']) or 'none'}"]
+    lines += [f"  invalid policy {key} (its pods fail closed): {error}"
+              for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
 
 
