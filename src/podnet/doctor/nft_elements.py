@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck
 from podnet.doctor.context import Context
 from podnet.doctor.findings import Changed, Finding
 from podnet.doctor.live import LiveAttachments
 from podnet.doctor.scope import PodnetNetwork
-from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck
 from podnet.kernel.nft import NftError, NftExec, shared_backend
 from podnet.plugins.bridge import NFT_TABLE
 from podnet.plugins.identity import network_token, owner
