@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import signal
 import sys
 import threading
@@ -127,8 +126,7 @@ def _ask(path: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str,
 
 
 def run_status(ns: argparse.Namespace) -> int:
-    out: dict[str, Any] = {"agent": None, "daemon": {"socket": ns.daemon_socket,
-                                                     "listening": _listening(ns.daemon_socket)}}
+    out: dict[str, Any] = {"agent": None, "daemon": daemon_status(ns.daemon_socket)}
     try:
         answer = _ask(ns.socket, {"op": "status"})
         out["agent"] = answer.get("status") if answer.get("ok") else {"error": answer.get("error")}
@@ -138,26 +136,44 @@ def run_status(ns: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
         print(_status_text(out))
-    return 0 if "error" not in (out["agent"] or {}) else 1
+    # Either may run alone (a node without the agent; the agent without the daemon).
+    return 1 if "error" in (out["agent"] or {}) and "error" in out["daemon"] else 0
 
 
-def _listening(path: str) -> bool:
+def daemon_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's own totals (its status request), or why there are none."""
     import socket
 
-    if not os.path.exists(path):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
+    from podnet.daemon import protocol as p
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
             s.connect(path)
-            return True
-        except OSError:
-            return False
+            s.sendall(p.encode_request(p.STATUS_REQUEST.encode(), b"", []))
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        size = p.parse_header(data[:p.HEADER_SIZE], p.RESPONSE_MAGIC, p.MAX_RESPONSE_BODY)
+        kind, _, out, err = p.decode_response(data[p.HEADER_SIZE:p.HEADER_SIZE + size])
+    except (OSError, p.ProtocolError) as exc:
+        return {"error": f"no daemon at {path}: {exc}"}
+    if kind != p.KIND_RAN:
+        return {"error": f"the daemon refused: {err.decode(errors='replace')}"}
+    answer = json.loads(out)
+    return answer if isinstance(answer, dict) else {"error": "unreadable answer"}
 
 
 def _status_text(out: dict[str, Any]) -> str:
     d = out["daemon"]
-    lines = [f"daemon: {'listening' if d['listening'] else 'not running'} at {d['socket']}"]
+    if "error" in d:
+        lines = [f"daemon: {d['error']}"]
+    else:
+        requests = ", ".join(f"{n} {k}" for k, n in d["requests"].items()) or "none"
+        refused = ", ".join(f"{n} {k}" for k, n in d["refused"].items()) or "none"
+        lines = [f"daemon: pid {d['pid']} at {d['socket']}, up {d['uptime_seconds']:.0f} s, "
+                 f"{d['in_flight']} in flight",
+                 f"  requests: {requests}", f"  refused: {refused}; last error: {d['last_error'] or 'none'}"]
     a = out["agent"] or {}
     if "error" in a:
         return "\n".join([*lines, f"agent: {a['error']}"])

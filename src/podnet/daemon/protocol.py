@@ -38,6 +38,8 @@ MAX_FIELDS = 4096
 MAX_REQUEST_BODY = MAX_STDIN + MAX_ENV_BYTES + 8 * (MAX_FIELDS + 3)
 MAX_RESPONSE_BODY = 16 * 1024 * 1024
 
+# A request naming this instead of a plugin asks the daemon for its status (``podnet status``).
+STATUS_REQUEST = "podnet-daemon-status"
 KIND_RAN = b"ran"
 KIND_REFUSED = b"refused"
 

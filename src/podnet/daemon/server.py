@@ -63,6 +63,7 @@ from podnet.daemon.locks import Busy, NetworkLocks
 from podnet.daemon.logs import JsonLog
 from podnet.daemon.metrics import Metrics, NoMetrics
 from podnet.daemon.peer import Peer, PeerRefused, missing_caps, read_peer
+from podnet.daemon.tally import Tally
 from podnet.kernel.netns import NetnsHandle
 from podnet.plugins import ipam_delegate
 
@@ -163,7 +164,8 @@ class Daemon:
     def __init__(self, config: Config, *, log: JsonLog | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.log = log if log is not None else JsonLog()
-        self.metrics: Metrics = metrics if metrics is not None else NoMetrics()
+        self.tally = Tally(metrics if metrics is not None else NoMetrics())
+        self.metrics: Metrics = self.tally
         self.locks = NetworkLocks()
         self.plugins: list[str] = []
         self._listener: socket.socket | None = None
@@ -506,6 +508,11 @@ class Daemon:
             try:
                 peer = self._check_peer(conn)
                 name, stdin, env_entries = self._read_request(conn, first)
+                if name == p.STATUS_REQUEST:
+                    if passed is not None:
+                        passed.close()
+                    self._answer_status(ex)
+                    return
                 call = self._prepare(name, stdin, env_entries, peer, passed)
             except BaseException:
                 if passed is not None:
@@ -535,8 +542,22 @@ class Daemon:
             conn.close()
         except Exception as exc:  # never let one request take a thread down
             self.log.error("internal-error", error=f"{type(exc).__name__}: {exc}")
+            self.tally.last_error = f"{type(exc).__name__}: {exc}"
             conn.close()
         self._finish(ex)
+
+    def _answer_status(self, ex: Exchange) -> None:
+        """``podnet status``: the daemon's totals, from a caller the peer checks let in."""
+        status = {**self.tally.snapshot(), "socket": self.config.socket_path, "pid": os.getpid(),
+                  "workers": self.config.workers, "plugins": self.plugins}
+        try:
+            ex.conn.settimeout(1.0)
+            ex.conn.sendall(p.encode_response(p.KIND_RAN, 0, json.dumps(status).encode(), b""))
+        except OSError:
+            pass
+        finally:
+            ex.conn.close()
+            self._finish(ex)
 
     def _prepare(self, name: str, stdin: bytes, env_entries: list[bytes], peer: Peer,
                  passed: NetnsHandle | None) -> _Call:
