@@ -163,3 +163,91 @@ class NetworkPolicy:
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+
+# ---- Services (the service proxy) and Nodes (cross-node routing) ----------------------------------
+
+
+class TrafficPolicy(enum.Enum):
+    CLUSTER = "Cluster"
+    LOCAL = "Local"
+
+
+class ServiceType(enum.Enum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+    EXTERNAL_NAME = "ExternalName"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """``target_port`` is a number or a container port name (resolved per endpoint by the
+    EndpointSlice controller: slices already carry numbers, matched to this port by ``name``)."""
+
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+    node_port: int | None = None
+    target_port: int | str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: ServiceType = ServiceType.CLUSTER_IP
+    cluster_ips: tuple[IPAddress, ...] = ()  # empty: headless (no proxying)
+    external_ips: tuple[IPAddress, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    session_affinity_seconds: int | None = None  # ClientIP affinity and its timeout
+    external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    internal_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    error: str | None = None  # set: not understood, not proxied (reported)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of a slice, with upstream's conditions (``ready`` absent counts as ready)."""
+
+    addresses: tuple[IPAddress, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str = ""
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    """discovery.k8s.io/v1; ``service`` from the ``kubernetes.io/service-name`` label."""
+
+    namespace: str
+    name: str
+    service: str
+    address_type: str = "IPv4"  # IPv4 | IPv6 (FQDN slices are not proxied)
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[EndpointPort, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    pod_cidrs: tuple[IPNetwork, ...] = ()
+    internal_ips: tuple[IPAddress, ...] = ()
+    ready: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
