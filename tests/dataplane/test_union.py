@@ -92,3 +92,15 @@ def test_invalid_contributions_name_what_is_wrong(bad: Contribution, what: str) 
     assert w.owners() == []
     w.commit()
     assert _kernel(nft).chains == {} and _kernel(nft).sets == {}
+
+
+def test_a_changed_declaration_checks_all_its_elements() -> None:
+    w, _ = _writer()
+    m = Set("m", ("ipv4_addr",), value_type="verdict")
+    w.contribute("a", Contribution(sets=(m,), elements={"m": {"10.0.0.1": "accept"}}))
+    with pytest.raises(ContributionConflict, match="takes no value"):
+        w.contribute("a", Contribution(sets=(Set("m", ("ipv4_addr",)),),
+                                       elements={"m": {"10.0.0.1": "accept"}}))
+    with pytest.raises(ContributionConflict, match="map needs"):  # only the new element is new here
+        w.contribute("a", Contribution(sets=(m,), elements={"m": {"10.0.0.1": "accept", "10.0.0.2": None}}))
+    assert w.desired().elements == {"m": {"10.0.0.1": "accept"}}

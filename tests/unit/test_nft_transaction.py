@@ -105,3 +105,13 @@ def test_element_runs_join_only_distinct_keys_of_one_set_and_verb() -> None:
 def test_writer_verbs_validation(build: object) -> None:
     with pytest.raises(InvalidArgument):
         build()  # type: ignore[operator]
+
+
+def test_add_elements_is_one_command_validated_at_once() -> None:
+    tx = Transaction("inet", "t").add_elements("m", [("10.0.0.1", "accept"), ("10.0.0.2", "goto c")])
+    tx.add_elements("s", [])  # nothing to add: no command
+    assert tx.render() == "add element inet t m { 10.0.0.1 : accept, 10.0.0.2 : goto c }\n"
+    for items in ([("10.0.0.1", None), ("1 } ; flush ruleset ; {", None)], [(" ", None)],
+                  [("10.0.0.1", "accept; drop")], [("10.0.0.1", "")]):
+        with pytest.raises(InvalidArgument):
+            Transaction("inet", "t").add_elements("s", items)

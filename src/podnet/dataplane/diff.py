@@ -37,8 +37,7 @@ def add_set(tx: Transaction, decl: Set) -> None:
 
 
 def add_elements(tx: Transaction, set_name: str, elements: Iterable[tuple[str, Value]]) -> None:
-    for key, value in elements:
-        tx.add_element(set_name, key, value=value)
+    tx.add_elements(set_name, elements)
 
 
 def rebuild(family: Family, table: str, image: Image, comment: str | None) -> Transaction:

@@ -83,19 +83,23 @@ class Union:
 
     def replace(self, owner: str, new: Contribution) -> None:
         """Make ``new`` the owner's contribution; ContributionConflict (nothing changed) if it
-        contradicts itself or another owner's."""
-        check_contribution(owner, new)
-        self._check_against_others(owner, new)
+        contradicts itself or another owner's. Costs the size of what changed in the owner's
+        elements (the unchanged ones are compared as whole mappings, not one by one)."""
         old = self.contributions.get(owner, EMPTY)
-        self._unindex(owner, old)
+        check_structure(owner, new)
+        deltas = element_deltas(old, new)
+        check_elements(owner, old, new, deltas)
+        self._check_against_others(owner, new, deltas)
+        self._unindex_structure(owner, old)
         if new == EMPTY:
             self.contributions.pop(owner, None)
         else:
             self.contributions[owner] = new
-        self._index(owner, new)
-        self._mark(old, new)
+        self._index_structure(owner, new)
+        self._index_elements(owner, deltas)
+        self._mark(old, new, deltas)
 
-    def _check_against_others(self, owner: str, new: Contribution) -> None:
+    def _check_against_others(self, owner: str, new: Contribution, deltas: dict[str, Delta]) -> None:
         for chain in new.chains:
             for other, theirs_chain in self.chain_decls.get(chain.name, {}).items():
                 if other != owner and theirs_chain != declaration(chain):
@@ -107,54 +111,51 @@ class Union:
             for other, theirs_set in self.set_decls.get(decl.name, {}).items():
                 if other != owner and theirs_set != decl:
                     raise _conflict(owner, other, f"set {decl.name}", "declare it differently")
-        for set_name, elements in new.elements.items():
+        for set_name, delta in deltas.items():
             known = self.element_owners.get(set_name, {})
-            for key, value in elements.items():
+            for key, value in delta.given.items():
                 for other, theirs in known.get(key, {}).items():
                     if other != owner and theirs != value:
                         raise _conflict(owner, other, f"{set_name} element {key}",
                                         f"give it the values {value!r} and {theirs!r}")
 
-    def _unindex(self, owner: str, old: Contribution) -> None:
+    def _unindex_structure(self, owner: str, old: Contribution) -> None:
         for chain in old.chains:
             self.chain_decls.get(chain.name, {}).pop(owner, None)
             if self.rule_owner.get(chain.name) == owner:
                 del self.rule_owner[chain.name]
         for decl in old.sets:
             self.set_decls.get(decl.name, {}).pop(owner, None)
-        for set_name, elements in old.elements.items():
-            known = self.element_owners.get(set_name, {})
-            for key in elements:
-                owners = known.get(key)
-                if owners is not None:
-                    owners.pop(owner, None)
-                    if not owners:
-                        del known[key]
 
-    def _index(self, owner: str, new: Contribution) -> None:
+    def _index_structure(self, owner: str, new: Contribution) -> None:
         for chain in new.chains:
             self.chain_decls.setdefault(chain.name, {})[owner] = declaration(chain)
             if chain.rules:
                 self.rule_owner[chain.name] = owner
         for decl in new.sets:
             self.set_decls.setdefault(decl.name, {})[owner] = decl
-        for set_name, elements in new.elements.items():
+
+    def _index_elements(self, owner: str, deltas: dict[str, Delta]) -> None:
+        for set_name, delta in deltas.items():
             known = self.element_owners.setdefault(set_name, {})
-            for key, value in elements.items():
+            for key in delta.removed:
+                owners = known.get(key)
+                if owners is not None:
+                    owners.pop(owner, None)
+                    if not owners:
+                        del known[key]
+            for key, value in delta.given.items():
                 known.setdefault(key, {})[owner] = value
 
-    def _mark(self, old: Contribution, new: Contribution) -> None:
+    def _mark(self, old: Contribution, new: Contribution, deltas: dict[str, Delta]) -> None:
         old_chains, new_chains = {c.name: c for c in old.chains}, {c.name: c for c in new.chains}
         self.dirty.chains.update(_changed(old_chains, new_chains))
         old_sets, new_sets = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
         self.dirty.sets.update(_changed(old_sets, new_sets))
-        for set_name in set(old.elements) | set(new.elements):
-            before, after = old.elements.get(set_name, {}), new.elements.get(set_name, {})
-            if before == after:
-                continue
+        for set_name, delta in deltas.items():
             keys = self.dirty.keys.setdefault(set_name, set())
-            keys.update(k for k in before if k not in after or after[k] != before[k])
-            keys.update(k for k in after if k not in before)
+            keys.update(delta.removed)
+            keys.update(delta.given)
 
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty()
@@ -169,8 +170,28 @@ def _conflict(owner: str, other: str, what: str, how: str) -> ContributionConfli
     return ContributionConflict(f"{owner!r} and {other!r} conflict on {what}: they {how}")
 
 
-def check_contribution(owner: str, c: Contribution) -> None:
-    """Names, rules, keys and values that the renderer takes, and no contradiction within ``c``
+@dataclass
+class Delta:
+    """What changed in one owner's elements of one set."""
+
+    removed: set[str]  # keys no longer given
+    given: dict[str, Value]  # keys new, or given a new value
+
+
+def element_deltas(old: Contribution, new: Contribution) -> dict[str, Delta]:
+    """Per set, the owner's changed elements. Unchanged mappings cost one comparison in C; the
+    differences are taken with set operations on the mappings' views."""
+    out = {}
+    for set_name in old.elements.keys() | new.elements.keys():
+        before, after = old.elements.get(set_name, {}), new.elements.get(set_name, {})
+        if before == after:
+            continue
+        out[set_name] = Delta(set(before.keys() - after.keys()), dict(after.items() - before.items()))
+    return out
+
+
+def check_structure(owner: str, c: Contribution) -> None:
+    """Names and rules that the renderer takes, each chain and set declared once in ``c``
     (ContributionConflict, naming what is wrong)."""
     try:
         _check_parts(c)
@@ -180,16 +201,34 @@ def check_contribution(owner: str, c: Contribution) -> None:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ContributionConflict(f"contribution of {owner!r}: {what} {dupes[0]} declared twice")
-    decls = {s.name: s for s in c.sets}
-    for set_name, elements in c.elements.items():
-        decl = decls.get(set_name)
-        if decl is None:
-            continue
-        for key, value in elements.items():
-            if (value is None) != (decl.value_type is None):
-                kind = "a map needs" if decl.value_type else "a set takes no"
-                raise ContributionConflict(f"contribution of {owner!r}: {set_name} element {key}: "
-                                           f"{kind} value")
+
+
+def check_elements(owner: str, old: Contribution, c: Contribution, deltas: dict[str, Delta]) -> None:
+    """The changed elements: keys and values the renderer takes, a value exactly for elements of the
+    maps ``c`` declares. All of a set's elements are looked at when its declaration is new or changed
+    here; otherwise only the changed ones (the others passed before)."""
+    decls, old_decls = {s.name: s for s in c.sets}, {s.name: s for s in old.sets}
+    redeclared = {n for n, d in decls.items() if old_decls.get(n) != d}
+    for set_name in deltas.keys() | redeclared:
+        if set_name in redeclared or set_name not in deltas:
+            elements: Mapping[str, Value] = c.elements.get(set_name, {})
+        else:
+            elements = deltas[set_name].given
+        try:
+            _check_elements(set_name, elements, decls.get(set_name))
+        except (ValueError, InvalidArgument) as exc:
+            raise ContributionConflict(f"contribution of {owner!r}: {exc}") from None
+
+
+def _check_elements(set_name: str, elements: Mapping[str, Value], decl: Set | None) -> None:
+    check_name(set_name, "set name")
+    for key, value in elements.items():
+        check_key(key)
+        if value is not None:
+            check_key(value, "map value")
+        if decl is not None and (value is None) != (decl.value_type is None):
+            kind = "a map needs" if decl.value_type else "a set takes no"
+            raise ValueError(f"{set_name} element {key}: {kind} value")
 
 
 def _check_parts(c: Contribution) -> None:
@@ -208,9 +247,3 @@ def _check_parts(c: Contribution) -> None:
             check_name(part, "set type or flag")
         if decl.comment is not None:
             check_comment(decl.comment)
-    for set_name, elements in c.elements.items():
-        check_name(set_name, "set name")
-        for key, value in elements.items():
-            check_key(key)
-            if value is not None:
-                check_key(value, "map value")

@@ -129,7 +129,13 @@ class _FakeOp:
             del state.sets[op.name]
 
     def element(self, state: TableState) -> None:
-        op = self.op
+        if self.op.verb != "add-elements":
+            self.one_element(state, self.op)
+            return
+        for key, value in self.op.items:
+            self.one_element(state, Op("add-element", self.op.name, key, data=value))
+
+    def one_element(self, state: TableState, op: Op) -> None:
         target = state.sets.get(op.name)
         if target is None:
             raise self.fail()

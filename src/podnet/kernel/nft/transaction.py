@@ -8,7 +8,7 @@ Commands stay data (:class:`Op`) so the fake backend applies exactly what the re
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +27,7 @@ _RULE_BAD = re.compile(r"[\n\r;#\x00]")
 
 Verb = Literal["add-table", "delete-table", "add-chain", "create-chain", "delete-chain", "flush-chain",
                "add-rule", "delete-rule", "add-set", "add-map", "delete-set", "flush-set",
-               "add-element", "delete-element"]
+               "add-element", "add-elements", "delete-element"]
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -75,6 +75,7 @@ class Op:
     comment: str | None = None
     spec: tuple[tuple[str, str], ...] = ()  # chain base spec / set type, value type and flags
     data: str | None = None  # a map element's value
+    items: tuple[tuple[str, str | None], ...] = ()  # add-elements: (key, map value or None)
 
 
 def _types(type: str | Sequence[str]) -> str:
@@ -171,6 +172,20 @@ class Transaction:
         return self._push(Op("add-element", check_name(set_name, "set name"), check_key(key), comment,
                              data=data))
 
+    def add_elements(self, set_name: str, items: Iterable[tuple[str, str | None]]) -> Transaction:
+        """Many elements (no comments) in one command: a whole set's worth is validated with one
+        pattern search over all keys and values, not one per element."""
+        items = tuple(items)
+        if not items:
+            return self
+        keys = [k for k, _ in items]
+        values = [v for _, v in items if v is not None]
+        if _KEY_BAD.search("\x01".join(keys + values)) or not all(k.strip() for k in keys) or \
+                not all(v.strip() for v in values):
+            bad = next(k for k in keys + values if not k.strip() or _KEY_BAD.search(k))
+            raise InvalidArgument(f"nftables element {bad!r}: not a plain value")
+        return self._push(Op("add-elements", check_name(set_name, "set name"), items=items))
+
     def delete_element(self, set_name: str, key: str) -> Transaction:
         """Delete an element: the whole transaction fails (NftNotFound) if it is not there."""
         return self._push(Op("delete-element", check_name(set_name, "set name"), check_key(key)))
@@ -256,6 +271,9 @@ def render_op(family: str, table: str, op: Op) -> str:
               "delete-element": f"delete element {where} {op.name} {{ {op.value} }}"}
     if op.verb in simple:
         return simple[op.verb]
+    if op.verb == "add-elements":
+        items = ", ".join(k if v is None else f"{k} : {v}" for k, v in op.items)
+        return f"add element {where} {op.name} {{ {items} }}"
     if op.verb == "add-table":
         body = f" {{{_comment(op.comment)}; }}" if op.comment is not None else ""
         return f"add table {where}{body}"
