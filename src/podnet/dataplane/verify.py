@@ -40,10 +40,16 @@ def _set_drift(kernel: TableState, image: Image) -> list[str]:
         out.append(f"sets {sorted(set(kernel.sets) ^ set(image.sets))} added or deleted")
     for name in sorted(set(kernel.sets) & set(image.sets)):
         decl = image.sets[name]
-        want = normalize.elements(image.elements.get(name, {}), decl.type, decl.value_type)
-        have = normalize.elements({e.key: e.value for e in kernel.sets[name].elements}, decl.type,
-                                  decl.value_type)
-        if want != have:
-            missing, extra = len(set(want) - set(have)), len(set(have) - set(want))
-            out.append(f"set {name}: {missing} element(s) missing, {extra} extra, or values changed")
+        want = image.elements.get(name, {})
+        have = {e.key: e.value for e in kernel.sets[name].elements}
+        if want == have:
+            continue
+        # Only the items that differ as text are put in canonical form (most of a big set is
+        # listed exactly as it was written).
+        only_want = dict(want.items() - have.items())
+        only_have = dict(have.items() - want.items())
+        if normalize.elements(only_want, decl.type, decl.value_type) != normalize.elements(
+                only_have, decl.type, decl.value_type):
+            out.append(f"set {name}: {len(only_want)} element(s) missing or changed, {len(only_have)} "
+                       f"extra or changed")
     return out
