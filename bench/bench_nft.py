@@ -2,7 +2,8 @@
 10,000 elements, in a throw-away namespace (removed at the end).
 
 Measured: adding one element, deleting one element, loading the whole table (one transaction that
-rebuilds it), and the writer's incremental commit of one changed element on each backend.
+rebuilds it), the writer's incremental commit of one changed element, and a new writer adopting a
+policy-like table of 1,000 sets (100,000 elements) and 1,000 rules, on each backend.
 
     python -m bench.bench_nft [--elements N] [--runs N]
 """
@@ -61,7 +62,25 @@ def measure(nft: Nft, count: int, runs: int) -> dict[str, float]:
         "full table load": timed(lambda: nft.apply(full_table(count)), max(3, runs // 10)),
     }
     out["writer: commit one element"] = writer_commit(nft, count, runs)
+    out["writer: adopt 1000 sets x 100"] = writer_adopt(nft, 1000, 100)
     return out
+
+
+def writer_adopt(nft: Nft, sets: int, per_set: int) -> float:
+    """A new writer's first commit over an existing table: the whole table rebuilt in one
+    transaction, as a restarting agent does (a policy-like table: one rule and one set per policy)."""
+    decls = tuple(Set(f"p{i}-peers", ("ipv4_addr",)) for i in range(sets))
+    rules = tuple(f"ip saddr @p{i}-peers accept" for i in range(sets))
+    elements = {f"p{i}-peers": dict.fromkeys((address(i * per_set + j) for j in range(per_set)), None)
+                for i in range(sets)}
+    chain = Chain("c", type="filter", hook="forward", priority=0, policy="accept", rules=rules)
+    contribution = Contribution(chains=(chain,), sets=decls, elements=elements)
+
+    def adopt() -> None:
+        writer = TableWriter(nft, "inet", TABLE)
+        writer.contribute("policy", contribution)
+        writer.commit()
+    return timed(adopt, 3)
 
 
 def writer_commit(nft: Nft, count: int, runs: int) -> float:
