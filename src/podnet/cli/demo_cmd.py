@@ -1,10 +1,13 @@
 """``podnet demo``: a live demonstration in throw-away namespaces on this machine.
 
-A "node" namespace stands in for the host; pod namespaces are attached to a bridge network and a
-loopback network by podnet's runtime (``podnet cni``, run inside the node namespace) driving
-Debian's Go reference plugins. The demo prints each pod's address and a ping matrix, checks and
-deletes every attachment, and removes everything it made, also when it fails or is interrupted.
-The machine's own network namespace is never changed.
+A "node" namespace stands in for the host; pod namespaces are attached to a bridge network, a
+routed network and a loopback network by podnet's runtime (``podnet cni``, run inside the node
+namespace) driving podnet's plugins (``--go``: Debian's Go reference plugins, bridge only). The
+node agent (``podnet agent``) runs in the node namespace on a manifest directory that lists the
+pods, as the Kubernetes API would. The demo prints each pod's address and a ping matrix, then a
+TCP connectivity matrix before, with and after a NetworkPolicy, checks and deletes every
+attachment, and removes everything it made (namespaces, the agent, temporary files), also when it
+fails or is interrupted. The machine's own network namespace is never changed.
 """
 
 from __future__ import annotations
@@ -13,27 +16,58 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from podnet.cli.demo_agent import (
+    NAMESPACE,
+    AgentError,
+    AgentProcess,
+    namespace_manifest,
+    pod_manifest,
+    running_agent,
+    write_manifest,
+)
+from podnet.cli.demo_policy import ROLES, policy_tour
+from podnet.cli.demo_probe import ProbeError, probers
 
 GO_PLUGINS = "/usr/lib/cni"
 SUBNET = "10.250.0.0/24"
 ROUTED_SUBNET = "10.251.0.0/24"
 PODNET_BIN = str(Path(sys.executable).parent)
+SHORT = {"demo-bridge": "br", "demo-routed": "rt"}
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="live demo in throw-away namespaces",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pods", type=int, default=3, help="pods per network (default 3)")
+    p.add_argument("--pods", type=_pod_count, default=3, help="pods per network, 1 to 9 (default 3)")
     p.add_argument("--go", action="store_true",
                    help=f"use Debian's Go reference plugins from {GO_PLUGINS} instead of podnet's own")
     p.set_defaults(func=run)
+
+
+def _pod_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number from 1 to 9")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class DemoPod:
+    name: str  # its Kubernetes name, in namespace NAMESPACE
+    role: str  # its label app=ROLE
+    netns: str
+    network: str
 
 
 def _ip(*args: str) -> None:
@@ -75,39 +109,43 @@ def _write_configs(conf_dir: Path, networks: list[dict[str, Any]]) -> None:
 
 
 class Demo:
-    def __init__(self, node: str, conf_dir: Path, cache_dir: Path, cni_path: str) -> None:
+    def __init__(self, node: str, work: Path, cni_path: str, agent_socket: str) -> None:
         self.node = node
         # The plugins' lock files go with the demo's other temporary files, not to the node's
-        # /run/podnet: the demo leaves nothing behind.
-        self.env = dict(os.environ, NETCONFPATH=str(conf_dir), CNI_PATH=cni_path,
-                        CNI_CACHE_DIR=str(cache_dir), PODNET_LOCK_DIR=str(cache_dir.parent / "locks"))
+        # /run/podnet: the demo leaves nothing behind. The agent socket tells podnet's plugins
+        # where to announce each new pod, so the agent lets its traffic through.
+        self.env = dict(os.environ, NETCONFPATH=str(work / "conf"), CNI_PATH=cni_path,
+                        CNI_CACHE_DIR=str(work / "cache"), PODNET_LOCK_DIR=str(work / "locks"),
+                        PODNET_AGENT_SOCKET=agent_socket)
 
-    def cni(self, command: str, network: str, pod: str, ifname: str = "eth0") -> str:
+    def cni(self, command: str, network: str, pod: DemoPod, ifname: str = "eth0") -> str:
+        # As kubelet does: the pod's name in CNI_ARGS, which is how the agent knows whose address it is.
+        args = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod.name}"
         argv = ["ip", "netns", "exec", self.node, sys.executable, "-m", "podnet.cli.main",
-                "cni", command, network, f"/run/netns/{pod}", "--ifname", ifname]
+                "cni", command, network, f"/run/netns/{pod.netns}", "--ifname", ifname, "--args", args]
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"podnet cni {command} {network} {pod} failed: {proc.stderr.strip()}")
+            raise RuntimeError(f"podnet cni {command} {network} {pod.name} failed: {proc.stderr.strip()}")
         return proc.stdout
 
 
-def _ping(pod: str, addr: str) -> bool:
-    argv = ["ip", "netns", "exec", pod, "ping", "-n", "-q", "-c", "1", "-W", "2", addr]
+def _ping(pod: DemoPod, addr: str) -> bool:
+    argv = ["ip", "netns", "exec", pod.netns, "ping", "-n", "-q", "-c", "1", "-W", "2", addr]
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
-def _print_matrix(pods: Sequence[str], addrs: dict[str, str]) -> bool:
-    width = max(len(p) for p in pods) + 2
+def _print_matrix(pods: Sequence[DemoPod], addrs: Mapping[str, str]) -> bool:
+    width = max(len(p.name) for p in pods) + 2
     print("\nping matrix (row pings column):")
-    print(" " * width + "".join(p.ljust(width) for p in pods))
+    print((" " * width + "".join(p.name.ljust(width) for p in pods)).rstrip())
     all_ok = True
     for src in pods:
         cells = []
         for dst in pods:
-            ok = _ping(src, addrs[dst])
+            ok = _ping(src, addrs[dst.name])
             all_ok &= ok
             cells.append(("ok" if ok else "FAIL").ljust(width))
-        print(src.ljust(width) + "".join(cells))
+        print((src.name.ljust(width) + "".join(cells)).rstrip())
     return all_ok
 
 
@@ -124,16 +162,17 @@ def _check_tools(go: bool) -> str | None:
     return None
 
 
-def _attach(demo: Demo, network: str, pods: Sequence[str]) -> dict[str, str]:
+def _attach(demo: Demo, pods: Sequence[DemoPod]) -> dict[str, str]:
     addrs = {}
     for pod in pods:
         demo.cni("add", "demo-lo", pod, ifname="lo")
-        result = json.loads(demo.cni("add", network, pod))
+        result = json.loads(demo.cni("add", pod.network, pod))
         ip = result["ips"][0]
-        addrs[pod] = ip["address"].split("/")[0]
+        addrs[pod.name] = ip["address"].split("/")[0]
         host_if = next((i["name"] for i in result.get("interfaces", []) if not i.get("sandbox")
                         and i["name"] != "pndemo0"), "-")
-        print(f"  {network:12} {pod}: eth0 {ip['address']:16} host side {host_if}")
+        print(f"  {pod.network:12} {NAMESPACE}/{pod.name:12} eth0 {ip['address']:16} host side {host_if:16}"
+              f" netns {pod.netns}")
     return addrs
 
 
@@ -153,10 +192,10 @@ def _host_veths(node: str) -> list[str]:
     return [link["ifname"] for link in json.loads(out or "[]")]
 
 
-def _detach(demo: Demo, network: str, pods: Sequence[str]) -> None:
+def _detach(demo: Demo, pods: Sequence[DemoPod]) -> None:
     for pod in pods:
-        demo.cni("check", network, pod)
-        demo.cni("del", network, pod)
+        demo.cni("check", pod.network, pod)
+        demo.cni("del", pod.network, pod)
         demo.cni("del", "demo-lo", pod, ifname="lo")
 
 
@@ -167,37 +206,116 @@ def _leftovers(work: Path, node: str) -> list[str]:
     return left
 
 
+def _make_pods(stack: ExitStack, networks: Sequence[str], per_network: int, tag: str) -> list[DemoPod]:
+    """Pods ``frontend-br``, ``backend-br``, ``db-br``, ... labelled app=frontend, backend, db."""
+    pods = []
+    for net in networks:
+        for i in range(per_network):
+            role, n = ROLES[i % len(ROLES)], i // len(ROLES)
+            netns = stack.enter_context(_namespace(f"pndemo-{net[5:]}{i + 1}-{tag}"))
+            pods.append(DemoPod(f"{role}-{SHORT[net]}{n + 1 if n else ''}", role, netns, net))
+    return pods
+
+
+def _pod_manifests(pods: Sequence[DemoPod], addrs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    return [namespace_manifest(), *(pod_manifest(p.name, {"app": p.role}, (addrs or {}).get(p.name))
+                                    for p in pods)]
+
+
+def _bridge_netfilter(node: str) -> None:
+    """Two pods on one bridge are switched, not routed: br_netfilter hands their packets to the
+    forward hook where the policy table is (set in the demo's node namespace only)."""
+    setting = "net.bridge.bridge-nf-call-iptables=1"
+    done = subprocess.run(["ip", "netns", "exec", node, "sysctl", "-q", "-w", setting],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(f"note: cannot set {setting} ({done.stderr.strip()}): without br_netfilter the policy "
+              "cannot see traffic between pods of one bridge")
+
+
+def _wire(stack: ExitStack, ns: argparse.Namespace,
+          work: Path) -> tuple[AgentProcess, Demo, list[DemoPod], dict[str, str]]:
+    """Namespaces, the agent on a manifest directory that lists the pods, then the pods' ADDs."""
+    networks = _go_networks(work / "ipam") if ns.go else _podnet_networks(work / "ipam")
+    _write_configs(work / "conf", networks)
+    tag = str(os.getpid())
+    node = stack.enter_context(_namespace(f"pndemo-node-{tag}"))
+    pods = _make_pods(stack, [n["name"] for n in networks if n["name"] != "demo-lo"], ns.pods, tag)
+    _bridge_netfilter(node)
+    manifests = work / "manifests"
+    write_manifest(manifests, "pods", _pod_manifests(pods))
+    agent = stack.enter_context(running_agent(node, manifests, [SUBNET, ROUTED_SUBNET], work))
+    print(f"node namespace {node}: node agent running (pid {agent.pid}), reading {manifests};")
+    print(f"  it holds back pod addresses of {SUBNET} and {ROUTED_SUBNET} until it knows their pod")
+    who = "Debian's Go reference plugins" if ns.go else "podnet's own plugins"
+    print(f"pods attached by podnet's runtime with {who}:")
+    demo = Demo(node, work, GO_PLUGINS if ns.go else PODNET_BIN, agent.socket)
+    addrs = _attach(demo, pods)
+    # The kubelet's part: the pods' addresses into their status (the Go plugins do not tell the agent).
+    generation = agent.status()["generation"]
+    write_manifest(manifests, "pods", _pod_manifests(pods, addrs))
+    agent.applied_after(generation, "read the pods' addresses")
+    return agent, demo, pods, addrs
+
+
+def _show(stack: ExitStack, ns: argparse.Namespace, work: Path) -> bool:
+    agent, demo, pods, addrs = _wire(stack, ns, work)
+    types = _addr_assign_types(demo.node, _host_veths(demo.node))
+    print("\nhost veth MAC origin (addr_assign_type): 1 = random, rewritten by udev's persistent "
+          "MAC policy; 3 = set explicitly, left alone")
+    print("  " + ", ".join(f"{k}={v}" for k, v in sorted(types.items())))
+    all_ok = _print_matrix(pods, addrs)
+    with probers({p.name: p.netns for p in pods}, addrs) as probe:
+        policy_ok = policy_tour(agent, work / "manifests", probe, {p.name: p.role for p in pods})
+    _detach(demo, pods)
+    leaked = _leftovers(work, demo.node)
+    print(f"\nCHECK and DEL done for every pod; left behind: {', '.join(leaked) or 'nothing'}")
+    print("every pair pings" if all_ok else "SOME PAIRS DO NOT PING")
+    print("every TCP matrix matches the policy in force" if policy_ok else "SOME TCP CELLS ARE WRONG")
+    print("stopping the agent; removing namespaces and temporary files")
+    return all_ok and policy_ok and not leaked
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C does. Once the cleanup starts, neither stops it halfway
+    (a second Ctrl-C would otherwise leave namespaces or the agent behind)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for s in signals:
+        signal.signal(s, _interrupt)
+    try:
+        yield
+    finally:
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+
+
 def run(ns: argparse.Namespace) -> int:
     problem = _check_tools(ns.go)
     if problem:
         print(f"podnet demo: {problem}", file=sys.stderr)
         return 1
-    tag = str(os.getpid())
-    with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="podnet-demo-")))
-        for sub in ("conf", "cache", "ipam"):
-            (work / sub).mkdir()
-        networks = _go_networks(work / "ipam") if ns.go else _podnet_networks(work / "ipam")
-        _write_configs(work / "conf", networks)
-        node = stack.enter_context(_namespace(f"pndemo-node-{tag}"))
-        names = [n["name"] for n in networks if n["name"] != "demo-lo"]
-        pods = {net: [stack.enter_context(_namespace(f"pndemo-{net[5:]}{i}-{tag}"))
-                      for i in range(1, ns.pods + 1)] for net in names}
-        demo = Demo(node, work / "conf", work / "cache", GO_PLUGINS if ns.go else PODNET_BIN)
-        who = "Debian's Go reference plugins" if ns.go else "podnet's own plugins"
-        print(f"node namespace {node}; pods attached by podnet's runtime with {who}:")
-        addrs: dict[str, str] = {}
-        for net in names:
-            addrs.update(_attach(demo, net, pods[net]))
-        types = _addr_assign_types(node, _host_veths(node))
-        print("\nhost veth MAC origin (addr_assign_type): 1 = random, rewritten by udev's persistent "
-              "MAC policy; 3 = set explicitly, left alone")
-        print("  " + ", ".join(f"{k}={v}" for k, v in sorted(types.items())))
-        all_ok = _print_matrix([p for net in names for p in pods[net]], addrs)
-        for net in names:
-            _detach(demo, net, pods[net])
-        leaked = _leftovers(work, node)
-        print(f"\nCHECK and DEL done for every pod; left behind: {', '.join(leaked) or 'nothing'}")
-        print("removing namespaces and temporary files")
-    print("every pair reachable" if all_ok else "SOME PAIRS UNREACHABLE")
-    return 0 if all_ok and not leaked else 1
+    start = time.monotonic()
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ExitStack() as stack:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="podnet-demo-")))
+            for sub in ("conf", "cache", "ipam", "manifests"):
+                (work / sub).mkdir()
+            with _signals():
+                ok = _show(stack, ns, work)
+    except KeyboardInterrupt:
+        print("\npodnet demo: interrupted; everything it made is removed", file=sys.stderr)
+        return 130
+    except (AgentError, ProbeError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"podnet demo: {exc}\neverything it made is removed", file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    print(f"demo done in {time.monotonic() - start:.0f} s")
+    return 0 if ok else 1
