@@ -274,3 +274,15 @@ def test_deeply_nested_output_is_decoding_failure(tmp_path: Path) -> None:
     assert info.value.code == 6 and "deep" in info.value.msg
     err = invoke.decode_failure("/bin/deep", 1, b"[" * 50000, b"oops")
     assert err.code == 999 and err.details == "oops"
+
+
+def test_a_successful_plugins_stderr_reaches_the_callers(tmp_path: Path) -> None:
+    """As libcni does: what a plugin says on stderr (a warning that does not fail the call) is
+    passed on, not dropped."""
+    import io
+
+    exe = plugin(tmp_path, "warns", f"echo 'held back until classified' >&2\necho '{RESULT}'\n")
+    sink = io.StringIO()
+    out = RealExec({"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, stderr=sink).run(str(exe), INV, b"{}")
+    assert json.loads(out)["cniVersion"] == "1.0.0"
+    assert sink.getvalue() == "held back until classified\n"

@@ -13,12 +13,13 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from podnet.cni.args import format_cni_args
 from podnet.cni.errors import CNIError, DecodingFailure, InvalidNetworkConfig, TryAgainLater
@@ -110,9 +111,11 @@ class RealExec:
     (a new session), and the whole group gets SIGKILL. Killing only the plugin would leave its
     children holding the output pipes, and the caller waiting on them."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, timeout: float | None = None, *,
+                 stderr: IO[str] | None = None) -> None:
         self.environ = dict(os.environ if environ is None else environ)
         self.timeout = timeout
+        self.stderr = stderr  # where a successful plugin's stderr goes (None: this process's)
 
     def find(self, plugin_type: str, path: Sequence[str]) -> str:
         return find_plugin(plugin_type, path)
@@ -130,6 +133,10 @@ class RealExec:
                 raise CNIError(f"cannot execute plugin {plugin}", exc.strerror or str(exc)) from None
         if returncode != 0:
             raise decode_failure(plugin, returncode, stdout, stderr)
+        if stderr:  # passed on as libcni does: a plugin's warnings must reach whoever called it
+            sink = self.stderr if self.stderr is not None else sys.stderr
+            sink.write(stderr.decode(errors="replace"))
+            sink.flush()
         return stdout
 
     def _run_once(self, plugin: str, env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
