@@ -22,7 +22,9 @@ from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.store import Store
 from podnet.agent.sync import PolicySync
 from podnet.dataplane.writer import TableWriter
+from podnet.kernel.errors import KernelError
 from podnet.kernel.nft import Nft, backend
+from podnet.kernel.sysctl import read_sysctl, write_sysctl
 
 log = logging.getLogger(__name__)
 POLICY_TABLE = "podnet-policy"
@@ -62,10 +64,14 @@ class Agent:
             "admit": self._admit, "release": self._release, "status": self._status,
             "explain": self._explain})
         self._stopped = threading.Event()
+        self.bridge_filtering = "not checked yet"
 
     def start(self) -> None:
         """Start everything, or (on an error: a missing manifest directory, a socket path that
         cannot be bound) stop what was started and raise."""
+        self.bridge_filtering = ensure_bridge_filtering()
+        if self.bridge_filtering != "on":
+            log.error("pods on one bridge are not filtered by policy: %s", self.bridge_filtering)
         try:
             self.sync.start()
             for source in self.sources:
@@ -129,6 +135,7 @@ class Agent:
                       "verifies": wm.verifies, "last_error": wm.last_error},
             "invalid_policies": self._invalid_policies(),
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
+            "bridge_filtering": self.bridge_filtering,
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
@@ -138,6 +145,21 @@ class Agent:
         """Each fails closed for the pods it selects; the others keep working."""
         return {f"{ns}/{name}": p.error for (ns, name), p in sorted(self.store.policies().items())
                 if p.error is not None}
+
+
+BRIDGE_FILTER_KEYS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+
+
+def ensure_bridge_filtering() -> str:
+    """Policy sees traffic between two pods on one bridge only through br_netfilter (see
+    ``agent/policy/compile.py``): both sysctls of this namespace on. "on", or why not."""
+    try:
+        for key in BRIDGE_FILTER_KEYS:
+            if read_sysctl(key) != "1":
+                write_sysctl(key, 1)
+    except KernelError as exc:
+        return f"unavailable ({exc}); load br_netfilter"
+    return "on"
 
 
 def build_sources(config: AgentConfig, store: Store) -> list[Source]:

@@ -186,7 +186,8 @@ def _status_text(out: dict[str, Any]) -> str:
               f"{sync['last_seconds'] * 1000:.1f} ms; last error: {sync['last_error'] or 'none'}",
               f"  table {table['name']}: {table['commits']} commits, {table['failed_commits']} failed, "
               f"{table['drift_repairs']} drift repairs; last error: {table['last_error'] or 'none'}",
-              f"  pod ranges held back until classified: {', '.join(a['pod_ranges']) or 'none'}"]
+              f"  pod ranges held back until classified: {', '.join(a['pod_ranges']) or 'none'}",
+              f"  bridged pods filtered (br_netfilter): {a['bridge_filtering']}"]
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
