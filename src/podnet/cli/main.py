@@ -26,8 +26,8 @@ podnet: pod networking for a Kubernetes node, in Python.
       Find what crashes and udev leave behind on this node (torn cache files, orphaned IP
       reservations and nftables elements, MAC drift) and, with --fix, repair what is safe.
   podnet demo
-      Build throw-away namespaces on this machine, wire them as pods, show a ping matrix, and
-      remove everything again.
+      Build throw-away namespaces on this machine, wire them as pods, show a ping matrix and the
+      TCP matrix before, with and after a NetworkPolicy, and remove everything again.
 
 Run 'podnet SUBCOMMAND --help' for the options of each.
 """
