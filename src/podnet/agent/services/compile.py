@@ -1,0 +1,217 @@
+"""Services compiled into the agent's table (``inet podnet``), handed to the writer as the
+``services`` contribution.
+
+Design (kube-proxy's nftables mode in spirit; rules are static, the changing data is elements):
+
+* ``services-prerouting`` (nat, prerouting, dstnat) and ``services-output`` (nat, output, dstnat:
+  the node's own connections) jump to ``services-dispatch``, which looks the packet up in verdict
+  maps: ``ip daddr . meta l4proto . th dport vmap @svc-ips4`` (ClusterIPs and ExternalIPs; ``ip6``
+  and ``svc-ips6`` alike) and ``meta l4proto . th dport vmap @svc-nodeports4/6`` on the node's
+  addresses (``fib daddr type local``, loopback excluded; only ``svc-node-ips4/6`` when node
+  addresses are given). The map values are ``goto`` a service port's chain (see
+  :mod:`~podnet.agent.services.plan`), so the per-packet cost is a few lookups however many
+  services there are; only NAT chains see a connection's first packet at all.
+* A policy chain picks an endpoint: first the affinity lookups (``ip saddr @ep-HASH-aff goto
+  ep-HASH``, one per endpoint, only with ``ClientIP`` affinity), then ``numgen random mod N vmap
+  { 0 : goto ep-A, ... }``. An endpoint chain ``ep-HASH`` marks hairpin traffic for masquerade (the
+  pod is its own client: its reply must come back through the node to be un-NATed), refreshes the
+  client in its affinity set (dynamic, per-element timeout), and DNATs. ``meta l4proto`` and
+  ``th dport`` forms only, so SCTP rules load without the SCTP module.
+* Masquerade: a mark bit set by ``services-mark-masq``, acted on (and cleared) in
+  ``services-postrouting`` (nat, postrouting, srcnat). Marked: hairpin; ClusterIP traffic from
+  outside the pod ranges (only when pod ranges are given, as kube-proxy with a cluster CIDR);
+  external traffic from outside the pod ranges with a Cluster policy (its endpoint may be on
+  another node, whose reply must come back here). External traffic with a Local policy keeps the
+  client's address; pods and the node reaching an external address take the Cluster path.
+* No endpoint: ``services-filter-prerouting`` and ``services-filter-output`` (filter, dstnat - 10)
+  send new connections through the ``svc-no-endpoints4/6`` and ``svc-no-endpoint-nodeports4/6``
+  maps to ``services-reject`` (TCP reset, else ICMP port unreachable: the client fails at once
+  instead of timing out) or ``drop`` (endpoints exist, but none the Local policy may use here).
+* ``service-ips4/6``: every ClusterIP and ExternalIP, a set shared with other controllers through
+  the writer (a union). It only ever says "this address is some controller's service VIP"; no
+  rule here relies on it, and a rule elsewhere must only use it for a decision that is right for
+  any address in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+
+from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Service
+from podnet.agent.services.endpoints import Target
+from podnet.agent.services.names import (
+    ADDR,
+    DISPATCH,
+    FAMILIES,
+    FILTER_OUTPUT,
+    FILTER_PREROUTING,
+    MARK_MASQ,
+    MASQ_MARK,
+    NO_ENDPOINTS,
+    OUTPUT,
+    POSTROUTING,
+    PREROUTING,
+    REJECT,
+    endpoint_chain,
+    no_endpoint_map,
+    no_endpoint_nodeport_map,
+    node_ips,
+    nodeport_map,
+    pod_cidrs,
+    proto,
+    service_ips,
+    service_ips_set,
+    vip_map,
+)
+from podnet.agent.services.plan import PortPlan, plans
+from podnet.dataplane.contribution import Chain, Contribution, Set
+
+NAT_PRIORITY = {"dstnat": -100, "srcnat": 100}
+FILTER_PRIORITY = -110  # before DNAT: a key is in a no-endpoint map only when nothing DNATs it
+LOOPBACK = {4: "127.0.0.0/8", 6: "::1"}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.chains: dict[str, Chain] = {}
+        self.sets: list[Set] = []
+        self.elements: dict[str, dict[str, str | None]] = {}
+
+    def add_set(self, decl: Set, elements: dict[str, str | None] | None = None) -> dict[str, str | None]:
+        self.sets.append(decl)
+        return self.elements.setdefault(decl.name, {} if elements is None else elements)
+
+    def add_chain(self, chain: Chain) -> None:
+        self.chains[chain.name] = chain
+
+    def build(self) -> Contribution:
+        return Contribution(tuple(sorted(self.chains.values(), key=lambda c: c.name)),
+                            tuple(sorted(self.sets, key=lambda s: s.name)), self.elements)
+
+
+def compile(services: Iterable[Service], slices: Iterable[EndpointSlice], *, node_name: str,
+            node_ips: Sequence[IPAddress] = (), pod_cidrs: Sequence[IPNetwork] = ()) -> Contribution:
+    out = _Builder()
+    _fixed(out, node_ips, pod_cidrs)
+    with_pod_cidrs = {f for f in FAMILIES if any(c.version == f for c in pod_cidrs)}
+    for p in plans(services, slices, node_name):
+        _port(out, p, p.family in with_pod_cidrs)
+    return out.build()
+
+
+def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
+    """The hooks, the fixed chains and the maps they look up: the same whatever the services."""
+    dispatch: list[str] = []
+    no_endpoints: list[str] = []
+    for f in FAMILIES:
+        a, addr_type = ADDR[f]
+        out.add_set(Set(vip_map(f), (addr_type, "inet_proto", "inet_service"), value_type="verdict"))
+        out.add_set(Set(nodeport_map(f), ("inet_proto", "inet_service"), value_type="verdict"))
+        out.add_set(Set(no_endpoint_map(f), (addr_type, "inet_proto", "inet_service"), value_type="verdict"))
+        out.add_set(Set(no_endpoint_nodeport_map(f), ("inet_proto", "inet_service"), value_type="verdict"))
+        out.add_set(Set(pod_cidrs(f), (addr_type,), flags=("interval",)),
+                    {str(n): None for n in _collapse(cidrs, f)})
+        out.add_set(Set(node_ips(f), (addr_type,)), {str(ip): None for ip in addresses if ip.version == f})
+        out.add_set(service_ips_set(f))
+        # NodePorts on the given node addresses, else on every local address but loopback.
+        local = (f"{a} daddr @{node_ips(f)}" if addresses
+                 else f"fib daddr type local {a} daddr != {LOOPBACK[f]}")
+        dispatch += [f"{a} daddr . meta l4proto . th dport vmap @{vip_map(f)}",
+                     f"{local} meta l4proto . th dport vmap @{nodeport_map(f)}"]
+        no_endpoints += [f"{a} daddr . meta l4proto . th dport vmap @{no_endpoint_map(f)}",
+                         f"{local} meta l4proto . th dport vmap @{no_endpoint_nodeport_map(f)}"]
+    nat = {"type": "nat", "policy": "accept"}
+    out.add_chain(Chain(PREROUTING, hook="prerouting", priority=NAT_PRIORITY["dstnat"], rules=(
+        f"jump {DISPATCH}",), **nat))
+    out.add_chain(Chain(OUTPUT, hook="output", priority=NAT_PRIORITY["dstnat"], rules=(
+        f"jump {DISPATCH}",), **nat))
+    out.add_chain(Chain(POSTROUTING, hook="postrouting", priority=NAT_PRIORITY["srcnat"], rules=(
+        f"meta mark & {MASQ_MARK:#x} == 0 return",
+        f"meta mark set meta mark ^ {MASQ_MARK:#x}",  # cleared: a packet re-entering is judged afresh
+        "masquerade fully-random"), **nat))
+    for name, hook in ((FILTER_PREROUTING, "prerouting"), (FILTER_OUTPUT, "output")):
+        out.add_chain(Chain(name, type="filter", hook=hook, priority=FILTER_PRIORITY, policy="accept",
+                            rules=(f"ct state new jump {NO_ENDPOINTS}",)))
+    out.add_chain(Chain(DISPATCH, rules=tuple(dispatch)))
+    out.add_chain(Chain(NO_ENDPOINTS, rules=tuple(no_endpoints)))
+    out.add_chain(Chain(MARK_MASQ, rules=(f"meta mark set meta mark | {MASQ_MARK:#x}",)))
+    out.add_chain(Chain(REJECT, rules=("meta l4proto tcp reject with tcp reset",
+                                       "reject with icmpx port-unreachable")))
+
+
+def _collapse(cidrs: Sequence[IPNetwork], family: int) -> list[IPNetwork]:
+    """Overlapping ranges merged: an interval set refuses overlapping elements."""
+    if family == 4:
+        return list(collapse_addresses(c for c in cidrs if isinstance(c, IPv4Network)))
+    return list(collapse_addresses(c for c in cidrs if isinstance(c, IPv6Network)))
+
+
+def _port(out: _Builder, p: PortPlan, with_pod_cidrs: bool) -> None:
+    f = p.family
+    shared = out.elements[service_ips(f)]
+    shared[str(p.cluster_ip)] = None
+    shared.update((str(ip), None) for ip in p.service.external_ips if ip.version == f)
+    out.elements[vip_map(f)].update((k, f"goto {c}") for k, c in p.vips.items())
+    out.elements[nodeport_map(f)].update((k, f"goto {c}") for k, c in p.nodeports.items())
+    verdicts = {"reject": f"goto {REJECT}", "drop": "drop"}
+    out.elements[no_endpoint_map(f)].update((k, verdicts[v]) for k, v in p.no_endpoint.items())
+    out.elements[no_endpoint_nodeport_map(f)].update(
+        (k, verdicts[v]) for k, v in p.no_endpoint_nodeports.items())
+    if p.external_chain is not None:
+        out.add_chain(Chain(p.external_chain, rules=_external_rules(p)))
+    for name, targets in p.policy_chains.items():
+        masq = with_pod_cidrs and name == p.internal_chain and p.cluster_ip.version == f
+        out.add_chain(Chain(name, rules=_policy_rules(out, p, targets, masq)))
+
+
+def _external_rules(p: PortPlan) -> tuple[str, ...]:
+    a = ADDR[p.family][0]
+    pods = f"@{pod_cidrs(p.family)}"
+    if not p.external_local:
+        # An empty pod-range set masquerades every external client (kube-proxy's default).
+        return (f"{a} saddr != {pods} jump {MARK_MASQ}", f"goto {p.base}")
+    return (f"{a} saddr {pods} goto {p.base}",
+            # The node's own address is the source here, and also the destination's owner.
+            f"fib saddr type local jump {MARK_MASQ}",
+            f"fib saddr type local goto {p.base}",
+            f"goto {p.base}-local")
+
+
+def _policy_rules(out: _Builder, p: PortPlan, targets: tuple[Target, ...], masq: bool) -> tuple[str, ...]:
+    a = ADDR[p.family][0]
+    rules: list[str] = []
+    if masq:
+        rules.append(f"{a} daddr {p.cluster_ip} {a} saddr != @{pod_cidrs(p.family)} jump {MARK_MASQ}")
+    chains = [_endpoint(out, p, t) for t in targets]
+    if p.service.session_affinity_seconds:
+        rules += [f"{a} saddr @{c}-aff goto {c}" for c in chains]
+    if len(chains) == 1:
+        rules.append(f"goto {chains[0]}")
+    else:
+        picks = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
+        rules.append(f"numgen random mod {len(chains)} vmap {{ {picks} }}")
+    return tuple(rules)
+
+
+def _endpoint(out: _Builder, p: PortPlan, t: Target) -> str:
+    """The endpoint's chain (declared once, however many policy chains pick it); its name."""
+    name = endpoint_chain(p.service.key, p.port.name, p.port.protocol, str(t.address), t.port)
+    if name in out.chains:
+        return name
+    a, addr_type = ADDR[p.family]
+    rules = [f"{a} saddr {t.address} jump {MARK_MASQ}"]  # hairpin
+    timeout = p.service.session_affinity_seconds
+    if timeout:
+        out.add_set(Set(f"{name}-aff", (addr_type,), flags=("dynamic", "timeout")))
+        rules.append(f"update @{name}-aff {{ {a} saddr timeout {timeout}s }}")
+    host = f"[{t.address}]" if t.address.version == 6 else str(t.address)
+    rules.append(f"meta l4proto {proto(t.protocol)} dnat {a} to {host}:{t.port}")
+    out.add_chain(Chain(name, rules=tuple(rules)))
+    return name
+
+
+def programmed_endpoints(services: Iterable[Service], slices: Iterable[EndpointSlice], *,
+                         node_name: str) -> frozenset[Target]:
+    """Every endpoint the compiled table DNATs to (as :func:`compile` would pick them)."""
+    return frozenset(t for p in plans(services, slices, node_name) for t in p.targets())
