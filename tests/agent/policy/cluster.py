@@ -2,10 +2,14 @@
 every pod serving TCP and UDP on 80 and 81, a probe matrix run concurrently, and the truth table
 printed as upstream prints it (``.`` reachable, ``X`` blocked; rows are clients, columns servers).
 
-Pods are wired by podnet's own plugins (CNI ADD, in-process): x and y pods by podnet-bridge, as
-ports of one bridge in the node namespace (so x<->y traffic is switched, and reaches the forward
-hook through br_netfilter); z pods by podnet-routed (/32 and /128, a host route each). The policy
-table is loaded with the TEST-ONLY whole-table loader until the dataplane writer replaces it.
+Pods are wired by podnet's own plugins (CNI ADD, in-process, static addresses): x and y pods by
+podnet-bridge, as ports of one bridge in the node namespace (so x<->y traffic is switched, and
+reaches the forward hook through br_netfilter); z pods by podnet-routed (/32 and /128, a host route
+each). The policy is the real agent's: ``podnet agent`` runs in the node namespace, reads the
+cluster's Namespaces, Pods and NetworkPolicies from its manifest directory and commits the policy
+table through the dataplane's writer. Every change a test makes is written there and the test
+waits until the agent says the kernel is current. The agent holds back the pod ranges
+(``--pod-cidr``): every ADD names its pod (CNI_ARGS ``K8S_POD_*``) and asks the agent to admit it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from pathlib import Path
 
 from nsutil import Netns, NetnsFactory
 from podnet.agent.model import ContainerPort, Namespace, NetworkPolicy, Pod, Protocol
-from podnet.agent.policy import PolicyInputs, allowed, compile
-from podnet.dataplane.contribution import Contribution
+from podnet.agent.policy import PolicyInputs, allowed
 
-from .nftload import render
+from .agentproc import AgentProcess
+from .manifests import ManifestDir
 
 NAMESPACES = ("x", "y", "z")
 NAMES = ("a", "b", "c")
@@ -36,6 +40,7 @@ PORTS = tuple(ContainerPort(f"serve-{n}-{p.value.lower()}", n, p)
 AGENT = Path(__file__).with_name("podagent.py")
 BLOCKED_TIMEOUT = 0.5
 RETRY_TIMEOUT = 2.0
+CLUSTER_FILE = "cluster"  # the manifest file holding the whole world of the matrix
 
 Cell = tuple[str, str]
 
@@ -47,6 +52,7 @@ class PodNs:
     ip4: IPv4Address
     ip6: IPv6Address
     routed: bool
+    labels: dict[str, str] = field(default_factory=dict)  # what reset() gives it back
     proc: subprocess.Popen[str] | None = None
 
     def address(self, family: int) -> str:
@@ -56,6 +62,9 @@ class PodNs:
 @dataclass
 class Cluster:
     node: Netns
+    agent: AgentProcess
+    manifests: ManifestDir
+    workdir: Path
     pods: dict[str, PodNs] = field(default_factory=dict)
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     model: dict[str, Pod] = field(default_factory=dict)
@@ -65,9 +74,7 @@ class Cluster:
 
     def reset(self) -> None:
         self.namespaces = {n: Namespace(n, {NS_LABEL: n}) for n in NAMESPACES}
-        self.model = {k: Pod(k.split("/")[0], k.split("/")[1], labels={"pod": k.split("/")[1]},
-                             ips=(p.ip4, p.ip6), node_name=NODE, ports=PORTS)
-                      for k, p in self.pods.items()}
+        self.model = {k: model_pod(k, p.labels, (p.ip4, p.ip6)) for k, p in self.pods.items()}
 
     def label_pod(self, key: str, labels: Mapping[str, str]) -> None:
         old = self.model[key]
@@ -80,13 +87,22 @@ class Cluster:
     def inputs(self) -> PolicyInputs:
         return PolicyInputs.of(self.namespaces, self.model.values(), self.policies, NODE)
 
-    def apply(self, policies: Iterable[NetworkPolicy] | None = None) -> Contribution:
-        """Compile the model with these policies (default: the current ones) and load the table."""
+    def apply(self, policies: Iterable[NetworkPolicy] | None = None) -> bool:
+        """Write the model with these policies (default: the current ones) to the agent's manifest
+        directory and wait until the agent has committed it. False when nothing changed."""
         if policies is not None:
             self.policies = tuple(policies)
-        contribution = compile(self.namespaces, self.model.values(), self.policies, NODE)
-        self.node.run(["nft", "-f", "-"], input=render(contribution))
-        return contribution
+        return self.write(CLUSTER_FILE, self.objects())
+
+    def objects(self) -> list[Namespace | Pod | NetworkPolicy]:
+        return [*self.namespaces.values(), *self.model.values(), *self.policies]
+
+    def write(self, name: str, objects: Iterable[Namespace | Pod | NetworkPolicy]) -> bool:
+        since = self.agent.generation()
+        if not self.manifests.write(name, objects):
+            return False
+        self.agent.wait_current(since)
+        return True
 
     # -- probing -----------------------------------------------------------------------------------
 
@@ -145,6 +161,18 @@ def comparison(title: str, got: Mapping[Cell, bool], want: Mapping[Cell, bool], 
             f"agreement (X = differs):\n{table(marks, keys)}")
 
 
+def check(cluster: Cluster, p: int, proto: Protocol, hand: Reach | None = None, family: int = 4) -> None:
+    keys = list(cluster.pods)
+    want = cluster.oracle(p, proto, family)
+    if hand is not None:
+        # Upstream ignores loopback (its meaning is undefined there); podnet always allows it.
+        off = {c for c in want if c[0] != c[1] and want[c] != hand.cells[c]}
+        assert not off, comparison("semantics vs upstream's expectation", want, hand.cells, keys)
+    got = cluster.matrix(p, proto, family, want)
+    print(f"\n{proto.value}/{p} IPv{family}\n{table(got, keys)}")
+    assert got == want, comparison(f"kernel vs semantics, {proto.value}/{p} IPv{family}", got, want, keys)
+
+
 class Reach:
     """A hand-written expectation, upstream style: everything reachable, then peers switched."""
 
@@ -173,55 +201,109 @@ class Reach:
 
 PLUGINS = Path(sys.executable).parent
 SUBNETS = {"bridge": ("10.100.0.0/24", "fd00:100::/64"), "routed": ("10.100.1.0/24", "fd00:101::/64")}
+POD_CIDRS = tuple(s for pair in SUBNETS.values() for s in pair)
+FIRST_HOST = 10  # static addresses from .10 / ::10 up; .1 / ::1 is the bridge's gateway
+
+
+def model_pod(key: str, labels: Mapping[str, str], ips: tuple[IPv4Address | IPv6Address, ...] = ()) -> Pod:
+    space, name = key.split("/")
+    return Pod(space, name, labels=dict(labels), ips=ips, node_name=NODE, ports=PORTS)
+
+
+def addresses(kind: str, index: int) -> tuple[IPv4Address, IPv6Address]:
+    """The static addresses of the ``index``-th pod of this plugin's subnets."""
+    v4, v6 = SUBNETS[kind]
+    ip4 = ip_address(v4.split("/")[0]) + FIRST_HOST + index
+    ip6 = ip_address(v6.split("/")[0]) + FIRST_HOST + index
+    assert isinstance(ip4, IPv4Address) and isinstance(ip6, IPv6Address)
+    return ip4, ip6
 
 
 def _sysctl(ns: Netns, *settings: str) -> None:
     ns.run(["sysctl", "-q", "-w", *settings])
 
 
-def _conf(kind: str, workdir: Path) -> dict[str, object]:
-    ipam = {"type": "podnet-host-local", "dataDir": str(workdir / f"ipam-{kind}"),
-            "ranges": [[{"subnet": s}] for s in SUBNETS[kind]]}
+def _conf(kind: str, ips: tuple[IPv4Address, IPv6Address]) -> dict[str, object]:
+    # Static IPAM: the address is the test's choice, so the pod can be in the manifests (the
+    # cluster's record of it) before its ADD, as kubelet's pod object exists before the sandbox.
+    entries = []
+    for ip, subnet in zip(ips, SUBNETS[kind], strict=True):
+        entry = {"address": f"{ip}/{subnet.split('/')[1]}"}
+        if kind == "bridge":
+            entry["gateway"] = str(ip_address(subnet.split("/")[0]) + 1)
+        entries.append(entry)
     conf: dict[str, object] = {"cniVersion": "1.0.0", "name": f"netpol-{kind}", "type": f"podnet-{kind}",
-                               "ipam": ipam}
+                               "ipam": {"type": "podnet-static", "addresses": entries}}
     if kind == "bridge":
         conf.update(bridge="br0", isDefaultGateway=True)
     return conf
 
 
-def _add(node: Netns, pod: Netns, kind: str, workdir: Path,
-         container_id: str) -> tuple[IPv4Address, IPv6Address]:
-    """CNI ADD with podnet's own plugin, in-process (no daemon), as a runtime on the node would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-    env.update(CNI_COMMAND="ADD", CNI_CONTAINERID=container_id, CNI_NETNS=pod.path, CNI_IFNAME="eth0",
-               CNI_PATH=str(PLUGINS), PODNET_SOCKET=str(workdir / "no-daemon.sock"))
-    done = node.run([str(PLUGINS / f"podnet-{kind}")], input=json.dumps(_conf(kind, workdir)), env=env,
-                    check=False)
-    assert done.returncode == 0, f"{kind} ADD failed: {done.stdout} {done.stderr}"
-    ips = [ip_address(ip["address"].split("/")[0]) for ip in json.loads(done.stdout)["ips"]]
-    v4 = next(ip for ip in ips if isinstance(ip, IPv4Address))
-    v6 = next(ip for ip in ips if isinstance(ip, IPv6Address))
-    return v4, v6
+def cni_add(node: Netns, pod: Netns, kind: str, ips: tuple[IPv4Address, IPv6Address], key: str,
+            socket: str, mac: str = "") -> str:
+    """CNI ADD with podnet's own plugin, in-process (no daemon), as kubelet would call it: the pod
+    named in CNI_ARGS and the agent's socket in the env. Returns the plugin's stderr."""
+    done = _cni("ADD", node, pod, kind, ips, key, socket, f";MAC={mac}" if mac else "")
+    assert done.returncode == 0, f"{kind} ADD of {key} failed: {done.stdout} {done.stderr}"
+    got = {ip_address(ip["address"].split("/")[0]) for ip in json.loads(done.stdout)["ips"]}
+    assert got == set(ips), f"{key}: ADD gave {got}, not {ips}"
+    return done.stderr
+
+
+def start_server(pod: PodNs) -> None:
+    pod.proc = pod.netns.popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, bufsize=1)  # type: ignore[assignment]
+
+
+def wait_server(pod: PodNs) -> None:
+    assert pod.proc is not None and pod.proc.stdout is not None
+    assert pod.proc.stdout.readline().strip() == "ready", f"{pod.key}: server did not start"
 
 
 def build(factory: NetnsFactory, workdir: Path) -> Cluster:
+    """Nine pods in the manifests first (so their ADDs are admitted at once), then wired."""
     node = factory("node")
     # br_netfilter hands bridged IPv4/IPv6 to the inet hooks (with conntrack): without it two pods
     # on one bridge would never meet a policy.
     _sysctl(node, "net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")
-    cluster = Cluster(node)
+    manifests = ManifestDir(workdir / "manifests")
+    agent = AgentProcess(node, workdir, manifests.path, NODE, POD_CIDRS)
+    cluster = Cluster(node, agent, manifests, workdir)
+    count = {"bridge": 0, "routed": 0}
     for space in NAMESPACES:
         for name in NAMES:
-            key = f"{space}/{name}"
-            pod_ns = factory(f"{space}{name}")
             kind = "routed" if space == "z" else "bridge"
-            ip4, ip6 = _add(node, pod_ns, kind, workdir, f"netpol-{space}-{name}")
-            cluster.pods[key] = PodNs(key, pod_ns, ip4, ip6, kind == "routed")
-    for pod in cluster.pods.values():
-        pod.proc = pod.netns.popen([sys.executable, str(AGENT)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, bufsize=1)  # type: ignore[assignment]
-    for pod in cluster.pods.values():
-        assert pod.proc is not None and pod.proc.stdout is not None
-        assert pod.proc.stdout.readline().strip() == "ready", f"{pod.key}: server did not start"
+            ip4, ip6 = addresses(kind, count[kind])
+            count[kind] += 1
+            key = f"{space}/{name}"
+            cluster.pods[key] = PodNs(key, factory(f"{space}{name}"), ip4, ip6, kind == "routed",
+                                      {"pod": name})
     cluster.reset()
+    manifests.write(CLUSTER_FILE, [*cluster.namespaces.values(), *cluster.model.values()])
+    agent.start()
+    for pod in cluster.pods.values():
+        start_server(pod)
+        kind = "routed" if pod.routed else "bridge"
+        said = cni_add(node, pod.netns, kind, (pod.ip4, pod.ip6), pod.key, agent.socket)
+        assert "held back" not in said, f"{pod.key} was listed, yet not admitted: {said}"
+    for pod in cluster.pods.values():
+        wait_server(pod)
     return cluster
+
+
+def cni_del(node: Netns, pod: Netns, kind: str, ips: tuple[IPv4Address, IPv6Address], key: str,
+            socket: str) -> None:
+    done = _cni("DEL", node, pod, kind, ips, key, socket)
+    assert done.returncode == 0, f"{kind} DEL of {key} failed: {done.stdout} {done.stderr}"
+
+
+def _cni(command: str, node: Netns, pod: Netns, kind: str, ips: tuple[IPv4Address, IPv6Address], key: str,
+         socket: str, more_args: str = "") -> subprocess.CompletedProcess[str]:
+    space, name = key.split("/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update(CNI_COMMAND=command, CNI_CONTAINERID=f"netpol-{space}-{name}", CNI_NETNS=pod.path,
+               CNI_IFNAME="eth0", CNI_PATH=str(PLUGINS), PODNET_SOCKET=str(Path(socket).with_name("no.sock")),
+               CNI_ARGS=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={space};K8S_POD_NAME={name}{more_args}",
+               PODNET_AGENT_SOCKET=socket)  # PODNET_SOCKET: no daemon, the plugin works in-process
+    return node.run([str(PLUGINS / f"podnet-{kind}")], input=json.dumps(_conf(kind, ips)), env=env,
+                    check=False)
