@@ -79,8 +79,8 @@ class AdmissionServer:
             self._thread.join(5)
         if self._sock is not None:
             self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        # The socket file stays, as the table does: a plugin that finds it but no one listening
+        # says its pod is held back (it is); a missing file would tell it no agent runs here.
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _accept(self) -> None:
