@@ -1,0 +1,294 @@
+"""The service compiler's output as data: structure, endpoint picking, traffic policies, affinity,
+no-endpoint verdicts, masquerade, scale (rules do not grow with services) and stable names."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from ipaddress import ip_network
+
+import pytest
+
+from podnet.agent.model import EndpointPort, Protocol, ServicePort, ServiceType, TrafficPolicy
+from podnet.agent.services import affected_endpoints, compile, programmed_endpoints, service_ips_set
+from podnet.agent.services.names import FAMILIES, endpoint_chain, service_chain
+from podnet.dataplane.contribution import Contribution
+from podnet.dataplane.writer import TableWriter
+from podnet.kernel.nft import FakeNft
+
+from .world import NODE, endpoint, many, service, slice_, tcp, udp
+
+FIXED = {"services-prerouting", "services-output", "services-postrouting", "services-filter-prerouting",
+         "services-filter-output", "services-dispatch", "services-no-endpoints", "services-mark-masq",
+         "services-reject"}
+KEY = ("default", "web")
+
+
+def chains(c: Contribution) -> dict[str, tuple[str, ...]]:
+    return {ch.name: ch.rules for ch in c.chains}
+
+
+def svc_chain(port: str = "http", family: int = 4, protocol: Protocol = Protocol.TCP) -> str:
+    return service_chain(KEY, port, protocol, family)
+
+
+def picks(rules: tuple[str, ...]) -> list[str]:
+    """The endpoint chains the last rule of a policy chain chooses among."""
+    return re.findall(r"goto (ep-[a-z0-9]+)", rules[-1])
+
+
+def ep(address: str, port: int = 8080, name: str = "http") -> str:
+    return endpoint_chain(KEY, name, Protocol.TCP, address, port)
+
+
+def web(*endpoints, **kw) -> Contribution:  # type: ignore[no-untyped-def]
+    pod_cidrs = kw.pop("pod_cidrs", ())
+    svc = service("web", "10.96.0.10", *kw.pop("ports", ()), **kw)
+    return compile([svc], [slice_("web", *endpoints)], node_name=NODE, pod_cidrs=pod_cidrs)
+
+
+# ---- structure ----
+
+def test_fixed_chains_hooks_and_maps() -> None:
+    c = web(endpoint("10.244.0.2"))
+    by_name = {ch.name: ch for ch in c.chains}
+    assert set(by_name) >= FIXED
+    hooks = {n: (ch.type, ch.hook, ch.priority) for n, ch in by_name.items() if ch.hook}
+    assert hooks == {"services-prerouting": ("nat", "prerouting", -100),
+                     "services-output": ("nat", "output", -100),
+                     "services-postrouting": ("nat", "postrouting", 100),
+                     "services-filter-prerouting": ("filter", "prerouting", -110),
+                     "services-filter-output": ("filter", "output", -110)}
+    assert by_name["services-dispatch"].rules[0] == "ip daddr . meta l4proto . th dport vmap @svc-ips4"
+    assert "fib daddr type local" in by_name["services-dispatch"].rules[1]
+    sets = {s.name: s for s in c.sets}
+    assert sets["svc-ips4"].type == ("ipv4_addr", "inet_proto", "inet_service")
+    assert sets["svc-ips4"].value_type == "verdict"
+    assert sets["service-ips6"] == service_ips_set(6)
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}"}
+    assert chains(c)[ep("10.244.0.2")] == ("ip saddr 10.244.0.2 jump services-mark-masq",
+                                           "meta l4proto tcp dnat ip to 10.244.0.2:8080")
+
+
+def test_node_ports_on_given_addresses_only() -> None:
+    svc = service("web", "10.96.0.10", tcp("http", 80, 30080), type=ServiceType.NODE_PORT)
+    c = compile([svc], [slice_("web", endpoint("10.244.0.2"))], node_name=NODE,
+                node_ips=(service("x", "192.168.1.5").cluster_ips[0],))
+    assert c.elements["svc-node-ips4"] == {"192.168.1.5": None}
+    assert chains(c)["services-dispatch"][1] == (
+        "ip daddr @svc-node-ips4 meta l4proto . th dport vmap @svc-nodeports4")
+    assert c.elements["svc-nodeports4"] == {"tcp . 30080": f"goto {svc_chain()}-ext"}
+
+
+def test_every_rule_uses_protocol_independent_forms() -> None:
+    svc = service("web", "10.96.0.10", ServicePort("s", 9, Protocol.SCTP, 30009), type=ServiceType.NODE_PORT)
+    c = compile([svc], [slice_("web", endpoint("10.244.0.2"), ports=(EndpointPort("s", 9, Protocol.SCTP),))],
+                node_name=NODE)
+    rules = [r for ch in c.chains for r in ch.rules]
+    assert not [r for r in rules if re.search(r"\b(tcp|udp|sctp) (dport|sport)", r)]
+    assert c.elements["svc-nodeports4"] == {"sctp . 30009": f"goto {svc_chain('s', 4, Protocol.SCTP)}-ext"}
+    assert "meta l4proto sctp dnat ip to 10.244.0.2:9" in chains(c)[endpoint_chain(KEY, "s", Protocol.SCTP,
+                                                                                    "10.244.0.2", 9)]
+
+
+def test_ipv6_slice_and_address_form() -> None:
+    svc = service("web", ("10.96.0.10", "fd00:96::10"))
+    slices = [slice_("web", endpoint("10.244.0.2")), slice_("web", endpoint("fd00:244::2"), family=6)]
+    c = compile([svc], slices, node_name=NODE)
+    assert c.elements["svc-ips6"] == {"fd00:96::10 . tcp . 80": f"goto {svc_chain(family=6)}"}
+    assert chains(c)[ep("fd00:244::2")][-1] == "meta l4proto tcp dnat ip6 to [fd00:244::2]:8080"
+    assert c.elements["service-ips6"] == {"fd00:96::10": None}
+
+
+def test_not_proxied_services() -> None:
+    headless = service("h", ())
+    broken = dataclasses.replace(service("b", "10.96.0.2"), error="bad port")
+    external_name = service("e", "10.96.0.3", type=ServiceType.EXTERNAL_NAME)
+    c = compile([headless, broken, external_name], [slice_("h", endpoint("10.244.0.2"))], node_name=NODE)
+    assert not [ch for ch in c.chains if ch.name.startswith(("svc-", "ep-"))]
+    assert all(not c.elements[f"svc-ips{f}"] and not c.elements[f"service-ips{f}"] for f in FAMILIES)
+
+
+# ---- endpoint picking ----
+
+def test_ready_endpoints_only_when_some_are_ready() -> None:
+    c = web(endpoint("10.244.0.2"), endpoint("10.244.0.3", ready=False, serving=True, terminating=True),
+            endpoint("10.244.0.4", ready=False))
+    assert picks(chains(c)[svc_chain()]) == [ep("10.244.0.2")]
+
+
+def test_serving_terminating_when_none_ready() -> None:
+    c = web(endpoint("10.244.0.3", ready=False, serving=True, terminating=True),
+            endpoint("10.244.0.4", ready=False, serving=True, terminating=True),
+            endpoint("10.244.0.5", ready=False, serving=False, terminating=True))
+    rule = chains(c)[svc_chain()][-1]
+    assert rule.startswith("numgen random mod 2 vmap {")
+    assert picks((rule,)) == [ep("10.244.0.3"), ep("10.244.0.4")]
+
+
+def test_no_usable_endpoint_is_rejected() -> None:
+    c = web(endpoint("10.244.0.4", ready=False), endpoint("10.244.0.5", ready=False, serving=False,
+                                                            terminating=True))
+    assert svc_chain() not in chains(c)
+    assert c.elements["svc-ips4"] == {}
+    assert c.elements["svc-no-endpoints4"] == {"10.96.0.10 . tcp . 80": "goto services-reject"}
+    assert chains(c)["services-reject"] == ("meta l4proto tcp reject with tcp reset",
+                                            "reject with icmpx port-unreachable")
+    assert c.elements["service-ips4"] == {"10.96.0.10": None}  # still a VIP
+
+
+def test_endpoints_deduplicated_and_matched_by_port_name_and_protocol() -> None:
+    svc = service("web", "10.96.0.10", tcp("http", 80), udp("http", 80))
+    slices = [slice_("web", endpoint("10.244.0.2"), name="a"),
+              slice_("web", endpoint("10.244.0.2"), endpoint("10.244.0.3"), name="b"),
+              slice_("web", endpoint("10.244.0.9"), name="c", ports=(EndpointPort("other", 1),)),
+              slice_("web", endpoint("10.244.0.7"), name="d",
+                     ports=(EndpointPort("http", 53, Protocol.UDP),)),
+              slice_("other", endpoint("10.244.0.8"), name="e")]
+    c = compile([svc], slices, node_name=NODE)
+    assert picks(chains(c)[svc_chain()]) == [ep("10.244.0.2"), ep("10.244.0.3")]
+    udp_chain = chains(c)[svc_chain(protocol=Protocol.UDP)]
+    assert udp_chain == (f"goto {endpoint_chain(KEY, 'http', Protocol.UDP, '10.244.0.7', 53)}",)
+
+
+def test_numgen_indexes_every_endpoint_once() -> None:
+    c = web(*(endpoint(f"10.244.0.{i}") for i in range(2, 12)))
+    rule = chains(c)[svc_chain()][-1]
+    assert rule.startswith("numgen random mod 10 vmap")
+    assert [int(i) for i in re.findall(r"(\d+) : goto", rule)] == list(range(10))
+    assert len(set(picks((rule,)))) == 10
+
+
+# ---- traffic policies ----
+
+def test_internal_local_uses_only_this_nodes_endpoints() -> None:
+    c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), itp=TrafficPolicy.LOCAL)
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}-local"}
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.2")]
+    assert svc_chain() not in chains(c)
+
+
+def test_internal_local_without_local_endpoints_drops() -> None:
+    c = web(endpoint("10.244.1.2", "node-2"), itp=TrafficPolicy.LOCAL)
+    assert c.elements["svc-no-endpoints4"] == {"10.96.0.10 . tcp . 80": "drop"}
+    assert not c.elements["svc-ips4"]
+
+
+def test_local_prefers_local_terminating_over_nothing() -> None:
+    c = web(endpoint("10.244.1.2", "node-2"),
+            endpoint("10.244.0.3", ready=False, serving=True, terminating=True), itp=TrafficPolicy.LOCAL)
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.3")]
+
+
+def test_external_cluster_masquerades_outside_pod_ranges() -> None:
+    c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), type=ServiceType.NODE_PORT,
+            ports=(tcp("http", 80, 30080),), external_ips=("192.0.2.10",),
+            pod_cidrs=(ip_network("10.244.0.0/16"),))
+    ext = f"{svc_chain()}-ext"
+    assert c.elements["svc-ips4"]["192.0.2.10 . tcp . 80"] == f"goto {ext}"
+    assert chains(c)[ext] == ("ip saddr != @svc-pod-cidrs4 jump services-mark-masq", f"goto {svc_chain()}")
+    assert c.elements["svc-pod-cidrs4"] == {"10.244.0.0/16": None}
+    # ClusterIP from outside the pod ranges (the node itself) is masqueraded too.
+    assert chains(c)[svc_chain()][0] == (
+        "ip daddr 10.96.0.10 ip saddr != @svc-pod-cidrs4 jump services-mark-masq")
+
+
+def test_no_cluster_ip_masquerade_without_pod_ranges() -> None:
+    c = web(endpoint("10.244.0.2"))
+    assert not any("saddr != @svc-pod-cidrs4" in r for r in chains(c)[svc_chain()])
+
+
+def test_external_local_keeps_client_address() -> None:
+    c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), type=ServiceType.NODE_PORT,
+            ports=(tcp("http", 80, 30080),), etp=TrafficPolicy.LOCAL)
+    ext = chains(c)[f"{svc_chain()}-ext"]
+    assert ext == (f"ip saddr @svc-pod-cidrs4 goto {svc_chain()}",
+                   "fib saddr type local jump services-mark-masq",
+                   f"fib saddr type local goto {svc_chain()}", f"goto {svc_chain()}-local")
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.2")]
+    assert len(picks(chains(c)[svc_chain()])) == 2  # ClusterIP still uses every endpoint
+
+
+def test_external_local_without_local_endpoints_drops_external_keys_only() -> None:
+    c = web(endpoint("10.244.1.2", "node-2"), type=ServiceType.LOAD_BALANCER, ports=(tcp("http", 80, 30080),),
+            external_ips=("192.0.2.10",), etp=TrafficPolicy.LOCAL)
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}"}
+    assert c.elements["svc-no-endpoints4"] == {"192.0.2.10 . tcp . 80": "drop"}
+    assert c.elements["svc-no-endpoint-nodeports4"] == {"tcp . 30080": "drop"}
+
+
+# ---- affinity ----
+
+def test_client_ip_affinity() -> None:
+    c = web(endpoint("10.244.0.2"), endpoint("10.244.0.3"), affinity=600)
+    rules = chains(c)[svc_chain()]
+    a, b = ep("10.244.0.2"), ep("10.244.0.3")
+    assert rules[:2] == (f"ip saddr @{a}-aff goto {a}", f"ip saddr @{b}-aff goto {b}")
+    assert rules[2].startswith("numgen random mod 2")
+    assert f"update @{a}-aff {{ ip saddr timeout 600s }}" in chains(c)[a]
+    sets = {s.name: s for s in c.sets}
+    assert sets[f"{a}-aff"].flags == ("dynamic", "timeout")
+    assert c.elements[f"{a}-aff"] == {}
+
+
+def test_no_affinity_sets_without_affinity() -> None:
+    c = web(endpoint("10.244.0.2"))
+    assert not [s for s in c.sets if s.name.endswith("-aff")]
+
+
+# ---- scale and names ----
+
+def fixed_part(c: Contribution) -> dict[str, tuple[str, ...]]:
+    return {n: r for n, r in chains(c).items() if not n.startswith(("svc-", "ep-"))}
+
+
+def test_rules_do_not_grow_with_services() -> None:
+    small, large = compile(*many(100), node_name=NODE), compile(*many(5000), node_name=NODE)
+    # The hooks and the chains every packet goes through are the same; only elements and
+    # per-service / per-endpoint chains (a bounded number of rules each) grow.
+    assert fixed_part(small) == fixed_part(large)
+    assert {s.name for s in small.sets} == {s.name for s in large.sets}
+    assert len(large.elements["svc-ips4"]) == 5000 and len(small.elements["svc-ips4"]) == 100
+    per_service = [len(r) for n, r in chains(large).items() if n.startswith("svc-")]
+    assert len(per_service) == 5000 and max(per_service) == 1
+    per_endpoint = [len(r) for n, r in chains(large).items() if n.startswith("ep-")]
+    assert len(per_endpoint) == 25000 and max(per_endpoint) == 2
+
+
+def test_names_are_stable_and_distinct() -> None:
+    assert compile(*many(50), node_name=NODE) == compile(*many(50), node_name=NODE)
+    names = {service_chain(("ns", f"s{i}"), "http", Protocol.TCP, 4) for i in range(1000)}
+    assert len(names) == 1000
+    assert service_chain(KEY, "http", Protocol.TCP, 4) != service_chain(KEY, "http", Protocol.TCP, 6)
+    assert all(len(n) + len("-local") < 64 for n in names)
+
+
+def test_the_writer_takes_it() -> None:
+    svc = service("web", ("10.96.0.10", "fd00:96::10"), tcp("http", 80, 30080), udp("dns", 53),
+                  type=ServiceType.NODE_PORT, external_ips=("192.0.2.1",), affinity=60,
+                  etp=TrafficPolicy.LOCAL)
+    slices = [slice_("web", endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"),
+                     ports=(EndpointPort("http", 8080), EndpointPort("dns", 53, Protocol.UDP))),
+              slice_("web", endpoint("fd00:244::2"), family=6)]
+    w = TableWriter(FakeNft(), "inet", "podnet")
+    w.contribute("services", compile([svc], slices, node_name=NODE, pod_cidrs=(ip_network("10.244.0.0/16"),)))
+    assert w.commit().full
+    w.contribute("services", compile([svc], slices[:1], node_name=NODE))
+    assert not w.commit().full
+
+
+@pytest.mark.parametrize("change", ["remove", "unready", "local-only"])
+def test_affected_endpoints(change: str) -> None:
+    svc = service("web", "10.96.0.10", udp("dns", 53), itp=TrafficPolicy.LOCAL if change == "local-only"
+                  else TrafficPolicy.CLUSTER)
+    ports = (EndpointPort("dns", 5353, Protocol.UDP),)
+    old = programmed_endpoints([service("web", "10.96.0.10", udp("dns", 53))],
+                               [slice_("web", endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"),
+                                       ports=ports)], node_name=NODE)
+    second = {"remove": (), "unready": (endpoint("10.244.1.2", "node-2", ready=False),),
+              "local-only": (endpoint("10.244.1.2", "node-2"),)}[change]
+    new = programmed_endpoints([svc], [slice_("web", endpoint("10.244.0.2"), *second, ports=ports)],
+                               node_name=NODE)
+    gone = affected_endpoints(old, new)
+    assert [(str(k.address), k.port, k.protocol) for k in gone] == [("10.244.1.2", 5353, Protocol.UDP)]
+    assert affected_endpoints(new, new) == frozenset()
