@@ -70,9 +70,10 @@ class Table:
             return self.run(rule.split()[1], packet)
         text = rule
         while text != "accept":
-            text = self.condition(text, packet)
-            if text is None:
+            rest = self.condition(text, packet)
+            if rest is None:
                 return None
+            text = rest
             if text.startswith("vmap @"):
                 raise AssertionError(f"vmap without an address: {rule}")
         return "accept"

@@ -1,8 +1,9 @@
 """TEST-ONLY: a whole contribution rendered as one ``nft -f`` script that replaces the table.
 
-The real table writer (``dataplane/``) applies contributions as diffs; until the policy tests are
-switched to it, they load the compiled table with this: ``add table``, ``delete table``, then the
-table with everything in it, in one transaction.
+The compile tests (``test_compile_unit``, ``test_compile_oracle``) check that what the compiler
+emits loads into a kernel, with no agent and no table writer in between: ``add table``, ``delete
+table``, then the table with everything in it, in one transaction. The e2e tests go through the
+real agent and its writer instead.
 """
 
 from __future__ import annotations

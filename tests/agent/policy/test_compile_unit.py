@@ -94,7 +94,8 @@ def test_verdict_map_points_at_the_chain_of_the_pods_policy_set() -> None:
     jump = f"jump {policy_prefix(('x', 'allow-b'), ING)}"
     assert chain(c, target) == ("ct state invalid drop", jump, "drop")
     xb = next(p for p in pods(8) if p.namespace == "x" and p.labels["app"] == "b")
-    assert chain(c, c.elements["egress-ip4"][str(xb.ips[0])].split()[1]) == ("ct state invalid drop", "drop")
+    verdict = c.elements["egress-ip4"][str(xb.ips[0])]
+    assert verdict is not None and chain(c, verdict.split()[1]) == ("ct state invalid drop", "drop")
 
 
 def test_elements_ip_block_except_ports_and_sctp() -> None:
