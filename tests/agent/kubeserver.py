@@ -38,8 +38,12 @@ COLLECTIONS = {
     "/api/v1/namespaces": ("Namespace", "NamespaceList"),
     "/api/v1/pods": ("Pod", "PodList"),
     "/apis/networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", "NetworkPolicyList"),
+    "/api/v1/services": ("Service", "ServiceList"),
+    "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "EndpointSliceList"),
+    "/api/v1/nodes": ("Node", "NodeList"),
 }
-API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1", "Service": "v1",
+                "EndpointSlice": "discovery.k8s.io/v1", "Node": "v1"}
 
 Key = tuple[str, str]  # (namespace or "", name)
 
@@ -300,6 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        # Said, not only done: a client that is not told would pool the connection the server
+        # closes after the stream, and its next request could race that close.
+        self.send_header("Connection", "close")
         self.end_headers()
         srv._sockets.add(self.connection)
         with srv.cond:

@@ -62,9 +62,8 @@ def test_synced_after_every_registered_source_listed_every_kind() -> None:
     assert not store.synced  # no source yet: nothing listed, nothing known
     store.register_source("kube")
     store.register_source("manifests", [Kind.NETWORK_POLICY])
-    store.replace(Kind.NAMESPACE, "kube", [])
-    store.replace(Kind.POD, "kube", [])
-    store.replace(Kind.NETWORK_POLICY, "kube", [])
+    for kind in Kind:
+        store.replace(kind, "kube", [])
     assert not store.synced and store.pending_lists() == {("manifests", Kind.NETWORK_POLICY)}
     assert fired == []
     store.replace(Kind.NETWORK_POLICY, "manifests", [])
@@ -87,7 +86,8 @@ def test_readers_are_immutable_snapshots_and_local_pods() -> None:
     assert [p.name for p in store.local_pods()] == ["b"]
     assert store.pod("x", "b") == pod("b") and store.pod("x", "a") is None
     assert store.policy("x", "p") == NetworkPolicy("x", "p") and store.namespace("x") is None
-    assert store.counts() == {"Namespace": 0, "Pod": 2, "NetworkPolicy": 1}
+    assert store.counts() == {"Namespace": 0, "Pod": 2, "NetworkPolicy": 1, "Service": 0, "EndpointSlice": 0,
+                              "Node": 0}
     assert store.generation == snap.generation + 1
     assert Store().node_name  # defaults to the hostname
 

@@ -204,10 +204,19 @@ class Service:
     external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     internal_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     error: str | None = None  # set: not understood, not proxied (reported)
+    # clusterIP "None": DNS-only, never proxied (no cluster IP, no node port). A Service that is
+    # not headless may still have no cluster IP (a manifest with nothing allocated).
+    headless: bool = False
+    ip_families: tuple[str, ...] = ()  # "IPv4" / "IPv6", as spec.ipFamilies (or its cluster IPs)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.namespace, self.name)
+
+    @property
+    def proxied(self) -> bool:
+        """Whether the service proxy programs anything for it (ExternalName is DNS only)."""
+        return self.error is None and not self.headless and self.type is not ServiceType.EXTERNAL_NAME
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Raw Kubernetes objects (dicts from YAML, JSON or the API server) -> the agent's model values.
 
-:func:`parse_object` is the one entry point both sources use. A Namespace or Pod that does not
-validate raises :class:`ObjectError` naming the object and the field (the source reports it and
-skips the object). A NetworkPolicy whose spec does not validate is returned with ``error`` set
-(see ``objects_policy``): the policy must keep isolating what it selects. Only a policy whose
-metadata cannot be read (no name to key it by) raises.
+:func:`parse_object` is the one entry point both sources use. A Namespace, Pod, EndpointSlice or
+Node that does not validate raises :class:`ObjectError` naming the object and the field (the
+source reports it and skips the object). A NetworkPolicy whose spec does not validate is returned
+with ``error`` set (see ``objects_policy``): the policy must keep isolating what it selects. A
+Service whose spec does not validate is also returned with ``error`` set (``objects_service``):
+it is reported and not proxied. Only a policy or Service whose metadata cannot be read (no name
+to key it by) raises.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from types import MappingProxyType
 from typing import Any
 
 from podnet.agent import objects_fields as f
-from podnet.agent import objects_policy
-from podnet.agent.model import ContainerPort, IPAddress, Namespace, NetworkPolicy, Pod
+from podnet.agent import objects_node, objects_policy, objects_service, objects_slice
+from podnet.agent.model import (
+    ContainerPort,
+    EndpointSlice,
+    IPAddress,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Pod,
+    Service,
+)
 
-Object = Namespace | Pod | NetworkPolicy
+Object = Namespace | Pod | NetworkPolicy | Service | EndpointSlice | Node
 Key = str | tuple[str, str]
 DEFAULT_NAMESPACE = "default"
 
@@ -30,6 +41,9 @@ class Kind(enum.Enum):
     NAMESPACE = ("v1", "Namespace")
     POD = ("v1", "Pod")
     NETWORK_POLICY = ("networking.k8s.io/v1", "NetworkPolicy")
+    SERVICE = ("v1", "Service")
+    ENDPOINT_SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
+    NODE = ("v1", "Node")
 
     @property
     def api_version(self) -> str:
@@ -38,6 +52,15 @@ class Kind(enum.Enum):
     @property
     def kind(self) -> str:
         return self.value[1]
+
+    @property
+    def namespaced(self) -> bool:
+        """Namespaced kinds are keyed (namespace, name); cluster-scoped ones by name."""
+        return self not in (Kind.NAMESPACE, Kind.NODE)
+
+
+_KINDS: dict[type, Kind] = {Namespace: Kind.NAMESPACE, Pod: Kind.POD, NetworkPolicy: Kind.NETWORK_POLICY,
+                            Service: Kind.SERVICE, EndpointSlice: Kind.ENDPOINT_SLICE, Node: Kind.NODE}
 
 
 class ObjectError(ValueError):
@@ -50,13 +73,11 @@ class UnsupportedKind(ObjectError):
 
 
 def kind_of(obj: Object) -> Kind:
-    if isinstance(obj, Namespace):
-        return Kind.NAMESPACE
-    return Kind.POD if isinstance(obj, Pod) else Kind.NETWORK_POLICY
+    return _KINDS[type(obj)]
 
 
 def key_of(obj: Object) -> Key:
-    return obj.name if isinstance(obj, Namespace) else obj.key
+    return obj.name if isinstance(obj, Namespace | Node) else obj.key
 
 
 def describe_key(kind: Kind, key: Key) -> str:
@@ -65,10 +86,11 @@ def describe_key(kind: Kind, key: Key) -> str:
 
 def _metadata(raw: Mapping[str, Any], kind: Kind,
               default_ns: str | None) -> tuple[str, str, Mapping[str, Any]]:
-    """(namespace, name, metadata) of a raw object; namespace is "" for a Namespace."""
+    """(namespace, name, metadata) of a raw object; namespace is "" for a cluster-scoped kind."""
     meta = f.mapping(raw.get("metadata"), "metadata")
-    name = f.object_name(meta.get("name"), "metadata.name", dns_label=kind is Kind.NAMESPACE)
-    if kind is Kind.NAMESPACE:
+    # Namespace and Service names are DNS labels (they become DNS names); the rest subdomains.
+    name = f.object_name(meta.get("name"), "metadata.name", dns_label=kind in (Kind.NAMESPACE, Kind.SERVICE))
+    if not kind.namespaced:
         return "", name, meta
     ns_raw = meta.get("namespace")
     if ns_raw is None and default_ns is not None:
@@ -165,21 +187,51 @@ def parse_object(raw: object, *, expected: Kind | None = None,
         raise ObjectError(f"{kind.kind} {_name_for_error(raw)}: {exc}") from None
     if kind is Kind.NETWORK_POLICY:
         return objects_policy.parse_spec(raw, namespace, name)
+    if kind is Kind.SERVICE:
+        return objects_service.parse_spec(raw, namespace, name)
     try:
-        if kind is Kind.NAMESPACE:
-            return Namespace(name, _frozen_labels(meta))
-        return _pod(raw, namespace, name, meta)
+        return _parse_kind(kind, raw, namespace, name, meta)
     except f.Invalid as exc:
-        label = name if kind is Kind.NAMESPACE else f"{namespace}/{name}"
+        label = f"{namespace}/{name}" if kind.namespaced else name
         raise ObjectError(f"{kind.kind} {label}: {exc}") from None
+
+
+def _parse_kind(kind: Kind, raw: Mapping[str, Any], namespace: str, name: str,
+                meta: Mapping[str, Any]) -> Object:
+    """The kinds that raise (f.Invalid) when they do not validate."""
+    if kind is Kind.NAMESPACE:
+        return Namespace(name, _frozen_labels(meta))
+    if kind is Kind.ENDPOINT_SLICE:
+        return objects_slice.parse(raw, namespace, name, _frozen_labels(meta))
+    if kind is Kind.NODE:
+        return objects_node.parse(raw, name, _frozen_labels(meta))
+    return _pod(raw, namespace, name, meta)
 
 
 def failed_policy(raw: Mapping[str, Any], error: str, *,
                   default_namespace: str | None = DEFAULT_NAMESPACE) -> NetworkPolicy:
     """The fail-closed stand-in for a NetworkPolicy that failed a check outside this module (a
     schema validation); raises ObjectError only when its metadata cannot be read."""
+    got = failed_object(Kind.NETWORK_POLICY, raw, error, default_namespace=default_namespace)
+    assert isinstance(got, NetworkPolicy)
+    return got
+
+
+# The kinds whose invalid objects are kept, with ``error`` set, instead of skipped.
+KEPT_WHEN_INVALID = frozenset({Kind.NETWORK_POLICY, Kind.SERVICE})
+
+
+def failed_object(kind: Kind, raw: Mapping[str, Any], error: str, *,
+                  default_namespace: str | None = DEFAULT_NAMESPACE) -> Object | None:
+    """The stand-in for an object that failed a check outside this module (a schema validation):
+    a fail-closed NetworkPolicy, a Service that is reported and not proxied, or None for the kinds
+    that are skipped instead. Raises ObjectError only when its metadata cannot be read."""
+    if kind not in KEPT_WHEN_INVALID:
+        return None
     try:
-        namespace, name, _ = _metadata(raw, Kind.NETWORK_POLICY, default_namespace)
+        namespace, name, _ = _metadata(raw, kind, default_namespace)
     except f.Invalid as exc:
-        raise ObjectError(f"NetworkPolicy {_name_for_error(raw)}: {exc}") from None
+        raise ObjectError(f"{kind.kind} {_name_for_error(raw)}: {exc}") from None
+    if kind is Kind.SERVICE:
+        return objects_service.failed_service(namespace, name, error)
     return objects_policy.failed_policy(raw, namespace, name, error)

@@ -7,11 +7,12 @@ server, so any value may have any JSON type: nothing here assumes a shape it has
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from podnet.agent.model import EVERYTHING, LabelSelector, Operator, Requirement
+from podnet.agent.model import EVERYTHING, IPAddress, IPNetwork, LabelSelector, Operator, Requirement
 
 
 class Invalid(ValueError):
@@ -91,6 +92,33 @@ def port_name(value: str, where: str) -> str:
         raise Invalid(f"{where}: {describe(value)} is not a valid port name (at most 15 lowercase "
                       "letters, digits and '-', with at least one letter)")
     return value
+
+
+def dns_label(value: object, where: str) -> str:
+    """A non-empty RFC 1123 label (a Service port's name, an EndpointSlice port's name)."""
+    text = string(value, where)
+    if not text or len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+        raise Invalid(f"{where}: {describe(text)} is not a valid DNS label (lowercase letters, digits, '-')")
+    return text
+
+
+def ip_address(value: object, where: str) -> IPAddress:
+    text = string(value, where)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise Invalid(f"{where}: {describe(text)} is not an IP address") from None
+
+
+def cidr(value: object, where: str) -> IPNetwork:
+    text = string(value, where)
+    if "/" not in text:
+        raise Invalid(f"{where}: {describe(text)} is not a CIDR (it needs a /prefix length)")
+    try:
+        # Host bits are allowed: the API server parses with net.ParseCIDR, which masks them.
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Invalid(f"{where}: {describe(text)} is not a CIDR") from None
 
 
 def object_name(value: object, where: str, *, dns_label: bool = False) -> str:

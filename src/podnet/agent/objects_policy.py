@@ -9,7 +9,6 @@ the selector cannot be read).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +17,6 @@ from podnet.agent.model import (
     EVERYTHING,
     Direction,
     IPBlock,
-    IPNetwork,
     LabelSelector,
     NetworkPolicy,
     Peer,
@@ -41,23 +39,12 @@ def protocol(value: object, where: str) -> Protocol:
         raise f.Invalid(f"{where}: {f.describe(text)} is not one of TCP, UDP, SCTP") from None
 
 
-def _cidr(value: object, where: str) -> IPNetwork:
-    text = f.string(value, where)
-    if "/" not in text:
-        raise f.Invalid(f"{where}: {f.describe(text)} is not a CIDR (it needs a /prefix length)")
-    try:
-        # Host bits are allowed: the API server parses with net.ParseCIDR, which masks them.
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise f.Invalid(f"{where}: {f.describe(text)} is not a CIDR") from None
-
-
 def _ip_block(value: object, where: str) -> IPBlock:
     raw = f.mapping(value, where)
-    cidr = _cidr(raw.get("cidr"), f"{where}.cidr")
+    cidr = f.cidr(raw.get("cidr"), f"{where}.cidr")
     excepts = []
     for i, item in enumerate(f.sequence(raw.get("except"), f"{where}.except")):
-        sub = _cidr(item, f"{where}.except[{i}]")
+        sub = f.cidr(item, f"{where}.except[{i}]")
         # The API requires a strict subset: same family, inside cidr, longer prefix.
         if (sub.version != cidr.version or not sub.subnet_of(cidr)  # type: ignore[arg-type]
                 or sub.prefixlen <= cidr.prefixlen):

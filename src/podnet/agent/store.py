@@ -1,4 +1,4 @@
-"""The agent's one in-memory model: the Namespaces, Pods and NetworkPolicies every source feeds.
+"""The agent's one in-memory model: the objects of every kind (``objects.Kind``) the sources feed.
 
 Sources register themselves and feed events (:meth:`Store.apply`) or full lists
 (:meth:`Store.replace`, which synthesizes deletes for what vanished). Subscribers get a
@@ -16,10 +16,11 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from podnet.agent.model import Namespace, NetworkPolicy, Pod
+from podnet.agent.model import EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service
 from podnet.agent.objects import Key, Kind, Object, describe_key, key_of, kind_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class Change:
     new: Object | None
 
 
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+ServiceKey = tuple[str, str]  # (namespace, service name)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A consistent view of the whole store at one moment (immutable)."""
@@ -58,6 +63,15 @@ class Snapshot:
     policies: Mapping[tuple[str, str], NetworkPolicy]
     synced: bool
     generation: int
+    services: Mapping[tuple[str, str], Service] = field(default_factory=lambda: _EMPTY)
+    endpoint_slices: Mapping[tuple[str, str], EndpointSlice] = field(default_factory=lambda: _EMPTY)
+    nodes: Mapping[str, Node] = field(default_factory=lambda: _EMPTY)
+    # (namespace, service) -> the keys of its slices, sorted (slices without a service: omitted)
+    slice_keys: Mapping[ServiceKey, tuple[tuple[str, str], ...]] = field(default_factory=lambda: _EMPTY)
+
+    def slices_for(self, namespace: str, service: str) -> tuple[EndpointSlice, ...]:
+        """The EndpointSlices of one Service, in name order."""
+        return tuple(self.endpoint_slices[k] for k in self.slice_keys.get((namespace, service), ()))
 
 
 Subscriber = Callable[[Change], None]
@@ -70,6 +84,8 @@ class Store:
         self._node_name = node_name or socket.gethostname()
         self._lock = threading.Lock()
         self._objects: dict[Kind, dict[Key, Object]] = {k: {} for k in Kind}
+        # (namespace, service) -> its slices' keys, kept with every put and delete of a slice.
+        self._slices: dict[ServiceKey, set[tuple[str, str]]] = {}
         # Which source last set each object: a full list from one source deletes only its own.
         self._owner: dict[Kind, dict[Key, str]] = {k: {} for k in Kind}
         self._pending_lists: set[tuple[str, Kind]] = set()
@@ -144,6 +160,8 @@ class Store:
         if old == obj:
             return False
         self._objects[kind][key] = obj
+        if kind is Kind.ENDPOINT_SLICE:
+            self._index_slice(old, obj)
         self._generation += 1
         self._queue.append(Change(kind, key, old, obj))
         return True
@@ -153,9 +171,21 @@ class Store:
         self._owner[kind].pop(key, None)
         if old is None:
             return False
+        if kind is Kind.ENDPOINT_SLICE:
+            self._index_slice(old, None)
         self._generation += 1
         self._queue.append(Change(kind, key, old, None))
         return True
+
+    def _index_slice(self, old: Object | None, new: Object | None) -> None:
+        if isinstance(old, EndpointSlice):
+            keys = self._slices.get((old.namespace, old.service))
+            if keys is not None:
+                keys.discard(old.key)
+                if not keys:
+                    del self._slices[(old.namespace, old.service)]
+        if isinstance(new, EndpointSlice) and new.service:
+            self._slices.setdefault((new.namespace, new.service), set()).add(new.key)
 
     def _check_synced(self) -> None:
         if self._registered and not self._pending_lists and not self._synced.is_set():
@@ -241,19 +271,44 @@ class Store:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
-                MappingProxyType(dict(self._objects[Kind.NAMESPACE])),  # type: ignore[arg-type]
-                MappingProxyType(dict(self._objects[Kind.POD])),  # type: ignore[arg-type]
-                MappingProxyType(dict(self._objects[Kind.NETWORK_POLICY])),  # type: ignore[arg-type]
-                self._synced.is_set(), self._generation)
+                self._copy(Kind.NAMESPACE), self._copy(Kind.POD), self._copy(Kind.NETWORK_POLICY),
+                self._synced.is_set(), self._generation,
+                services=self._copy(Kind.SERVICE), endpoint_slices=self._copy(Kind.ENDPOINT_SLICE),
+                nodes=self._copy(Kind.NODE),
+                slice_keys=MappingProxyType({k: tuple(sorted(v)) for k, v in self._slices.items()}))
+
+    def _copy(self, kind: Kind) -> Mapping[Any, Any]:
+        # Under self._lock: the values are frozen, so a shallow copy is an immutable view.
+        return MappingProxyType(dict(self._objects[kind]))
+
+    def _view(self, kind: Kind) -> Mapping[Any, Any]:
+        with self._lock:
+            return self._copy(kind)
 
     def namespaces(self) -> Mapping[str, Namespace]:
-        return self.snapshot().namespaces
+        return self._view(Kind.NAMESPACE)
 
     def pods(self) -> Mapping[tuple[str, str], Pod]:
-        return self.snapshot().pods
+        return self._view(Kind.POD)
 
     def policies(self) -> Mapping[tuple[str, str], NetworkPolicy]:
-        return self.snapshot().policies
+        return self._view(Kind.NETWORK_POLICY)
+
+    def services(self) -> Mapping[tuple[str, str], Service]:
+        return self._view(Kind.SERVICE)
+
+    def endpoint_slices(self) -> Mapping[tuple[str, str], EndpointSlice]:
+        return self._view(Kind.ENDPOINT_SLICE)
+
+    def nodes(self) -> Mapping[str, Node]:
+        return self._view(Kind.NODE)
+
+    def slices_for(self, namespace: str, service: str) -> tuple[EndpointSlice, ...]:
+        """The EndpointSlices labelled for one Service, in name order (from the index, not a scan)."""
+        with self._lock:
+            keys = sorted(self._slices.get((namespace, service), ()))
+            found = [self._objects[Kind.ENDPOINT_SLICE][k] for k in keys]
+        return tuple(s for s in found if isinstance(s, EndpointSlice))
 
     def get(self, kind: Kind, key: Key) -> Object | None:
         with self._lock:
@@ -270,6 +325,18 @@ class Store:
     def policy(self, namespace: str, name: str) -> NetworkPolicy | None:
         obj = self.get(Kind.NETWORK_POLICY, (namespace, name))
         return obj if isinstance(obj, NetworkPolicy) else None
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        obj = self.get(Kind.SERVICE, (namespace, name))
+        return obj if isinstance(obj, Service) else None
+
+    def endpoint_slice(self, namespace: str, name: str) -> EndpointSlice | None:
+        obj = self.get(Kind.ENDPOINT_SLICE, (namespace, name))
+        return obj if isinstance(obj, EndpointSlice) else None
+
+    def node(self, name: str) -> Node | None:
+        obj = self.get(Kind.NODE, name)
+        return obj if isinstance(obj, Node) else None
 
     def local_pods(self) -> tuple[Pod, ...]:
         """Pods scheduled to this node (spec.nodeName == node_name), in key order."""

@@ -40,6 +40,9 @@ PATHS: Mapping[Kind, str] = {
     Kind.NAMESPACE: "/api/v1/namespaces",
     Kind.POD: "/api/v1/pods",
     Kind.NETWORK_POLICY: "/apis/networking.k8s.io/v1/networkpolicies",
+    Kind.SERVICE: "/api/v1/services",
+    Kind.ENDPOINT_SLICE: "/apis/discovery.k8s.io/v1/endpointslices",
+    Kind.NODE: "/api/v1/nodes",
 }
 
 
@@ -300,7 +303,7 @@ def _key(raw: Mapping[str, Any], kind: Kind) -> objects.Key | None:
     meta = raw.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
         return None
-    if kind is Kind.NAMESPACE:
+    if not kind.namespaced:
         return str(meta["name"])
     ns = meta.get("namespace")
     return (ns, str(meta["name"])) if isinstance(ns, str) else None

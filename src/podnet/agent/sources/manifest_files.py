@@ -2,9 +2,10 @@
 each object checked by ``agent.objects`` and against the Kubernetes OpenAPI schema (``schemas``).
 
 A file that cannot be read or parsed as a whole raises :class:`Unreadable`: the caller keeps the
-file's previous objects in force. Within a file that parses, a bad Pod or Namespace is reported
-and skipped, a bad NetworkPolicy is kept as a fail-closed one, and kinds the agent does not
-read (Deployments, Services...) are ignored.
+file's previous objects in force. Within a file that parses, a bad Pod, Namespace, EndpointSlice
+or Node is reported and skipped, a bad NetworkPolicy is kept as a fail-closed one, a bad Service
+is kept with its error (reported, not proxied), and kinds the agent does not read (Deployments,
+ConfigMaps...) are ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 
 from podnet.agent import objects
-from podnet.agent.model import NetworkPolicy
+from podnet.agent.model import NetworkPolicy, Service
 from podnet.agent.objects import Object, ObjectError, UnsupportedKind
 from podnet.agent.sources import schemas
 
@@ -109,17 +110,22 @@ def _one(where: str, raw: Any, loaded: Loaded) -> None:
         loaded.errors.append(f"{where}: {exc}")
         return
     assert isinstance(raw, Mapping)  # parse_object accepted it
-    is_policy = isinstance(obj, NetworkPolicy)
     problem = schemas.schema_error(raw)
     if problem is None:
         loaded.objects.append(obj)
-        if isinstance(obj, NetworkPolicy) and obj.error:
-            loaded.errors.append(f"{where}: {_label(raw)}: {obj.error} (enforced fail-closed)")
+        error = obj.error if isinstance(obj, NetworkPolicy | Service) else None
+        if error:
+            loaded.errors.append(f"{where}: {_label(raw)}: {error}{_consequence(obj)}")
         return
+    stand_in = objects.failed_object(objects.kind_of(obj), raw, problem)
     loaded.errors.append(f"{where}: {_label(raw)}: {problem}"
-                         + (" (enforced fail-closed)" if is_policy else " (skipped)"))
-    if is_policy:
-        loaded.objects.append(objects.failed_policy(raw, problem))
+                         + (_consequence(stand_in) if stand_in is not None else " (skipped)"))
+    if stand_in is not None:
+        loaded.objects.append(stand_in)
+
+
+def _consequence(obj: Object) -> str:
+    return " (enforced fail-closed)" if isinstance(obj, NetworkPolicy) else " (not proxied)"
 
 
 def load(path: str) -> tuple[Loaded, tuple[int, int, int, int]]:

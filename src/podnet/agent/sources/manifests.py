@@ -16,6 +16,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Iterable
 
 from podnet.agent.objects import Key, Kind, Object, describe_key, key_of, kind_of
 from podnet.agent.sources import manifest_files
@@ -32,10 +33,13 @@ class ManifestError(Exception):
 
 class ManifestSource:
     def __init__(self, store: Store, directory: str | os.PathLike[str], *, name: str = "manifests",
-                 debounce: float = 0.1, retry: float = 1.0, poll: float = 2.0) -> None:
+                 kinds: Iterable[Kind] = tuple(Kind), debounce: float = 0.1, retry: float = 1.0,
+                 poll: float = 2.0) -> None:
+        """``kinds``: what this source feeds (objects of other kinds in the files are ignored)."""
         self.store = store
         self.directory = str(directory)
         self.name = name
+        self.kinds = tuple(dict.fromkeys(kinds))
         self.debounce, self.retry, self.poll = debounce, retry, poll
         self._files: dict[str, Loaded] = {}  # path -> last good parse
         self._sigs: dict[str, tuple[int, int, int, int]] = {}
@@ -49,7 +53,7 @@ class ManifestSource:
         self.scans = 0
         # Registered when made, not when started: the store cannot become synced on another
         # source's list before this one has listed.
-        store.register_source(name, tuple(Kind))
+        store.register_source(name, self.kinds)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,12 +180,14 @@ class ManifestSource:
         self._dir_error = error
 
     def _publish(self) -> None:
-        chosen: dict[Kind, dict[Key, Object]] = {k: {} for k in Kind}
+        chosen: dict[Kind, dict[Key, Object]] = {k: {} for k in self.kinds}
         origin: dict[tuple[Kind, Key], str] = {}
         duplicates: dict[str, list[str]] = {}
         for path in sorted(self._files):
             for obj in self._files[path].objects:
                 kind, key = kind_of(obj), key_of(obj)
+                if kind not in chosen:
+                    continue
                 first = origin.get((kind, key))
                 if first is not None:
                     where = "earlier in this file" if first == path else f"in {first}"
@@ -194,7 +200,7 @@ class ManifestSource:
             if errors != self._duplicates.get(path):
                 log.warning("manifest %s: %s", path, "; ".join(errors))
         self._duplicates = duplicates
-        for kind in Kind:
+        for kind in self.kinds:
             self.store.replace(kind, self.name, chosen[kind].values())
 
     # --- reporting -------------------------------------------------------------------------
