@@ -77,6 +77,8 @@ class AgentProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             raise AgentError(f"agent did not stop on SIGTERM\n{self.log_text()}") from None
+        if self.proc.returncode != 0:
+            raise AgentError(f"agent exited with {self.proc.returncode} on SIGTERM\n{self.log_text()}")
 
     @property
     def running(self) -> bool:
