@@ -17,15 +17,17 @@ from types import ModuleType
 
 import pytest
 
-from podnet.kernel import dump, model, netlink, requests, unregister, wire
+from podnet.kernel import conntrack, conntrack_wire, dump, model, netlink, requests, unregister, wire
 from podnet.kernel.nft import netlink as nftables
 
-MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables)
+MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables,
+                                   conntrack_wire, conntrack)
 HEADERS = [
     "sys/socket.h", "linux/netlink.h", "linux/rtnetlink.h", "linux/if.h", "linux/if_link.h",
     "linux/if_addr.h", "linux/netdevice.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h",
     "linux/veth.h",
     "linux/netfilter.h", "linux/netfilter/nfnetlink.h", "linux/netfilter/nf_tables.h",
+    "linux/netfilter/nfnetlink_conntrack.h",
 ]
 # Module constants that are podnet's own choices or combinations, not kernel values.
 NOT_KERNEL = {
@@ -35,6 +37,9 @@ NOT_KERNEL = {
     "_PINNED_MAX",  # netlink: how many pinned links a process remembers
     "HELPERS",  # unregister: how many long-lived threads wait for the kernel's reclamation
     "COMMENT_MAX",  # nftables: nft's comment length limit (userspace, libnftnl)
+    "_DUPLICATE_RETRIES",  # conntrack: dumps repeated when one names an entry twice
+    # conntrack_wire: CTA_FILTER flag bits, defined by the kernel in nf_conntrack_netlink.c, not uapi
+    "FILTER_IP_SRC", "FILTER_IP_DST", "FILTER_PROTO_NUM", "FILTER_PROTO_SRC_PORT", "FILTER_PROTO_DST_PORT",
 }
 # Python name -> C expression, where the C name differs or the value is derived.
 C_EXPRESSION = {
@@ -53,6 +58,7 @@ STRUCTS = {
     (model, "RTNEXTHOP"): "struct rtnexthop",
     (requests, "BRIDGE_VLAN_INFO"): "struct bridge_vlan_info",
     (nftables, "_NFGENMSG"): "struct nfgenmsg",
+    (conntrack_wire, "NFGENMSG"): "struct nfgenmsg",
 }
 NFPROTO = {"inet": "NFPROTO_INET", "ip": "NFPROTO_IPV4", "arp": "NFPROTO_ARP", "netdev": "NFPROTO_NETDEV",
            "bridge": "NFPROTO_BRIDGE", "ip6": "NFPROTO_IPV6"}
