@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from podnet.agent.model import Pod
+from podnet.agent.model import EndpointSlice, Node, Pod, Service, ServiceType
 from podnet.agent.objects import Kind
 from podnet.agent.sources.informer import Backoff
 from podnet.agent.sources.kube import KubeConfigError, KubeSource, load_config
@@ -328,7 +328,7 @@ def test_stop_is_prompt_and_closes_connections(server: KubeServer, store: Store,
                                                make_source: Callable[..., KubeSource]) -> None:
     source = make_source(tuple(Kind), watch_timeout=3600)
     source.start()
-    server.wait_watches(3)
+    server.wait_watches(len(Kind))
     started = time.monotonic()
     source.stop()
     assert time.monotonic() - started < 1.0
@@ -387,7 +387,7 @@ def test_https_with_the_kubeconfig_ca_and_token(tmp_path: Path, store: Store) ->
         source.start()
         try:
             assert store.wait_synced(5)
-            server.wait_watches(3)
+            server.wait_watches(len(Kind))
             server.put(pod("b", "10.0.0.2"))
             wait_for(lambda: "b" in ips(store))
             assert set(server.authorizations) == {"Bearer test-token"}
@@ -472,3 +472,84 @@ def test_two_sources_sync_only_when_both_have_listed(server: KubeServer, store: 
         assert store.wait_synced(5)
     finally:
         manifests.stop()
+
+
+def service(name: str, ip: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "x"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}], **spec}}
+
+
+def endpoint_slice(name: str, service: str, *ips: str) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "x", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [ip]} for ip in ips],
+            "ports": [{"name": "http", "port": 8080}]}
+
+
+def node(name: str, cidr: str, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": cidr}, "status": {"addresses": [{"type": "InternalIP", "address": ip}],
+                                                  "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+SERVICE_KINDS = (Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.NODE)
+
+
+def test_services_slices_and_nodes_listed_and_watched(server: KubeServer, store: Store, changes: list[Change],
+                                                      make_source: Callable[..., KubeSource]) -> None:
+    server.put(service("web", "10.96.0.10"))
+    server.put(endpoint_slice("web-1", "web", "10.0.0.1", "10.0.0.2"))
+    server.put(node("n2", "10.244.2.0/24", "192.168.1.12"))
+    source = make_source(SERVICE_KINDS, page_size=1)
+    source.start()
+    assert store.wait_synced(5)
+    web = store.service("x", "web")
+    assert isinstance(web, Service) and str(web.cluster_ips[0]) == "10.96.0.10"
+    assert [len(s.endpoints) for s in store.slices_for("x", "web")] == [2]
+    assert isinstance(store.node("n2"), Node) and store.pods() == {}
+    server.wait_watches(3)
+    assert {p for p, q in server.requests if q.get("watch")} == {
+        "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices", "/api/v1/nodes"}
+    server.put(endpoint_slice("web-1", "web", "10.0.0.1"))
+    server.put(service("web", "10.96.0.10", type="NodePort"))
+    server.put(node("n3", "10.244.3.0/24", "192.168.1.13"))
+    server.delete("Node", "n2")
+    wait_for(lambda: set(store.nodes()) == {"n3"})
+    wait_for(lambda: [len(s.endpoints) for s in store.slices_for("x", "web")] == [1])
+    wait_for(lambda: store.service("x", "web").type is ServiceType.NODE_PORT)  # type: ignore[union-attr]
+    n2 = [c for c in changes if c.key == "n2"]
+    assert [(c.old is None, c.new is None) for c in n2] == [(True, False), (False, True)]
+    server.delete("EndpointSlice", "web-1", "x")
+    wait_for(lambda: store.slices_for("x", "web") == ())
+    slices = [c for c in changes if c.kind is Kind.ENDPOINT_SLICE]
+    assert len(slices) == 3 and isinstance(slices[1].new, EndpointSlice) and slices[2].new is None
+
+
+def test_bad_services_slices_and_nodes_from_the_api(server: KubeServer, store: Store,
+                                                    make_source: Callable[..., KubeSource]) -> None:
+    server.put(service("bad", "10.96.0.300"))
+    server.put(node("n2", "10.244.2.0/24", "192.168.1.12"))
+    make_source(SERVICE_KINDS).start()
+    assert store.wait_synced(5)
+    bad = store.service("x", "bad")
+    assert bad is not None and bad.error is not None and "spec.clusterIPs[0]" in bad.error and not bad.proxied
+    server.put(node("n2", "10.244.2.0/33", "192.168.1.12"))  # unreadable: the last good one stays
+    server.put(endpoint_slice("s", "web", "fd00::1"))  # an IPv6 address in an IPv4 slice: skipped
+    server.put(node("n3", "10.244.3.0/24", "192.168.1.13"))
+    wait_for(lambda: "n3" in store.nodes())
+    assert str(store.node("n2").pod_cidrs[0]) == "10.244.2.0/24"  # type: ignore[union-attr]
+    assert store.endpoint_slices() == {}
+    # A Node is cluster-scoped: its delete finds it by name even when the object cannot be read.
+    server.objects["Node"][("", "n2")]["spec"]["podCIDR"] = "nonsense"
+    server.delete("Node", "n2")
+    wait_for(lambda: set(store.nodes()) == {"n3"})
+
+
+def test_the_kinds_a_source_watches_are_its_own(server: KubeServer, store: Store,
+                                                make_source: Callable[..., KubeSource]) -> None:
+    source = make_source((Kind.NAMESPACE, Kind.POD, Kind.NETWORK_POLICY))
+    source.start()
+    assert store.wait_synced(5)
+    server.wait_watches(3)
+    assert set(source.status()) == {"Namespace", "Pod", "NetworkPolicy"}
+    assert not any(p in ("/api/v1/services", "/api/v1/nodes") or "discovery" in p for p, _ in server.requests)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podnet.agent.model import Direction, NetworkPolicy
+from podnet.agent.model import Direction, NetworkPolicy, Service
 from podnet.agent.objects import Kind
 from podnet.agent.sources import manifest_files
 from podnet.agent.sources.manifests import ManifestError, ManifestSource
@@ -236,9 +236,11 @@ def test_fuzz_any_file_gives_objects_or_a_clear_error(text: str, suffix: str) ->
 
 
 @settings(max_examples=100, deadline=None)
-@given(doc=json_values, kind=st.sampled_from(["Pod", "Namespace", "NetworkPolicy", "List"]))
+@given(doc=json_values, kind=st.sampled_from(["Pod", "Namespace", "NetworkPolicy", "Service", "EndpointSlice",
+                                             "Node", "List"]))
 def test_fuzz_objects_of_known_kinds(doc: object, kind: str) -> None:
-    raw = {"apiVersion": "networking.k8s.io/v1" if kind == "NetworkPolicy" else "v1", "kind": kind,
+    api = {"NetworkPolicy": "networking.k8s.io/v1", "EndpointSlice": "discovery.k8s.io/v1"}.get(kind, "v1")
+    raw = {"apiVersion": api, "kind": kind,
            "metadata": {"name": "a", "namespace": "x"}, "spec": doc, "items": doc if kind == "List" else None}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "f.json")
@@ -251,6 +253,7 @@ def test_fuzz_objects_of_known_kinds(doc: object, kind: str) -> None:
         for obj in loaded.objects:
             assert not isinstance(obj, NetworkPolicy) or obj.error is None or obj.directions == {
                 Direction.INGRESS, Direction.EGRESS}
+            assert not isinstance(obj, Service) or obj.error is None or not obj.proxied
 
 
 def test_labels_are_read_only(tmp_path: Path, store: Store, source: ManifestSource) -> None:
@@ -276,3 +279,82 @@ def test_configmap_style_symlink_swap(tmp_path: Path, store: Store, source: Mani
     assert set(store.pods()) == {("x", "a")}
     publish(2, POD.format(name="b", ip="10.0.0.2"))
     wait_for(lambda: set(store.pods()) == {("x", "b")})
+
+
+SERVICE = """apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: x}}
+spec:
+  clusterIP: {ip}
+  ports: [{{name: http, port: 80, targetPort: web}}]
+"""
+SLICE = """apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}, namespace: x, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+endpoints: [{{addresses: [{ip}], conditions: {{ready: true}}, nodeName: n1}}]
+ports: [{{name: http, port: 8080}}]
+"""
+NODE = """apiVersion: v1
+kind: Node
+metadata: {{name: {name}}}
+spec: {{podCIDR: {cidr}}}
+status: {{addresses: [{{type: InternalIP, address: {ip}}}]}}
+"""
+
+
+def test_services_slices_and_nodes(tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    write(tmp_path / "svc.yaml", SERVICE.format(name="web", ip="10.96.0.10") + "---\n"
+          + SLICE.format(name="web-1", service="web", ip="10.0.0.1") + "---\n"
+          + NODE.format(name="n2", cidr="10.244.2.0/24", ip="192.168.1.12"))
+    source.start()
+    assert store.synced and source.status() == {}
+    web = store.service("x", "web")
+    assert web is not None and web.proxied and str(web.cluster_ips[0]) == "10.96.0.10"
+    assert [s.name for s in store.slices_for("x", "web")] == ["web-1"]
+    node = store.node("n2")
+    assert node is not None and str(node.pod_cidrs[0]) == "10.244.2.0/24"
+    write(tmp_path / "svc.yaml", SERVICE.format(name="web", ip="10.96.0.11"))
+    wait_for(lambda: not store.nodes() and not store.endpoint_slices())
+    assert str(store.service("x", "web").cluster_ips[0]) == "10.96.0.11"  # type: ignore[union-attr]
+
+
+def test_invalid_services_are_kept_and_reported_bad_slices_and_nodes_skipped(
+        tmp_path: Path, store: Store, source: ManifestSource) -> None:
+    path = tmp_path / "bad.yaml"
+    write(path, "\n---\n".join([
+        # The API server's rules that no schema holds: the Service is kept, its error reported.
+        SERVICE.format(name="local", ip="10.96.0.1") + "  externalTrafficPolicy: Local",
+        # A field the schema does not know: kept as a Service that is not proxied.
+        SERVICE.format(name="typo", ip="10.96.0.2") + "  sessionAfinity: ClientIP",
+        SLICE.format(name="s1", service="web", ip="fd00::1"),
+        NODE.format(name="n3", cidr="10.244.3.0", ip="192.168.1.13"),
+        NODE.format(name="n4", cidr="10.244.4.0/24", ip="192.168.1.14") + "bogus: 1"]))
+    source.start()
+    status = source.status()[str(path)]
+    local, typo = store.service("x", "local"), store.service("x", "typo")
+    assert local is not None and local.error is not None and not local.proxied
+    assert "spec.externalTrafficPolicy" in status and "(not proxied)" in status
+    assert typo is not None and typo.error is not None and "sessionAfinity" in typo.error
+    assert "EndpointSlice x/s1: endpoints[0].addresses[0]" in status
+    assert "Node n3: spec.podCIDR" in status
+    assert "Node n4: (object): Additional properties" in status and "bogus" in status
+    assert "(skipped)" in status
+    assert not store.endpoint_slices() and not store.nodes()
+
+
+def test_a_source_feeds_only_its_kinds(tmp_path: Path, store: Store) -> None:
+    write(tmp_path / "all.yaml", POLICY.format(name="p") + "---\n" + NODE.format(
+        name="n2", cidr="10.244.2.0/24", ip="192.168.1.12") + "---\n"
+        + SERVICE.format(name="bad", ip="10.96.0.1") + "  externalTrafficPolicy: Local")
+    src = ManifestSource(store, tmp_path, kinds=(Kind.NAMESPACE, Kind.POD, Kind.NETWORK_POLICY))
+    store.register_source("kube", [Kind.NODE])
+    src.start()
+    try:
+        assert store.pending_lists() == {("kube", Kind.NODE)}  # the manifests listed all of theirs
+        assert set(store.policies()) == {("x", "p")} and not store.nodes() and not store.services()
+        assert src.status() == {}  # a bad Service is not this source's business
+        store.replace(Kind.NODE, "kube", [])
+        assert store.synced
+    finally:
+        src.stop()

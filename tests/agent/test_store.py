@@ -3,14 +3,15 @@ synced only after every registered source listed every kind."""
 
 from __future__ import annotations
 
+import random
 import threading
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 import pytest
 
-from podnet.agent.model import Namespace, NetworkPolicy, Pod
+from podnet.agent.model import Endpoint, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service
 from podnet.agent.objects import Kind
-from podnet.agent.store import Change, Event, EventType, Store
+from podnet.agent.store import Change, Event, EventType, Snapshot, Store
 
 
 def ns(name: str, **labels: str) -> Namespace:
@@ -151,3 +152,73 @@ def test_concurrent_writers_deliver_every_change_in_order_per_key() -> None:
     for change in seen:
         assert last.get(change.key) == change.old
         last[change.key] = change.new
+
+
+# ---- Services, EndpointSlices, Nodes ------------------------------------------------------------
+
+
+def eps(name: str, service: str, ns_: str = "x", ip: str = "10.0.0.9") -> EndpointSlice:
+    return EndpointSlice(ns_, name, service, endpoints=(Endpoint((ip_address(ip),)),))
+
+
+def test_services_slices_and_nodes_are_kept_like_the_rest() -> None:
+    store = Store("n1")
+    seen = recorder(store)
+    svc, node = Service("x", "web"), Node("n2", (ip_network("10.244.2.0/24"),))
+    store.replace(Kind.SERVICE, "s", [svc])
+    store.replace(Kind.ENDPOINT_SLICE, "s", [eps("web-1", "web")])
+    store.replace(Kind.NODE, "s", [node])
+    assert store.services() == {("x", "web"): svc} and store.service("x", "web") == svc
+    assert store.nodes() == {"n2": node} and store.node("n2") == node and store.node("n1") is None
+    assert store.endpoint_slice("x", "web-1") == eps("web-1", "web")
+    assert store.endpoint_slices() == {("x", "web-1"): eps("web-1", "web")}
+    assert [(c.kind, c.key) for c in seen] == [
+        (Kind.SERVICE, ("x", "web")), (Kind.ENDPOINT_SLICE, ("x", "web-1")), (Kind.NODE, "n2")]
+    store.apply(Event(EventType.DELETED, node), "s")
+    assert seen[-1] == Change(Kind.NODE, "n2", node, None) and store.nodes() == {}
+    snap = store.snapshot()
+    assert snap.services == {("x", "web"): svc} and snap.nodes == {}
+    assert snap.slices_for("x", "web") == (eps("web-1", "web"),)
+    # The policy sync's fields keep their meaning.
+    assert snap.namespaces == {} and snap.pods == {} and snap.policies == {}
+
+
+def test_slices_for_follows_label_changes_and_deletes() -> None:
+    store = Store("n1")
+    store.replace(Kind.ENDPOINT_SLICE, "s", [eps("b", "web"), eps("a", "web"), eps("c", "db"),
+                                             eps("d", "web", ns_="y"), eps("lonely", "")])
+    assert [s.name for s in store.slices_for("x", "web")] == ["a", "b"]
+    assert [s.name for s in store.slices_for("y", "web")] == ["d"]
+    assert store.slices_for("x", "") == () and store.slices_for("x", "none") == ()
+    before = store.snapshot()
+    store.apply(Event(EventType.MODIFIED, eps("b", "db")), "s")  # relabelled to another service
+    store.delete(Kind.ENDPOINT_SLICE, ("x", "a"))
+    assert store.slices_for("x", "web") == ()
+    assert [s.name for s in store.slices_for("x", "db")] == ["b", "c"]
+    assert [s.name for s in before.slices_for("x", "web")] == ["a", "b"]  # snapshots do not move
+    store.replace(Kind.ENDPOINT_SLICE, "s", [])
+    assert store.snapshot().slice_keys == {}
+
+
+def test_slice_index_equals_a_scan_after_random_changes() -> None:
+    store = Store("n1")
+    rand = random.Random(7)
+    for _ in range(2000):
+        name, service = f"s{rand.randrange(30)}", rand.choice(["web", "db", "api", ""])
+        ns_ = rand.choice(["x", "y"])
+        if rand.random() < 0.3:
+            store.delete(Kind.ENDPOINT_SLICE, (ns_, name))
+        else:
+            store.apply(Event(EventType.MODIFIED, eps(name, service, ns_, f"10.0.0.{rand.randrange(3)}")))
+    snap = store.snapshot()
+    for ns_ in ("x", "y"):
+        for service in ("web", "db", "api"):
+            scan = sorted((s for s in snap.endpoint_slices.values()
+                           if (s.namespace, s.service) == (ns_, service)), key=lambda s: s.name)
+            assert list(store.slices_for(ns_, service)) == scan == list(snap.slices_for(ns_, service))
+
+
+def test_old_style_snapshot_construction_still_works() -> None:
+    # Callers that build a Snapshot from the first five fields (the policy tests) keep working.
+    snap = Snapshot({}, {}, {}, True, 3)
+    assert snap.services == {} and snap.nodes == {} and snap.slices_for("x", "web") == ()

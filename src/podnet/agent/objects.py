@@ -72,6 +72,11 @@ class UnsupportedKind(ObjectError):
     directory that also holds Deployments or Services."""
 
 
+def kind_named(raw: Mapping[str, Any]) -> Kind | None:
+    """The Kind a raw object's apiVersion and kind name, if the agent reads it."""
+    return next((k for k in Kind if (raw.get("apiVersion"), raw.get("kind")) == k.value), None)
+
+
 def kind_of(obj: Object) -> Kind:
     return _KINDS[type(obj)]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +101,9 @@ def _label(raw: Mapping[str, Any]) -> str:
     return f"{raw.get('kind')} {prefix}{name if isinstance(name, str) else '?'}"
 
 
-def _one(where: str, raw: Any, loaded: Loaded) -> None:
+def _one(where: str, raw: Any, loaded: Loaded, kinds: Collection[objects.Kind] | None) -> None:
+    if kinds is not None and isinstance(raw, Mapping) and objects.kind_named(raw) not in kinds:
+        return  # a kind this source does not feed: neither parsed nor reported
     try:
         obj = objects.parse_object(raw)
     except UnsupportedKind:
@@ -128,10 +130,12 @@ def _consequence(obj: Object) -> str:
     return " (enforced fail-closed)" if isinstance(obj, NetworkPolicy) else " (not proxied)"
 
 
-def load(path: str) -> tuple[Loaded, tuple[int, int, int, int]]:
-    """The objects of one file and the signature of the content they came from."""
+def load(path: str,
+         kinds: Collection[objects.Kind] | None = None) -> tuple[Loaded, tuple[int, int, int, int]]:
+    """The objects of one file (of ``kinds`` only, when given) and the signature of the content
+    they came from."""
     data, sig = _read_stable(path)
     loaded = Loaded()
     for where, raw in _flatten(_documents(path, data)):
-        _one(where, raw, loaded)
+        _one(where, raw, loaded, kinds)
     return loaded, sig

@@ -161,7 +161,7 @@ class ManifestSource:
         if sig is not None and self._sigs.get(path) == sig and path not in self._unreadable:
             return
         try:
-            loaded, sig = manifest_files.load(path)
+            loaded, sig = manifest_files.load(path, self.kinds)
         except Unreadable as exc:
             if self._unreadable.get(path) != str(exc):
                 kept = "keeping its previous objects" if path in self._files else "nothing applied"
