@@ -84,8 +84,9 @@ class Store:
         self._node_name = node_name or socket.gethostname()
         self._lock = threading.Lock()
         self._objects: dict[Kind, dict[Key, Object]] = {k: {} for k in Kind}
-        # (namespace, service) -> its slices' keys, kept with every put and delete of a slice.
-        self._slices: dict[ServiceKey, set[tuple[str, str]]] = {}
+        # (namespace, service) -> its slices' keys (sorted), kept with every put and delete of a
+        # slice; tuples, so that a snapshot shares them instead of copying each.
+        self._slices: dict[ServiceKey, tuple[tuple[str, str], ...]] = {}
         # Which source last set each object: a full list from one source deletes only its own.
         self._owner: dict[Kind, dict[Key, str]] = {k: {} for k in Kind}
         self._pending_lists: set[tuple[str, Kind]] = set()
@@ -178,14 +179,16 @@ class Store:
         return True
 
     def _index_slice(self, old: Object | None, new: Object | None) -> None:
-        if isinstance(old, EndpointSlice):
-            keys = self._slices.get((old.namespace, old.service))
-            if keys is not None:
-                keys.discard(old.key)
-                if not keys:
-                    del self._slices[(old.namespace, old.service)]
+        if isinstance(old, EndpointSlice) and old.service:
+            service = (old.namespace, old.service)
+            keys = tuple(k for k in self._slices.get(service, ()) if k != old.key)
+            if keys:
+                self._slices[service] = keys
+            else:
+                self._slices.pop(service, None)
         if isinstance(new, EndpointSlice) and new.service:
-            self._slices.setdefault((new.namespace, new.service), set()).add(new.key)
+            service = (new.namespace, new.service)
+            self._slices[service] = tuple(sorted({*self._slices.get(service, ()), new.key}))
 
     def _check_synced(self) -> None:
         if self._registered and not self._pending_lists and not self._synced.is_set():
@@ -275,7 +278,7 @@ class Store:
                 self._synced.is_set(), self._generation,
                 services=self._copy(Kind.SERVICE), endpoint_slices=self._copy(Kind.ENDPOINT_SLICE),
                 nodes=self._copy(Kind.NODE),
-                slice_keys=MappingProxyType({k: tuple(sorted(v)) for k, v in self._slices.items()}))
+                slice_keys=MappingProxyType(dict(self._slices)))
 
     def _copy(self, kind: Kind) -> Mapping[Any, Any]:
         # Under self._lock: the values are frozen, so a shallow copy is an immutable view.
@@ -306,7 +309,7 @@ class Store:
     def slices_for(self, namespace: str, service: str) -> tuple[EndpointSlice, ...]:
         """The EndpointSlices labelled for one Service, in name order (from the index, not a scan)."""
         with self._lock:
-            keys = sorted(self._slices.get((namespace, service), ()))
+            keys = self._slices.get((namespace, service), ())
             found = [self._objects[Kind.ENDPOINT_SLICE][k] for k in keys]
         return tuple(s for s in found if isinstance(s, EndpointSlice))
 
