@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +108,18 @@ class AgentProcess:
     def generation(self) -> int:
         return int(self.status()["generation"])
 
-    def wait_current(self, since: int, timeout: float = 10.0) -> dict[str, Any]:
-        """Until the model has moved past ``since`` (the agent saw the change) and the table holds
-        the model's latest generation."""
+    def wait_current(self, since: int, counts: Mapping[str, int] | None = None,
+                     timeout: float = 10.0) -> dict[str, Any]:
+        """Until the model has moved past ``since`` (the agent saw the change), holds ``counts``
+        objects by kind (a whole file's, not a part of it), and the table holds the model's latest
+        generation."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = self.status()
-            if status["generation"] > since and current(status):
+            objects = status["objects"]
+            if (status["generation"] > since and current(status)
+                    and all(objects.get(kind, 0) == n for kind, n in (counts or {}).items())):
                 return status
             time.sleep(0.01)
         raise AgentError(f"agent not current {timeout}s after a change (generation was {since}): "

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,10 +99,14 @@ class Cluster:
         return [*self.namespaces.values(), *self.model.values(), *self.policies]
 
     def write(self, name: str, objects: Iterable[Namespace | Pod | NetworkPolicy]) -> bool:
+        """Replace one manifest file and wait for the agent to commit all of it (this file holds
+        every object the agent has)."""
+        objects = list(objects)
         since = self.agent.generation()
         if not self.manifests.write(name, objects):
             return False
-        self.agent.wait_current(since)
+        counts = Counter(type(o).__name__ for o in objects)
+        self.agent.wait_current(since, {kind: counts[kind] for kind in ("Namespace", "Pod", "NetworkPolicy")})
         return True
 
     # -- probing -----------------------------------------------------------------------------------
