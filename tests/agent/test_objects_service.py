@@ -83,6 +83,11 @@ def test_every_field() -> None:
                          ServicePort("dns", 53, Protocol.UDP, 30053, 5353),
                          ServicePort("assoc", 9, Protocol.SCTP, None, 9))
     assert got.session_affinity_seconds == 60
+    # Upstream defaulting reads targetPort 0 or "" as unset, and nodePort 0 as not allocated.
+    zeros = parse_service({"ports": [{"name": "a", "port": 81, "targetPort": 0, "nodePort": 0},
+                                     {"name": "b", "port": 82, "targetPort": ""}]})
+    assert zeros.error is None
+    assert [(p.target_port, p.node_port) for p in zeros.ports] == [(81, None), (82, None)]
     assert got.external_traffic_policy is TrafficPolicy.LOCAL
     assert got.internal_traffic_policy is TrafficPolicy.LOCAL
 
@@ -103,9 +108,9 @@ def test_headless_external_name_and_unallocated() -> None:
     assert not headless.proxied
     name = parse_service({"type": "ExternalName", "externalName": "db.example.com"})
     assert name.type is ServiceType.EXTERNAL_NAME and not name.proxied and name.error is None
-    # A manifest with no cluster IP allocated: not headless, no VIP, node ports still possible.
+    # A manifest with no cluster IP allocated: not headless, but skipped as kube-proxy skips it.
     bare = parse_service({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]})
-    assert bare.cluster_ips == () and not bare.headless and bare.proxied
+    assert bare.cluster_ips == () and not bare.headless and bare.error is None and not bare.proxied
     assert bare.ports[0].node_port == 30001
     assert parse_service({"type": "LoadBalancer", "ports": [{"port": 80}],
                           "externalTrafficPolicy": "Local"}).external_traffic_policy is TrafficPolicy.LOCAL
@@ -131,6 +136,8 @@ def test_headless_external_name_and_unallocated() -> None:
     ({"ports": [{"port": 80, "protocol": "tcp"}]}, "spec.ports[0].protocol"),
     ({"ports": [{"port": 80, "targetPort": "8080"}]}, "spec.ports[0].targetPort"),
     ({"ports": [{"port": 80, "targetPort": 70000}]}, "spec.ports[0].targetPort"),
+    ({"ports": [{"port": 80, "targetPort": False}]}, "spec.ports[0].targetPort"),
+    ({"type": "NodePort", "ports": [{"port": 80, "nodePort": False}]}, "spec.ports[0].nodePort"),
     ({"ports": [{"port": 80, "nodePort": 30000}]}, "spec.ports[0].nodePort"),
     ({"ports": [{"name": "a", "port": 80}, {"port": 81}]}, "spec.ports[1].name"),
     ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "spec.ports[1].name"),

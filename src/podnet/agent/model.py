@@ -204,8 +204,8 @@ class Service:
     external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     internal_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     error: str | None = None  # set: not understood, not proxied (reported)
-    # clusterIP "None": DNS-only, never proxied (no cluster IP, no node port). A Service that is
-    # not headless may still have no cluster IP (a manifest with nothing allocated).
+    # clusterIP "None": DNS-only, never proxied. A Service that is not headless may still have no
+    # cluster IP (a manifest with nothing allocated): not proxied either, as kube-proxy skips it.
     headless: bool = False
     ip_families: tuple[str, ...] = ()  # "IPv4" / "IPv6", as spec.ipFamilies (or its cluster IPs)
 
@@ -215,8 +215,9 @@ class Service:
 
     @property
     def proxied(self) -> bool:
-        """Whether the service proxy programs anything for it (ExternalName is DNS only)."""
-        return self.error is None and not self.headless and self.type is not ServiceType.EXTERNAL_NAME
+        """Whether the service proxy programs anything for it: understood, not ExternalName (DNS
+        only), and with a cluster IP (kube-proxy skips a service without one, node ports too)."""
+        return self.error is None and self.type is not ServiceType.EXTERNAL_NAME and bool(self.cluster_ips)
 
 
 @dataclass(frozen=True)

@@ -105,9 +105,13 @@ def _external_ips(spec: Mapping[str, Any]) -> tuple[IPAddress, ...]:
     return tuple(found)
 
 
+def _zero(value: object) -> bool:
+    return type(value) is int and value == 0  # not False: a boolean is never a port
+
+
 def _target_port(value: object, where: str, port: int) -> int | str:
-    if value is None:
-        return port  # upstream defaulting: the target is the service port itself
+    if value is None or value == "" or _zero(value):
+        return port  # upstream defaulting (0 and "" too): the target is the service port itself
     if isinstance(value, str):
         return f.port_name(value, where)
     return f.port_number(value, where)
@@ -122,7 +126,8 @@ def _port(value: object, where: str, kind: ServiceType, needs_name: bool) -> Ser
         raise f.Invalid(f"{where}.name: required when the service has more than one port")
     number = f.port_number(raw.get("port"), f"{where}.port")
     node_port = None
-    if raw.get("nodePort") is not None:
+    # 0 is "not allocated yet", as the API server reads it.
+    if raw.get("nodePort") is not None and not _zero(raw.get("nodePort")):
         node_port = f.port_number(raw.get("nodePort"), f"{where}.nodePort")
         if kind in (ServiceType.CLUSTER_IP, ServiceType.EXTERNAL_NAME):
             raise f.Invalid(f"{where}.nodePort: may not be used when type is {kind.value}")
