@@ -7,6 +7,7 @@ server, so any value may have any JSON type: nothing here assumes a shape it has
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -102,10 +103,16 @@ def dns_label(value: object, where: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_ip(text: str) -> IPAddress:
+    # Cached: every update of an EndpointSlice or Node re-reads addresses that rarely change.
+    return ipaddress.ip_address(text)
+
+
 def ip_address(value: object, where: str) -> IPAddress:
     text = string(value, where)
     try:
-        return ipaddress.ip_address(text)
+        return _parse_ip(text)
     except ValueError:
         raise Invalid(f"{where}: {describe(text)} is not an IP address") from None
 
