@@ -25,9 +25,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
+from pyroute2 import NFCTSocket
 
 from nsutil import Netns, NetnsFactory
-from podnet.kernel import DUMP_STATS, DumpInterrupted, InvalidArgument, Snapshot, socket_in_netns
+from podnet.kernel import (
+    DUMP_STATS,
+    DumpInterrupted,
+    InvalidArgument,
+    Snapshot,
+    run_in_netns,
+    socket_in_netns,
+)
 from podnet.kernel.conntrack import Conntrack, Flow, FlowFilter, delete_flows, list_flows
 from podnet.kernel.conntrack_wire import parse_flow
 
@@ -52,6 +60,7 @@ class Plan:
 V4 = Plan(socket.AF_INET, "10.0.1.2", "10.96.0.10", "10.0.2.10", "10.0.2.11", "10.96.0.0/16")
 V6 = Plan(socket.AF_INET6, "fd00:1::2", "fd00:96::10", "fd00:2::10", "fd00:2::11", "fd00:96::/64")
 UDP_PORT, TCP_PORT, EP_UDP, EP_TCP = 53, 80, 5353, 8080
+MARK = 42
 
 
 class Echo:
@@ -120,7 +129,7 @@ class Lab:
 
     def nat(self, udp: dict[Plan, str | None], tcp: dict[Plan, str]) -> None:
         """Replace the middle's DNAT rules: service UDP/TCP port -> the endpoint given."""
-        rules = []
+        rules = [f"udp dport {UDP_PORT} ct mark set {MARK}"]  # so that a mark is there to decode
         for plan, ep in udp.items():
             if ep is not None:
                 ip = "ip" if plan.family == socket.AF_INET else "ip6"
@@ -174,6 +183,13 @@ def _proc_entry(line: str) -> tuple[object, ...]:
     return (family, int(words[3]), src[0], dst[0], sport[0], dport[0], src[1], dst[1], sport[1], dport[1])
 
 
+def pyroute2_view(family: int) -> set[tuple[int, int, int]]:
+    """(id, status, mark) of each entry as pyroute2 decodes them (run inside the namespace)."""
+    with NFCTSocket(nfgen_family=family) as oracle:
+        return {(e.get_attr("CTA_ID"), e.get_attr("CTA_STATUS"), e.get_attr("CTA_MARK"))
+                for e in oracle.dump()}
+
+
 def _view(flow: Flow) -> tuple[object, ...]:
     return (flow.family, flow.protocol, flow.orig_src, flow.orig_dst, flow.orig_sport, flow.orig_dport,
             flow.reply_src, flow.reply_dst, flow.reply_sport, flow.reply_dport)
@@ -187,21 +203,31 @@ def lab(netns: NetnsFactory) -> Iterator[Lab]:
     for ns in (client, middle, server):
         ns.run(["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"])
     middle.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
-    middle.run(["ip", "link", "add", "m0", "type", "veth", "peer", "name", "c0", "netns", client.name])
-    middle.run(["ip", "link", "add", "m1", "type", "veth", "peer", "name", "s0", "netns", server.name])
+    macs = {"m0": "02:00:00:00:01:01", "c0": "02:00:00:00:01:02", "m1": "02:00:00:00:02:01",
+            "s0": "02:00:00:00:02:02"}
+    for here, there, ns in (("m0", "c0", client), ("m1", "s0", server)):
+        middle.run(["ip", "link", "add", here, "address", macs[here], "type", "veth", "peer", "name", there,
+                    "address", macs[there], "netns", ns.name])
+    # IPv6 neighbours are set by hand: the first neighbour solicitation on a fresh link is often
+    # lost, and its retry costs a second per test.
     ip_batch(client, ["addr add 10.0.1.2/24 dev c0", "addr add fd00:1::2/64 dev c0 nodad",
                       "link set c0 up", "route add default via 10.0.1.1",
-                      "route add default via fd00:1::1"])
+                      "route add default via fd00:1::1",
+                      f"neigh add fd00:1::1 lladdr {macs['m0']} dev c0 nud permanent"])
     ip_batch(middle, ["addr add 10.0.1.1/24 dev m0", "addr add fd00:1::1/64 dev m0 nodad",
                       "addr add 10.0.2.1/24 dev m1", "addr add fd00:2::1/64 dev m1 nodad",
                       "link set m0 up", "link set m1 up",
                       # Unmatched service traffic leaves towards the server (as it would leave a node
                       # by its default route): its entry is confirmed, and then stale once DNAT starts.
-                      f"route add {V4.vip_net} via {V4.ep1}", f"route add {V6.vip_net} via {V6.ep1}"])
+                      f"route add {V4.vip_net} via {V4.ep1}", f"route add {V6.vip_net} via {V6.ep1}",
+                      f"neigh add fd00:1::2 lladdr {macs['c0']} dev m0 nud permanent",
+                      f"neigh add {V6.ep1} lladdr {macs['s0']} dev m1 nud permanent",
+                      f"neigh add {V6.ep2} lladdr {macs['s0']} dev m1 nud permanent"])
     ip_batch(server, [f"addr add {V4.ep1}/24 dev s0", f"addr add {V4.ep2}/24 dev s0",
                       f"addr add {V6.ep1}/64 dev s0 nodad", f"addr add {V6.ep2}/64 dev s0 nodad",
                       "link set s0 up", "route add default via 10.0.2.1",
-                      "route add default via fd00:2::1"])
+                      "route add default via fd00:2::1",
+                      f"neigh add fd00:2::1 lladdr {macs['m1']} dev s0 nud permanent"])
     echo = Echo(server, [V4.ep1, V4.ep2, V6.ep1, V6.ep2])
     try:
         yield Lab(client, middle, server)
@@ -225,9 +251,11 @@ def test_lists_the_entries_the_kernel_shows(lab: Lab, plan: Plan) -> None:
     tcp = lab.tcp_client(plan)
     assert ask(tcp) == plan.ep1
     with Conntrack(lab.middle.path) as table:
-        flows = table.list_flows()
+        flows = table.list_flows(family=plan.family)
         assert flows.consistent
-        assert {_view(f) for f in flows} == lab.kernel_view()
+        assert {_view(f) for f in flows} == {e for e in lab.kernel_view() if e[0] == plan.family}
+        decoded = run_in_netns(lab.middle.path, pyroute2_view, plan.family)
+        assert {(f.id, f.status, f.mark) for f in flows} == decoded
         mine = table.list_flows(family=plan.family, protocol="udp", reply_src=plan.ep1)
         assert table.kernel_filter and table.scanned == 3, "the kernel did not filter the dump"
     assert len(mine) == 3
@@ -235,7 +263,7 @@ def test_lists_the_entries_the_kernel_shows(lab: Lab, plan: Plan) -> None:
     for flow in mine:
         assert (flow.orig_src, flow.orig_dst, flow.orig_dport) == (plan.client, plan.vip, UDP_PORT)
         assert (flow.reply_src, flow.reply_dst, flow.reply_sport) == (plan.ep1, plan.client, EP_UDP)
-        assert flow.orig_sport in ports and flow.reply_dport == flow.orig_sport and flow.id
+        assert flow.orig_sport in ports and flow.reply_dport == flow.orig_sport and flow.mark == MARK
     tcp_flows = list_flows(lab.middle.path, protocol=TCP, orig_dst=plan.vip)
     assert [(f.reply_src, f.reply_sport) for f in tcp_flows] == [(plan.ep1, EP_TCP)]
     assert tcp_flows[0].status & 0x8, "an established TCP entry is ASSURED (IPS_ASSURED)"
@@ -296,6 +324,34 @@ def test_deleting_by_original_destination_when_a_service_gets_endpoints(lab: Lab
     assert len(tcp_flows) == 1 and ask(tcp) == plan.ep1
     udp.close()
     tcp.close()
+
+
+@pytest.mark.root
+@FAMILIES
+def test_a_stale_entry_listed_before_never_deletes_the_new_one(lab: Lab, plan: Plan) -> None:
+    """The proxy's race: it listed the entry to a dead endpoint, the entry went (deleted, or timed
+    out) and the client's next datagram made a new one to the live endpoint, with the same
+    original tuple. Deleting what was listed must not delete the new entry."""
+    lab.nat({plan: plan.ep1}, {plan: plan.ep1})
+    udp = lab.udp_client(plan)
+    assert ask(udp) == plan.ep1
+    assert lab.client.ping(plan.ep2)
+    with Conntrack(lab.middle.path) as table:
+        [old] = table.list_flows(protocol="udp", orig_dst=plan.vip)
+        lab.nat({plan: plan.ep2}, {plan: plan.ep1})
+        assert table.delete(old)
+        assert ask(udp) == plan.ep2
+        [new] = table.list_flows(protocol="udp", orig_dst=plan.vip)
+        # Same original tuple; the id is often the same too (the kernel reused the memory).
+        assert (new.orig_sport, new.reply_src, old.reply_src) == (old.orig_sport, plan.ep2, plan.ep1)
+        assert not table.delete(old), "the new entry was deleted in the old one's name"
+        assert [f.reply_src for f in table.list_flows(protocol="udp", orig_dst=plan.vip)] == [plan.ep2]
+        # Any protocol's tuple goes back as the kernel gave it: ICMP ids and types included.
+        icmp = "icmp" if plan is V4 else "icmpv6"
+        assert len(table.list_flows(protocol=icmp, orig_dst=plan.ep2)) == 1
+        assert table.delete_flows(protocol=icmp, orig_dst=plan.ep2) == 1
+        assert list(table.list_flows(protocol=icmp, orig_dst=plan.ep2)) == []
+    udp.close()
 
 
 def wait_for(probe: Callable[[], Sequence[Flow]], want: int = 1, timeout: float = 2.0) -> list[Flow]:

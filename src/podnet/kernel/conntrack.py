@@ -24,9 +24,10 @@ adding nothing: entries made before a listener joined announce no deletion.
 A filter the kernel applies while dumping (CTA_FILTER, Linux 5.10+) keeps the proxy's questions
 cheap: the reply holds only the matching entries (the kernel still walks its whole table).
 
-Deletes name each entry by its original tuple and its id, so an entry made after the dump with the
-same tuple (the client's next packet, already sent to a live endpoint) is never deleted; ENOENT
-means the entry is gone already, which is what was wanted.
+Deletes name each entry by its reply tuple and its id, so both its tuples must still match (see
+``conntrack_wire.delete_request``): when the listed entry went and the client's next datagram
+made a new one, DNATed to a live endpoint, the delete misses it (ENOENT) instead of cutting the
+client off again. ENOENT means the entry listed is gone already, which is what was wanted.
 """
 
 from __future__ import annotations

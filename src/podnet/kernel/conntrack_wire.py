@@ -101,10 +101,10 @@ class Flow:
     status: int = 0  # IPS_* bits
     mark: int = 0
     zone: int = 0
-    id: int = 0  # the kernel's id of the entry: a delete names it, so a newer entry is never hit
-    # The original tuple exactly as the kernel sent it, sent back to delete the entry: any
+    id: int = 0  # the kernel's id of the entry, sent with a delete (see delete_request)
+    # The reply tuple exactly as the kernel sent it, sent back to delete the entry: any
     # protocol's tuple (ICMP ids and types included) round-trips without being re-encoded.
-    orig_tuple: bytes = field(default=b"", compare=False, repr=False)
+    reply_tuple: bytes = field(default=b"", compare=False, repr=False)
 
     def key(self) -> tuple[Any, ...]:
         """What identifies the entry in the table (two of these in one dump mean a torn dump)."""
@@ -138,7 +138,7 @@ def parse_flow(buf: bytes, start: int, end: int) -> Flow | None:
     _, rsrc, rdst, rsport, rdport = _tuple(buf, *reply, family)
     return Flow(family, proto, osrc, odst, osport, odport, rsrc, rdst, rsport, rdport,
                 status=values[CTA_STATUS], mark=values[CTA_MARK], zone=zone, id=values[CTA_ID],
-                orig_tuple=buf[orig[0]:orig[1]])
+                reply_tuple=buf[reply[0]:reply[1]])
 
 
 def _walk(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -319,13 +319,20 @@ def _filter_tuple(family: int, protocol: int, src: str | None, dst: str | None,
 
 
 def delete_request(flow: Flow) -> bytes:
-    """The body of an IPCTNL_MSG_CT_DELETE for exactly this entry: its original tuple as the kernel
-    gave it, its zone, and its id (if the tuple now belongs to a newer entry, the kernel answers
-    ENOENT instead of deleting that one)."""
-    if not flow.orig_tuple:
-        raise InvalidArgument("conntrack delete: the flow has no original tuple from the kernel", repr(flow))
+    """The body of an IPCTNL_MSG_CT_DELETE for exactly this entry.
+
+    The kernel finds the entry by one tuple and, given an id, deletes it only if the id matches
+    (ENOENT otherwise). The id is a hash of the entry's memory address and its *original* tuple,
+    and a new entry often reuses the memory of one just freed: a client's next datagram after
+    its entry went makes an entry with the same original tuple and, often, the same id, even
+    when DNAT sent it to another endpoint. So the entry is named by its *reply* tuple (which says
+    where DNAT sent it: a new entry to a live endpoint has another one) and its id (which covers
+    the original tuple): both tuples must match.
+    """
+    if not flow.reply_tuple:
+        raise InvalidArgument("conntrack delete: the flow has no reply tuple from the kernel", repr(flow))
     body = NFGENMSG.pack(flow.family, NFNETLINK_V0, 0)
-    body += attr(CTA_TUPLE_ORIG | NLA_F_NESTED, flow.orig_tuple)
+    body += attr(CTA_TUPLE_REPLY | NLA_F_NESTED, flow.reply_tuple)
     if flow.zone:
         body += attr(CTA_ZONE, _BE16.pack(flow.zone))
     if flow.id:
