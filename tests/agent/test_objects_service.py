@@ -92,6 +92,16 @@ def test_every_field() -> None:
     assert got.internal_traffic_policy is TrafficPolicy.LOCAL
 
 
+def test_legacy_leading_zero_addresses_read_as_decimal() -> None:
+    # What Kubernetes' own sloppy parser does with values stored before it became strict.
+    got = parse_service({"clusterIP": "010.096.000.010", "externalIPs": ["192.000.002.001"],
+                         "ports": [{"port": 80}]})
+    assert got.cluster_ips == (ip_address("10.96.0.10"),) and got.external_ips == (ip_address("192.0.2.1"),)
+    for bad in ("010.096.000.256", "1.2.3", "1.2.3.0004", "\uff11.2.3.4"):
+        error = parse_service({"clusterIP": bad, "ports": [{"port": 80}]}).error
+        assert error is not None and error.startswith("spec.clusterIPs[0]")
+
+
 def test_affinity_timeout_defaults_to_three_hours() -> None:
     got = parse_service({"clusterIP": "10.96.0.2", "ports": [{"port": 80}], "sessionAffinity": "ClientIP"})
     assert got.session_affinity_seconds == 10800

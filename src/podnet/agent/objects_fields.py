@@ -106,7 +106,15 @@ def dns_label(value: object, where: str) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _parse_ip(text: str) -> IPAddress:
     # Cached: every update of an EndpointSlice or Node re-reads addresses that rarely change.
-    return ipaddress.ip_address(text)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        # IPv4 with leading zeros ("010.096.000.010"): the API server still holds such legacy
+        # values and Kubernetes reads them as decimal (Go's ParseIPSloppy), so podnet does too.
+        parts = text.split(".")
+        if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+            return ipaddress.IPv4Address(".".join(str(int(p)) for p in parts))
+        raise
 
 
 def ip_address(value: object, where: str) -> IPAddress:
