@@ -69,11 +69,12 @@ class ObjectError(ValueError):
 
 class UnsupportedKind(ObjectError):
     """An object of a kind (or apiVersion) the agent does not read: not an error in a manifest
-    directory that also holds Deployments or Services."""
+    directory that also holds Deployments or ConfigMaps."""
 
 
 def kind_named(raw: Mapping[str, Any]) -> Kind | None:
-    """The Kind a raw object's apiVersion and kind name, if the agent reads it."""
+    """The Kind that a raw object's apiVersion and kind fields name; None for one the agent does
+    not read."""
     return next((k for k in Kind if (raw.get("apiVersion"), raw.get("kind")) == k.value), None)
 
 
