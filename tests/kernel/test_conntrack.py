@@ -448,14 +448,18 @@ def test_dumps_under_churn_hold_every_stable_entry_once(lab: Lab) -> None:
 
 
 class _Fake(Conntrack):
-    """A Conntrack whose kernel answers are scripted (the duplicate check, without a race)."""
+    """A Conntrack whose kernel answers are scripted (no race or old kernel needed); an exception
+    in the script is raised instead of answering."""
 
-    def __init__(self, answers: list[list[Flow]]) -> None:
+    def __init__(self, answers: list[list[Flow] | Exception]) -> None:
         super().__init__()
         self.answers = answers
 
     def _dump_once(self, flt: FlowFilter, best_effort: bool) -> Snapshot[Flow]:
-        return Snapshot(self.answers.pop(0), 1, True)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return Snapshot(answer, 1, True)
 
 
 def test_a_dump_that_names_an_entry_twice_is_repeated_then_refused() -> None:
@@ -465,6 +469,20 @@ def test_a_dump_that_names_an_entry_twice_is_repeated_then_refused() -> None:
         assert list(table.list_flows()) == [a, b]
     with _Fake([[a, a], [b, b], [a, b, b]]) as table, pytest.raises(DumpInterrupted, match="twice"):
         table.list_flows()
+    with _Fake([[a, a], [b, b], [a, b, b]]) as table:
+        assert not table.list_flows(best_effort=True).consistent
+
+
+def test_a_kernel_without_cta_filter_is_asked_again_unfiltered() -> None:
+    a = Flow(socket.AF_INET, UDP, "10.0.0.1", "10.0.0.2", 1, 53, "10.0.0.2", "10.0.0.1", 53, 1)
+    b = Flow(socket.AF_INET, UDP, "10.0.0.1", "10.0.0.3", 1, 53, "10.0.0.3", "10.0.0.1", 53, 1)
+    with _Fake([InvalidArgument("dump of conntrack entries: invalid argument"), [a, b]]) as table:
+        assert list(table.list_flows(family=4, protocol="udp", orig_dst="10.0.0.2")) == [a]
+        assert not table.kernel_filter and table.scanned == 2
+    # A request that carried no filter is not retried: the error was about something else.
+    with _Fake([InvalidArgument("dump of conntrack entries: invalid argument")]) as table, \
+            pytest.raises(InvalidArgument):
+        table.list_flows(orig_dst="10.0.0.2")
 
 
 @pytest.mark.root

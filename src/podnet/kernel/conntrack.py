@@ -141,6 +141,8 @@ class Conntrack:
             self.scanned = len(snap)
             if len({flow.key() for flow in snap}) == len(snap) or not snap.consistent:
                 return snap
+        if best_effort:
+            return Snapshot(list(snap), snap.attempts, False)
         raise DumpInterrupted("dump of conntrack entries: an entry came twice (the table changed)",
                               f"on {_DUPLICATE_RETRIES} dumps that passed the other checks",
                               attempts=_DUPLICATE_RETRIES)
