@@ -7,8 +7,9 @@ ownership shows in the name and nothing collides with policy's ``pol-``/``ingres
 
 from __future__ import annotations
 
+import hashlib
+
 from podnet.agent.model import Protocol
-from podnet.agent.policy.names import short_hash
 from podnet.dataplane.contribution import Set
 
 OWNER = "services"
@@ -65,6 +66,11 @@ def service_ips(family: int) -> str:
 def service_ips_set(family: int) -> Set:
     """The one declaration of the shared VIP set: every contributor must declare it identically."""
     return Set(service_ips(family), (ADDR[family][1],))
+
+
+def short_hash(*parts: str) -> str:
+    """16 hex digits of SHA-256: stable, short, and quick for tens of thousands of endpoints."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def proto(protocol: Protocol) -> str:
