@@ -15,7 +15,9 @@ it). If that entry was deleted in between, the kernel walks its hash bucket agai
 start and repeats the entries before it; it never flags a conntrack dump with NLM_F_DUMP_INTR.
 So every dump goes through :func:`podnet.kernel.dump.consistent_dump` (the flag is still
 checked, for kernels that set it), and a reply that names an entry twice is thrown away and the
-dump repeated, a few times, then refused with :class:`DumpInterrupted`.
+dump repeated, a few times, then refused with :class:`DumpInterrupted`. (Not covered: a resize of
+the kernel's hash table during a dump, which only an administrator's write of
+``nf_conntrack_buckets`` in the initial namespace does; it can make a dump miss entries.)
 ``tests/kernel/test_conntrack.py`` dumps while entries are made and deleted by the thousand and
 checks that every entry present throughout comes back exactly once. Notifications and comparing
 two attempts (what rtnetlink dumps use) would refuse nearly every big dump of a busy table while
