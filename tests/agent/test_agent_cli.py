@@ -102,12 +102,12 @@ def test_status_explain_and_metrics_from_a_running_agent(node: Netns, agent: Run
 
 def test_stopping_the_agent_leaves_the_table_in_force(node: Netns, agent: Running) -> None:
     sock, proc = agent
-    before = node.run(["nft", "-j", "list", "map", "inet", "podnet-policy", "ingress-ip4"]).stdout
+    before = node.run(["nft", "-j", "list", "map", "inet", "podnet", "ingress-ip4"]).stdout
     assert "10.77.0.5" in before
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(15) == 0
     assert os.path.exists(sock)  # stays with the table: a later ADD says its pod is held back
-    assert node.run(["nft", "-j", "list", "map", "inet", "podnet-policy", "ingress-ip4"]).stdout == before
+    assert node.run(["nft", "-j", "list", "map", "inet", "podnet", "ingress-ip4"]).stdout == before
 
 
 @pytest.mark.parametrize(("argv", "named"), [

@@ -34,7 +34,7 @@ class World:
         self.store = Store(NODE)
         self.store.register_source("test")
         self.nft = FakeNft()
-        self.writer = TableWriter(self.nft, "inet", "podnet-policy", verify_period=3600)
+        self.writer = TableWriter(self.nft, "inet", "podnet", verify_period=3600)
         self.sync = PolicySync(self.store, self.writer, pod_ranges=[RANGE], retry_seconds=0.05)
 
     def list_all(self, *objects: Namespace | Pod | NetworkPolicy) -> None:
@@ -42,7 +42,7 @@ class World:
             self.store.replace(kind, "test", [o for o in objects if _kind(o) is kind])
 
     def elements(self, set_name: str) -> set[str]:
-        table = self.nft.list_table("inet", "podnet-policy")
+        table = self.nft.list_table("inet", "podnet")
         if table is None or set_name not in table.sets:
             return set()
         return {e.key for e in table.sets[set_name].elements}
@@ -73,7 +73,7 @@ def test_nothing_is_programmed_before_every_source_listed(world: World) -> None:
     world.store.register_source("second")
     world.list_all(Namespace("x"), pod("a", "10.60.0.5"), deny_all())
     time.sleep(0.3)
-    assert world.nft.list_table("inet", "podnet-policy") is None and world.sync.stats.syncs == 0
+    assert world.nft.list_table("inet", "podnet") is None and world.sync.stats.syncs == 0
     for kind in Kind:
         world.store.replace(kind, "second", [])
     wait_until(lambda: world.sync.stats.syncs >= 1)
@@ -146,5 +146,22 @@ def test_admit_waits_for_the_commit_and_is_bounded() -> None:
     w.sync.start()
     try:
         assert done.wait(5)
+    finally:
+        w.sync.stop()
+
+
+def test_a_busy_agent_still_verifies_every_period() -> None:
+    w = World()
+    w.writer.verify_period = 0.2
+    w.list_all(Namespace("x"), deny_all())
+    w.sync.start()
+    try:
+        end = time.monotonic() + 1.5
+        i = 0
+        while time.monotonic() < end:  # a change every 20 ms: the sync is never idle for long
+            w.store.apply(Event(EventType.ADDED, pod(f"p{i}", f"10.60.0.{i % 200 + 1}")), "test")
+            i += 1
+            time.sleep(0.02)
+        assert w.writer.metrics.verifies >= 4, w.writer.metrics
     finally:
         w.sync.stop()

@@ -49,7 +49,7 @@ def root_state() -> dict[str, object]:
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
     return {"demo links": sorted(link["ifname"] for link in links
                                  if link["ifname"].startswith(("pndemo", "pndd", "pna56d"))),
-            "policy table": "podnet-policy" in tables,
+            "policy table": "podnet" in tables,
             "br_netfilter": Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text()}
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from podnet.agent import tables
 from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.model import IPNetwork
 from podnet.agent.policy.explain import ExplainError, explain
@@ -27,7 +28,7 @@ from podnet.kernel.nft import Nft, backend
 from podnet.kernel.sysctl import read_sysctl, write_sysctl
 
 log = logging.getLogger(__name__)
-POLICY_TABLE = "podnet-policy"
+POLICY_TABLE = tables.TABLE  # every agent controller writes this one table
 DEFAULT_SOCKET = "/run/podnet/agent.sock"
 
 

@@ -124,24 +124,29 @@ class PolicySync:
         self._unsubscribe()
 
     def _run(self) -> None:
+        """Sync when dirty (and every source has listed), verify when due: both outside the lock,
+        so the store's callbacks never wait on a commit or a table read-back, and a busy agent
+        still verifies every period."""
         while True:
             with self._cond:
-                while not self._stopping and not (self._dirty and self.store.synced):
+                if not (self._dirty and self.store.synced) and not self._stopping:
                     self._cond.wait(self._verify_wait())
-                    if not self._dirty or not self.store.synced:
-                        self._verify()
                 if self._stopping:
                     return
-                self._dirty = False
-                ticket = self._requested
-            if not self.sync_once():
+                due = self._dirty and self.store.synced
+                if due:
+                    self._dirty = False
+                    ticket = self._requested
+            if due:
+                ok = self.sync_once()
                 with self._cond:
-                    self._dirty = True
-                    self._cond.wait(self.retry_seconds)
-                continue
-            with self._cond:
-                self._done = ticket
-                self._cond.notify_all()
+                    if ok:
+                        self._done = ticket
+                        self._cond.notify_all()
+                    else:
+                        self._dirty = True
+                        self._cond.wait(self.retry_seconds)
+            self._verify()
 
     def _verify_wait(self) -> float:
         return max(0.05, min(self.writer.verify_period, 5.0))

@@ -18,7 +18,7 @@ DAEMON_SOCKET = "/run/podnet/podnet.sock"
 AGENT_HELP = """\
 Run the node agent: read Namespaces, Pods and NetworkPolicies from a manifest directory (the
 default that needs no cluster) and/or the Kubernetes API, and enforce NetworkPolicy for this
-node's pods in nftables table 'inet podnet-policy'. Nothing is programmed before every source has
+node's pods in nftables table 'inet podnet'. Nothing is programmed before every source has
 listed everything once. The table outlives the agent: stopping it never opens isolated pods, and
 the next agent adopts the table in one transaction.
 

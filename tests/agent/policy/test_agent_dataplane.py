@@ -50,7 +50,7 @@ from .world import EGR, ING, TCP, peer, policy, rule, sel
 pytestmark = pytest.mark.root
 
 BURST = Path(__file__).with_name("burst.py")
-TABLE = ("inet", "podnet-policy")
+TABLE = ("inet", "podnet")
 INGRESS_MAP = "ingress-ip4"
 NEW_MAC = "02:00:0a:64:00:32"
 

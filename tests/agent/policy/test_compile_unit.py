@@ -150,12 +150,12 @@ def test_compiled_table_loads_into_the_kernel(netns: NetnsFactory) -> None:
     node = netns("node")
     contribution = build(1000)
     node.run(["nft", "-f", "-"], input=render(contribution))
-    listed = json.loads(node.run(["nft", "-j", "list", "table", "inet", "podnet-policy"]).stdout)["nftables"]
+    listed = json.loads(node.run(["nft", "-j", "list", "table", "inet", "podnet"]).stdout)["nftables"]
     rules = [x for x in listed if "rule" in x]
     assert len(rules) == rule_count(contribution)
     sets = {x.get("set", x.get("map", {})).get("name") for x in listed if "set" in x or "map" in x}
     assert {s.name for s in contribution.sets} == sets
-    got = json.loads(node.run(["nft", "-j", "list", "map", "inet", "podnet-policy", "ingress-ip4"]).stdout)
+    got = json.loads(node.run(["nft", "-j", "list", "map", "inet", "podnet", "ingress-ip4"]).stdout)
     elems = next(x["map"] for x in got["nftables"] if "map" in x)["elem"]
     assert len(elems) == len(contribution.elements["ingress-ip4"]) > 400
 

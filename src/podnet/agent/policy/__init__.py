@@ -1,5 +1,5 @@
 """NetworkPolicy: its meaning over a snapshot (``semantics``, for ``podnet policy explain`` and as
-the tests' oracle) and its compilation to the ``inet podnet-policy`` table (``compile``)."""
+the tests' oracle) and its compilation to the agent's ``inet podnet`` table (``compile``)."""
 
 from podnet.agent.policy.compile import compile, compile_inputs
 from podnet.agent.policy.explain import ExplainError, explain

@@ -1,4 +1,4 @@
-"""NetworkPolicy compiled to table ``inet podnet-policy``, handed to the table writer as one
+"""NetworkPolicy compiled to the agent's table ``inet podnet``, handed to the table writer as one
 contribution.
 
 Design (kube-proxy's nftables mode in spirit: rules are static, the changing data is in elements):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from podnet.agent import tables
 from podnet.agent.model import Direction
 
 # Fixed names of the table and its own objects.
-TABLE = "podnet-policy"
+TABLE = tables.TABLE  # the agent's one table, shared with the other controllers
 FAMILY = "inet"
 INGRESS_CHAIN = "policy-ingress"
 EGRESS_CHAIN = "policy-egress"
