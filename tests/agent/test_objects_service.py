@@ -271,7 +271,7 @@ value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3) | st.dictio
                      "kubernetes.io/service-name", "namespace"]), inner, max_size=4), max_leaves=25)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(metadata=value, spec=value)
 def test_fuzz_service(metadata: Any, spec: Any) -> None:
     raw = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
@@ -285,7 +285,7 @@ def test_fuzz_service(metadata: Any, spec: Any) -> None:
         assert got.error.startswith("spec") and not got.proxied
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(metadata=value, address_type=value, endpoints=value, ports=value)
 def test_fuzz_endpoint_slice(metadata: Any, address_type: Any, endpoints: Any, ports: Any) -> None:
     raw = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": metadata,
