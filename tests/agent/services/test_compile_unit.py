@@ -33,8 +33,13 @@ def svc_chain(port: str = "http", family: int = 4, protocol: Protocol = Protocol
 
 
 def picks(rules: tuple[str, ...]) -> list[str]:
-    """The endpoint chains the last rule of a policy chain chooses among."""
-    return re.findall(r"goto (ep-[a-z0-9]+)", rules[-1])
+    """The endpoints (``address:port``) the last rule of a policy chain DNATs to."""
+    last = rules[-1]
+    if "goto ep-" in last:
+        return re.findall(r"goto (ep-[a-z0-9]+)", last)
+    if " map { " in last:
+        return [f"{a}:{p}" for a, p in re.findall(r"\d+ : (\S+) \. (\d+)", last)]
+    return [last.rsplit(" to ", 1)[1]]
 
 
 def ep(address: str, port: int = 8080, name: str = "http") -> str:
@@ -66,8 +71,9 @@ def test_fixed_chains_hooks_and_maps() -> None:
     assert sets["svc-ips4"].value_type == "verdict"
     assert sets["service-ips6"] == service_ips_set(6)
     assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}"}
-    assert chains(c)[ep("10.244.0.2")] == ("ip saddr 10.244.0.2 jump services-mark-masq",
-                                           "meta l4proto tcp dnat ip to 10.244.0.2:8080")
+    assert chains(c)[svc_chain()] == ("meta l4proto tcp dnat ip to 10.244.0.2:8080",)
+    assert c.elements["svc-hairpin4"] == {"10.244.0.2 . 10.244.0.2": None}
+    assert not [n for n in by_name if n.startswith("ep-")]  # no chain per endpoint without affinity
 
 
 def test_node_ports_on_given_addresses_only() -> None:
@@ -87,8 +93,7 @@ def test_every_rule_uses_protocol_independent_forms() -> None:
     rules = [r for ch in c.chains for r in ch.rules]
     assert not [r for r in rules if re.search(r"\b(tcp|udp|sctp) (dport|sport)", r)]
     assert c.elements["svc-nodeports4"] == {"sctp . 30009": f"goto {svc_chain('s', 4, Protocol.SCTP)}-ext"}
-    assert "meta l4proto sctp dnat ip to 10.244.0.2:9" in chains(c)[endpoint_chain(KEY, "s", Protocol.SCTP,
-                                                                                    "10.244.0.2", 9)]
+    assert chains(c)[svc_chain("s", 4, Protocol.SCTP)] == ("meta l4proto sctp dnat ip to 10.244.0.2:9",)
 
 
 def test_ipv6_slice_and_address_form() -> None:
@@ -96,7 +101,8 @@ def test_ipv6_slice_and_address_form() -> None:
     slices = [slice_("web", endpoint("10.244.0.2")), slice_("web", endpoint("fd00:244::2"), family=6)]
     c = compile([svc], slices, node_name=NODE)
     assert c.elements["svc-ips6"] == {"fd00:96::10 . tcp . 80": f"goto {svc_chain(family=6)}"}
-    assert chains(c)[ep("fd00:244::2")][-1] == "meta l4proto tcp dnat ip6 to [fd00:244::2]:8080"
+    assert chains(c)[svc_chain(family=6)] == ("meta l4proto tcp dnat ip6 to [fd00:244::2]:8080",)
+    assert c.elements["svc-hairpin6"] == {"fd00:244::2 . fd00:244::2": None}
     assert c.elements["service-ips6"] == {"fd00:96::10": None}
 
 
@@ -114,7 +120,7 @@ def test_not_proxied_services() -> None:
 def test_ready_endpoints_only_when_some_are_ready() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.0.3", ready=False, serving=True, terminating=True),
             endpoint("10.244.0.4", ready=False))
-    assert picks(chains(c)[svc_chain()]) == [ep("10.244.0.2")]
+    assert picks(chains(c)[svc_chain()]) == ["10.244.0.2:8080"]
 
 
 def test_serving_terminating_when_none_ready() -> None:
@@ -122,8 +128,8 @@ def test_serving_terminating_when_none_ready() -> None:
             endpoint("10.244.0.4", ready=False, serving=True, terminating=True),
             endpoint("10.244.0.5", ready=False, serving=False, terminating=True))
     rule = chains(c)[svc_chain()][-1]
-    assert rule.startswith("numgen random mod 2 vmap {")
-    assert picks((rule,)) == [ep("10.244.0.3"), ep("10.244.0.4")]
+    assert rule.startswith("meta l4proto tcp dnat ip to numgen random mod 2 map {")
+    assert picks((rule,)) == ["10.244.0.3:8080", "10.244.0.4:8080"]
 
 
 def test_no_usable_endpoint_is_rejected() -> None:
@@ -146,16 +152,15 @@ def test_endpoints_deduplicated_and_matched_by_port_name_and_protocol() -> None:
                      ports=(EndpointPort("http", 53, Protocol.UDP),)),
               slice_("other", endpoint("10.244.0.8"), name="e")]
     c = compile([svc], slices, node_name=NODE)
-    assert picks(chains(c)[svc_chain()]) == [ep("10.244.0.2"), ep("10.244.0.3")]
-    udp_chain = chains(c)[svc_chain(protocol=Protocol.UDP)]
-    assert udp_chain == (f"goto {endpoint_chain(KEY, 'http', Protocol.UDP, '10.244.0.7', 53)}",)
+    assert picks(chains(c)[svc_chain()]) == ["10.244.0.2:8080", "10.244.0.3:8080"]
+    assert chains(c)[svc_chain(protocol=Protocol.UDP)] == ("meta l4proto udp dnat ip to 10.244.0.7:53",)
 
 
 def test_numgen_indexes_every_endpoint_once() -> None:
     c = web(*(endpoint(f"10.244.0.{i}") for i in range(2, 12)))
     rule = chains(c)[svc_chain()][-1]
-    assert rule.startswith("numgen random mod 10 vmap")
-    assert [int(i) for i in re.findall(r"(\d+) : goto", rule)] == list(range(10))
+    assert rule.startswith("meta l4proto tcp dnat ip to numgen random mod 10 map")
+    assert [int(i) for i in re.findall(r"(\d+) : 10\.", rule)] == list(range(10))
     assert len(set(picks((rule,)))) == 10
 
 
@@ -164,7 +169,7 @@ def test_numgen_indexes_every_endpoint_once() -> None:
 def test_internal_local_uses_only_this_nodes_endpoints() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), itp=TrafficPolicy.LOCAL)
     assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}-local"}
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.2")]
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.2:8080"]
     assert svc_chain() not in chains(c)
 
 
@@ -177,7 +182,7 @@ def test_internal_local_without_local_endpoints_drops() -> None:
 def test_local_prefers_local_terminating_over_nothing() -> None:
     c = web(endpoint("10.244.1.2", "node-2"),
             endpoint("10.244.0.3", ready=False, serving=True, terminating=True), itp=TrafficPolicy.LOCAL)
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.3")]
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.3:8080"]
 
 
 def test_external_cluster_masquerades_outside_pod_ranges() -> None:
@@ -205,7 +210,7 @@ def test_external_local_keeps_client_address() -> None:
     assert ext == (f"ip saddr @svc-pod-cidrs4 goto {svc_chain()}",
                    "fib saddr type local jump services-mark-masq",
                    f"fib saddr type local goto {svc_chain()}", f"goto {svc_chain()}-local")
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == [ep("10.244.0.2")]
+    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.2:8080"]
     assert len(picks(chains(c)[svc_chain()])) == 2  # ClusterIP still uses every endpoint
 
 
@@ -224,8 +229,9 @@ def test_client_ip_affinity() -> None:
     rules = chains(c)[svc_chain()]
     a, b = ep("10.244.0.2"), ep("10.244.0.3")
     assert rules[:2] == (f"ip saddr @{a}-aff goto {a}", f"ip saddr @{b}-aff goto {b}")
-    assert rules[2].startswith("numgen random mod 2")
-    assert f"update @{a}-aff {{ ip saddr timeout 600s }}" in chains(c)[a]
+    assert rules[2] == f"numgen random mod 2 vmap {{ 0 : goto {a}, 1 : goto {b} }}"
+    assert chains(c)[a] == (f"update @{a}-aff {{ ip saddr timeout 600s }}",
+                            "meta l4proto tcp dnat ip to 10.244.0.2:8080")
     sets = {s.name: s for s in c.sets}
     assert sets[f"{a}-aff"].flags == ("dynamic", "timeout")
     assert c.elements[f"{a}-aff"] == {}
@@ -251,8 +257,8 @@ def test_rules_do_not_grow_with_services() -> None:
     assert len(large.elements["svc-ips4"]) == 5000 and len(small.elements["svc-ips4"]) == 100
     per_service = [len(r) for n, r in chains(large).items() if n.startswith("svc-")]
     assert len(per_service) == 5000 and max(per_service) == 1
-    per_endpoint = [len(r) for n, r in chains(large).items() if n.startswith("ep-")]
-    assert len(per_endpoint) == 25000 and max(per_endpoint) == 2
+    assert not [n for n in chains(large) if n.startswith("ep-")]
+    assert len(large.elements["svc-hairpin4"]) == 5000  # the one endpoint of each on this node
 
 
 def test_names_are_stable_and_distinct() -> None:

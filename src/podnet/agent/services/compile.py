@@ -11,14 +11,16 @@ Design (kube-proxy's nftables mode in spirit; rules are static, the changing dat
   addresses are given). The map values are ``goto`` a service port's chain (see
   :mod:`~podnet.agent.services.plan`), so the per-packet cost is a few lookups however many
   services there are; only NAT chains see a connection's first packet at all.
-* A policy chain picks an endpoint: first the affinity lookups (``ip saddr @ep-HASH-aff goto
-  ep-HASH``, one per endpoint, only with ``ClientIP`` affinity), then ``numgen random mod N vmap
-  { 0 : goto ep-A, ... }``. An endpoint chain ``ep-HASH`` marks hairpin traffic for masquerade (the
-  pod is its own client: its reply must come back through the node to be un-NATed), refreshes the
-  client in its affinity set (dynamic, per-element timeout), and DNATs. ``meta l4proto`` and
-  ``th dport`` forms only, so SCTP rules load without the SCTP module.
+* A policy chain picks an endpoint and DNATs in one rule: ``meta l4proto tcp dnat ip to numgen
+  random mod N map { 0 : 10.244.0.2 . 8080, ... }`` (``meta l4proto``/``th dport`` forms only, so
+  SCTP rules load without the SCTP module). So rules grow by one or two per service port, and
+  there is no chain per endpoint, except with ``ClientIP`` affinity: then the policy chain first
+  looks the client up in each endpoint's dynamic set (``ip saddr @ep-HASH-aff goto ep-HASH``), and
+  ``ep-HASH`` refreshes the client there (per-element timeout) before it DNATs.
 * Masquerade: a mark bit set by ``services-mark-masq``, acted on (and cleared) in
-  ``services-postrouting`` (nat, postrouting, srcnat). Marked: hairpin; ClusterIP traffic from
+  ``services-postrouting`` (nat, postrouting, srcnat). Marked: hairpin (a DNATed packet whose
+  source and destination pair is in ``svc-hairpin4/6``: the pod is its own client, and its reply
+  must come back through the node to be un-NATed); ClusterIP traffic from
   outside the pod ranges (only when pod ranges are given, as kube-proxy with a cluster CIDR);
   external traffic from outside the pod ranges with a Cluster policy (its endpoint may be on
   another node, whose reply must come back here). External traffic with a Local policy keeps the
@@ -35,7 +37,7 @@ Design (kube-proxy's nftables mode in spirit; rules are static, the changing dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 
 from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Service
@@ -54,6 +56,7 @@ from podnet.agent.services.names import (
     PREROUTING,
     REJECT,
     endpoint_chain,
+    hairpin,
     no_endpoint_map,
     no_endpoint_nodeport_map,
     node_ips,
@@ -114,6 +117,7 @@ def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetw
                     {str(n): None for n in _collapse(cidrs, f)})
         out.add_set(Set(node_ips(f), (addr_type,)), {str(ip): None for ip in addresses if ip.version == f})
         out.add_set(service_ips_set(f))
+        out.add_set(Set(hairpin(f), (addr_type, addr_type)))
         # NodePorts on the given node addresses, else on every local address but loopback.
         local = (f"{a} daddr @{node_ips(f)}" if addresses
                  else f"fib daddr type local {a} daddr != {LOOPBACK[f]}")
@@ -127,6 +131,8 @@ def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetw
     out.add_chain(Chain(OUTPUT, hook="output", priority=NAT_PRIORITY["dstnat"], rules=(
         f"jump {DISPATCH}",), **nat))
     out.add_chain(Chain(POSTROUTING, hook="postrouting", priority=NAT_PRIORITY["srcnat"], rules=(
+        *(f"ct status dnat {ADDR[f][0]} saddr . {ADDR[f][0]} daddr @{hairpin(f)} "
+          f"meta mark set meta mark | {MASQ_MARK:#x}" for f in FAMILIES),
         f"meta mark & {MASQ_MARK:#x} == 0 return",
         f"meta mark set meta mark ^ {MASQ_MARK:#x}",  # cleared: a packet re-entering is judged afresh
         "masquerade fully-random"), **nat))
@@ -158,6 +164,9 @@ def _port(out: _Builder, p: PortPlan, with_pod_cidrs: bool) -> None:
     out.elements[no_endpoint_map(f)].update((k, verdicts[v]) for k, v in p.no_endpoint.items())
     out.elements[no_endpoint_nodeport_map(f)].update(
         (k, verdicts[v]) for k, v in p.no_endpoint_nodeports.items())
+    # Hairpin: an endpoint that may be on this node is its own client through the service.
+    out.elements[hairpin(f)].update((f"{t.address} . {t.address}", None) for t in p.targets()
+                                    if t.local or not t.node_name)
     if p.external_chain is not None:
         out.add_chain(Chain(p.external_chain, rules=_external_rules(p)))
     for name, targets in p.policy_chains.items():
@@ -183,31 +192,43 @@ def _policy_rules(out: _Builder, p: PortPlan, targets: tuple[Target, ...], masq:
     rules: list[str] = []
     if masq:
         rules.append(f"{a} daddr {p.cluster_ip} {a} saddr != @{pod_cidrs(p.family)} jump {MARK_MASQ}")
-    chains = [_endpoint(out, p, t) for t in targets]
+    l4 = f"meta l4proto {proto(p.port.protocol)}"
     if p.service.session_affinity_seconds:
+        chains = [_affinity_endpoint(out, p, t) for t in targets]
         rules += [f"{a} saddr @{c}-aff goto {c}" for c in chains]
-    if len(chains) == 1:
-        rules.append(f"goto {chains[0]}")
+        rules.append(_choose([f"goto {c}" for c in chains], lambda picks: f"vmap {{ {picks} }}"))
+    elif len(targets) == 1:
+        rules.append(f"{l4} dnat {a} to {_host_port(targets[0])}")
     else:
-        picks = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
-        rules.append(f"numgen random mod {len(chains)} vmap {{ {picks} }}")
+        # One rule picks and translates: no chain per endpoint.
+        pairs = [f"{t.address} . {t.port}" for t in targets]
+        rules.append(f"{l4} dnat {a} to " + _choose(pairs, lambda picks: f"map {{ {picks} }}"))
     return tuple(rules)
 
 
-def _endpoint(out: _Builder, p: PortPlan, t: Target) -> str:
-    """The endpoint's chain (declared once, however many policy chains pick it); its name."""
+def _choose(values: list[str], form: Callable[[str], str]) -> str:
+    if len(values) == 1:
+        return values[0]
+    picks = ", ".join(f"{i} : {v}" for i, v in enumerate(values))
+    return f"numgen random mod {len(values)} {form(picks)}"
+
+
+def _host_port(t: Target) -> str:
+    return f"[{t.address}]:{t.port}" if t.address.version == 6 else f"{t.address}:{t.port}"
+
+
+def _affinity_endpoint(out: _Builder, p: PortPlan, t: Target) -> str:
+    """With ClientIP affinity, a chain per endpoint: it records the client in the endpoint's
+    dynamic set (per-element timeout, refreshed by each new connection), then DNATs. Declared
+    once however many policy chains pick it; returns its name."""
     name = endpoint_chain(p.service.key, p.port.name, p.port.protocol, str(t.address), t.port)
     if name in out.chains:
         return name
     a, addr_type = ADDR[p.family]
-    rules = [f"{a} saddr {t.address} jump {MARK_MASQ}"]  # hairpin
-    timeout = p.service.session_affinity_seconds
-    if timeout:
-        out.add_set(Set(f"{name}-aff", (addr_type,), flags=("dynamic", "timeout")))
-        rules.append(f"update @{name}-aff {{ {a} saddr timeout {timeout}s }}")
-    host = f"[{t.address}]" if t.address.version == 6 else str(t.address)
-    rules.append(f"meta l4proto {proto(t.protocol)} dnat {a} to {host}:{t.port}")
-    out.add_chain(Chain(name, rules=tuple(rules)))
+    out.add_set(Set(f"{name}-aff", (addr_type,), flags=("dynamic", "timeout")))
+    out.add_chain(Chain(name, rules=(
+        f"update @{name}-aff {{ {a} saddr timeout {p.service.session_affinity_seconds}s }}",
+        f"meta l4proto {proto(t.protocol)} dnat {a} to {_host_port(t)}")))
     return name
 
 

@@ -25,6 +25,7 @@ class Target:
     port: int
     protocol: Protocol
     local: bool
+    node_name: str = ""
 
     def sort_key(self) -> tuple[int, int, int]:
         return (self.address.version, int(self.address), self.port)
@@ -68,7 +69,7 @@ def pick(service: Service, port: ServicePort, slices: SliceIndex, family: int, n
     cands = _candidates(service, port, slices, family)
 
     def targets(want: list[tuple[Endpoint, IPAddress, int]]) -> tuple[Target, ...]:
-        made = (Target(a, n, port.protocol, ep.node_name == node_name) for ep, a, n in want)
+        made = (Target(a, n, port.protocol, ep.node_name == node_name, ep.node_name) for ep, a, n in want)
         return tuple(sorted(made, key=Target.sort_key))
 
     ready = [c for c in cands if c[0].ready]

@@ -58,6 +58,11 @@ def node_ips(family: int) -> str:
     return f"svc-node-ips{family}"
 
 
+def hairpin(family: int) -> str:
+    """``endpoint . endpoint`` pairs: a DNATed packet from an endpoint to itself is masqueraded."""
+    return f"svc-hairpin{family}"
+
+
 def service_ips(family: int) -> str:
     """The shared set of service VIPs (ClusterIPs and ExternalIPs); other controllers may add to it."""
     return f"service-ips{family}"
