@@ -27,6 +27,7 @@ from podnet.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
 POLICY_OWNER = "policy"
+POLICY_KINDS = frozenset({Kind.NAMESPACE, Kind.POD, Kind.NETWORK_POLICY})
 
 
 @dataclass
@@ -66,10 +67,13 @@ class PolicySync:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._unsubscribe = store.subscribe(self._on_change)
+        store.on_synced(self.request)  # the last source may finish listing without any change
 
     # ---- inputs ----
 
     def _on_change(self, change: Change) -> None:
+        if change.kind not in POLICY_KINDS:  # Services, slices, Nodes: not policy's concern
+            return
         if change.kind is Kind.POD and change.new is None:  # deleted: what its ADD said goes too
             with self._cond:
                 for cid in [c for c, a in self._admitted.items() if (a.namespace, a.name) == change.key]:
