@@ -67,7 +67,7 @@ class PolicySync:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._unsubscribe = store.subscribe(self._on_change)
-        store.on_synced(self.request)  # the last source may finish listing without any change
+        store.on_synced(lambda: None if self.request() else None)  # the last list may change nothing
 
     # ---- inputs ----
 
