@@ -67,9 +67,12 @@ class PolicySync:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._unsubscribe = store.subscribe(self._on_change)
-        store.on_synced(lambda: None if self.request() else None)  # the last list may change nothing
+        store.on_synced(self._on_synced)
 
     # ---- inputs ----
+
+    def _on_synced(self) -> None:
+        self.request()  # the last source may finish listing without changing anything
 
     def _on_change(self, change: Change) -> None:
         if change.kind not in POLICY_KINDS:  # Services, slices, Nodes: not policy's concern
