@@ -11,8 +11,9 @@ Measured in one run:
   and kernel time; after each change the kernel's verdict map holds the pod's new verdict once;
 * throughput: two pods on a bridge in the node namespace (veth pairs, br_netfilter on), iperf3 from
   one to the other with the 1,000 policies loaded and both pods isolated (policies allow the iperf3
-  port; a port they deny is checked to be dropped), and the same two pods on a twin node namespace
-  with no table (the anchor), runs alternating between the two.
+  port; a port they deny is checked to be dropped), and the same two pods on twin node namespaces
+  with no table (the anchor) and with a conntrack-only table (to tell conntrack's share of a loss
+  from the policies'), runs rotating between the three.
 
 Targets (reported, not asserted): full <= 1 s, incremental p50 and p99 <= 20 ms, median throughput
 with the policies >= 0.9 x the median with no table. Raw numbers go to bench/out/bench_policy.json
@@ -61,7 +62,7 @@ from podnet.agent.model import (
 from podnet.agent.objects import Kind
 from podnet.agent.policy import FAMILY, TABLE, PolicyInputs, allowed, compile
 from podnet.agent.store import Event, EventType, Store
-from podnet.dataplane.contribution import Contribution
+from podnet.dataplane.contribution import Chain, Contribution
 from podnet.dataplane.image import Image
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import FakeNft, Family, LibNftables, Nft, NftExec, TableState, Transaction
@@ -475,13 +476,13 @@ def change_once(store: Store, writer: TableWriter, timed: TimedNft, pod: Pod) ->
     contributed = time.perf_counter()
     result = writer.commit()
     done = time.perf_counter()
-    if result.full or not result.changed:
-        raise RuntimeError(f"a label change made a {'full' if result.full else 'no'} commit")
+    if result.full:
+        raise RuntimeError("a label change made a full rebuild, not an incremental commit")
     commit = done - contributed
     return {"total": done - start, "store": stored - start, "compile": compiled - stored,
             "contribute": contributed - compiled, "commit": commit, "kernel_apply": timed.apply_s,
             "handle_readback": timed.list_s, "diff_render": commit - timed.apply_s - timed.list_s,
-            "ops": float(result.ops)}, contribution
+            "ops": float(result.ops), "changed": float(result.changed)}, contribution
 
 
 def map_values(lib: LibNftables, name: str, key: str) -> list[str]:
@@ -627,28 +628,42 @@ def iperf(client_ns: str, address: Any, seconds: int) -> float:
     return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
+SIDES = ("no_table", "conntrack_only", "policies")
+
+
+def conntrack_only(ns: str) -> None:
+    """A table with one forward chain accepting established traffic and nothing else: every packet
+    pays conntrack, no packet meets a policy (tells the policies' share of a loss from conntrack's)."""
+    chain = Chain("forward", type="filter", hook="forward", priority=0, policy="accept",
+                  rules=("ct state established,related accept",))
+    writer = TableWriter(NftExec(netns=f"/run/netns/{ns}"), INET, "podnet-bench-ct")
+    writer.contribute("bench", Contribution(chains=(chain,)))
+    writer.commit()
+
+
 def measure_throughput(node: Node, cluster: Cluster, writer: TableWriter, lib: LibNftables, seconds: int,
                        rounds: int) -> dict[str, Any]:
     """iperf3 between the two pods on the node with the policy table loaded, and between the same
-    two pods on a twin node namespace wired the same way with no table (the anchor), the two
-    alternating run by run: on a shared machine the load drifts, and quick alternation keeps a drift
-    from favouring one side. The denied port is probed on both (refused on the twin: the pod
-    answers; timeout on the node: dropped). With no table a namespace does not even track
-    connections; with it every packet pays conntrack, and the first of each connection the policy
-    chains and set lookups."""
-    twin = node.netns(f"{node.tag}-twin")
-    pairs = {"policies": wire_pods(node, node.name, cluster), "no_table": wire_pods(node, twin, cluster)}
+    two pods on twin node namespaces wired the same way: one with no table (the anchor), one with a
+    conntrack-only table. Runs rotate between the three: on a shared machine the load drifts, and
+    quick rotation keeps a drift from favouring one side. The denied port is probed on the anchor
+    (refused: the pod answers) and on the node (timeout: dropped). With no table a namespace does
+    not even track connections; with the policies every packet pays conntrack, and the first of
+    each connection the policy chains and set lookups."""
+    twins = {side: node.netns(f"{node.tag}-{side[:2]}") for side in SIDES[:2]}
+    conntrack_only(twins["conntrack_only"])
+    pairs = {side: wire_pods(node, twins.get(side, node.name), cluster) for side in SIDES}
     server = cluster.server.ips[0]
     writer.resync()
     check_isolated(lib, cluster)
     control = {}
-    for state, (client_ns, server_ns) in pairs.items():
+    for side, (client_ns, server_ns) in pairs.items():
         start_server(node, server_ns, server, client_ns)
-        control[state] = probe(client_ns, server, cluster.denied_port, 1.0)
-    rates: dict[str, list[float]] = {"no_table": [], "policies": []}
+        control[side] = probe(client_ns, server, cluster.denied_port, 1.0)
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
     for r in range(rounds):
-        for state in ("no_table", "policies") if r % 2 == 0 else ("policies", "no_table"):
-            rates[state].append(iperf(pairs[state][0], server, seconds))
+        for side in SIDES[r % 3:] + SIDES[:r % 3]:
+            rates[side].append(iperf(pairs[side][0], server, seconds))
     return {"gbit_s": rates, "median": {k: statistics.median(v) for k, v in rates.items()},
             "best": {k: max(v) for k, v in rates.items()},
             "paired_ratio": statistics.median(p / n for p, n in zip(rates["policies"], rates["no_table"],
@@ -714,8 +729,9 @@ def print_incremental(inc: list[dict[str, float]], anchor: list[dict[str, float]
             totals = [x["total"] for x in s]
             p50, p99 = percentile(totals, 50) * 1e3, percentile(totals, 99) * 1e3
             ops = statistics.median(x["ops"] for x in s)
-            print(f"  {name:12} p50 {p50:7.1f}  p99 {p99:7.1f}  (n={len(s)}; medians: {steps(s, keys)}; "
-                  f"ops {ops:.0f})")
+            changed = sum(x["changed"] > 0 for x in s)
+            print(f"  {name:12} p50 {p50:7.1f}  p99 {p99:7.1f}  (n={len(s)}, {changed} changed the kernel; "
+                  f"medians: {steps(s, keys)}; ops {ops:.0f})")
 
 
 def print_targets(full: dict[str, Any], inc: list[dict[str, float]],
@@ -731,7 +747,8 @@ def print_targets(full: dict[str, Any], inc: list[dict[str, float]],
     if tput is not None:
         base, pol = tput["median"]["no_table"], tput["median"]["policies"]
         # A ratio measured while the policies do not isolate the pods would mean nothing.
-        isolating = tput["denied_port_probe"] == {"no_table": "refused", "policies": "timeout"}
+        expected = {"no_table": "refused", "conntrack_only": "refused", "policies": "timeout"}
+        isolating = tput["denied_port_probe"] == expected
         rows.append(("throughput ratio", pol / base, TARGETS["throughput_ratio"],
                      isolating and pol / base >= TARGETS["throughput_ratio"],
                      f"{pol:.2f} Gbit/s with policies / {base:.2f} Gbit/s without"
@@ -819,8 +836,12 @@ def main(argv: list[str] | None = None) -> int:
     if out["throughput"] is not None:
         t = out["throughput"]
         runs = {k: " ".join(f"{x:.2f}" for x in v) for k, v in t["gbit_s"].items()}
+        med = t["median"]
         print(f"\nthroughput, iperf3 TCP {args.iperf_seconds} s per run (Gbit/s): "
-              f"no table {runs['no_table']}; {args.policies} policies {runs['policies']}")
+              f"no table {runs['no_table']}; conntrack only {runs['conntrack_only']}; "
+              f"{args.policies} policies {runs['policies']}")
+        print(f"  medians: conntrack only / no table {med['conntrack_only'] / med['no_table']:.3f}, "
+              f"policies / conntrack only {med['policies'] / med['conntrack_only']:.3f}")
         print(f"  ratio of the best runs {t['best']['policies'] / t['best']['no_table']:.3f}, median of the "
               f"per-round ratios {t['paired_ratio']:.3f} (the target row uses the medians)")
         busy = max(out["loadavg_before"][0], out["loadavg_after"][0])
@@ -829,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"namespaces is CPU-bound, so these figures move with other processes' load")
         probe_ = t["denied_port_probe"]
         print(f"  port {t['denied_port']}, which the policies deny, client -> server: {probe_['no_table']} "
-              f"on the twin without the table, {probe_['policies']} with it (expected: refused, timeout)")
+              f"without a table, {probe_['conntrack_only']} with conntrack only, {probe_['policies']} with "
+              f"the policies (expected: refused, refused, timeout)")
     missed = print_targets(out["full"], out["incremental"], out["throughput"])
     out["profiles"] = step_profiles(make_cluster(args.seed, args.pods, args.policies))
     if missed:
