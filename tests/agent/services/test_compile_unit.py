@@ -4,19 +4,26 @@ no-endpoint verdicts, masquerade, scale (rules do not grow with services) and st
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from ipaddress import ip_network
 
 import pytest
 
 from podnet.agent.model import EndpointPort, Protocol, ServicePort, ServiceType, TrafficPolicy
-from podnet.agent.services import affected_endpoints, compile, programmed_endpoints, service_ips_set
+from podnet.agent.services import (
+    ServiceCompiler,
+    affected_endpoints,
+    compile,
+    programmed_endpoints,
+    service_ips_set,
+)
 from podnet.agent.services.names import FAMILIES, endpoint_chain, service_chain
 from podnet.dataplane.contribution import Contribution
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import FakeNft
 
-from .world import NODE, endpoint, many, service, slice_, tcp, udp
+from .world import NODE, endpoint, ip, many, service, slice_, tcp, udp
 
 FIXED = {"services-prerouting", "services-output", "services-postrouting", "services-filter-prerouting",
          "services-filter-output", "services-dispatch", "services-no-endpoints", "services-mark-masq",
@@ -262,11 +269,46 @@ def test_rules_do_not_grow_with_services() -> None:
 
 
 def test_names_are_stable_and_distinct() -> None:
-    assert compile(*many(50), node_name=NODE) == compile(*many(50), node_name=NODE)
+    assert same(compile(*many(50), node_name=NODE), compile(*many(50), node_name=NODE))
     names = {service_chain(("ns", f"s{i}"), "http", Protocol.TCP, 4) for i in range(1000)}
     assert len(names) == 1000
     assert service_chain(KEY, "http", Protocol.TCP, 4) != service_chain(KEY, "http", Protocol.TCP, 6)
     assert all(len(n) + len("-local") < 64 for n in names)
+
+
+def same(a: Contribution, b: Contribution) -> bool:
+    """Equal whatever the order of chains and sets (the writer indexes them by name)."""
+    return (sorted(a.chains, key=lambda c: c.name) == sorted(b.chains, key=lambda c: c.name)
+            and sorted(a.sets, key=lambda s: s.name) == sorted(b.sets, key=lambda s: s.name)
+            and a.elements == b.elements)
+
+
+def test_service_compiler_recompiles_only_what_changed() -> None:
+    services, slices = many(40)
+    compiler = ServiceCompiler(node_name=NODE, pod_cidrs=(ip_network("10.244.0.0/14"),))
+    first = compiler.compile(services, slices)
+    before = {k: v[2] for k, v in compiler._parts.items()}
+    first_elements = {k: dict(v) for k, v in first.elements.items()}
+    slices[3] = dataclasses.replace(slices[3], endpoints=slices[3].endpoints[:2])
+    compiler.compile(services, slices)
+    assert [k for k in before if compiler._parts[k][2] is not before[k]] == [services[3].key]
+    rng = random.Random(7)
+    for _ in range(60):
+        i = rng.randrange(len(services))
+        slices[i] = dataclasses.replace(slices[i], endpoints=slices[i].endpoints[:rng.randrange(6)])
+        if rng.random() < 0.3:
+            services[i] = dataclasses.replace(services[i], session_affinity_seconds=rng.choice([None, 30]))
+        if rng.random() < 0.3:  # ExternalIPs shared by several services, one key given twice
+            shared = ip(rng.choice(["192.0.2.1", "192.0.2.2"]))
+            services[i] = dataclasses.replace(services[i], external_ips=(shared,))
+        present = [s for s in services if rng.random() < 0.9]  # services coming and going
+        fresh = compile(present, slices, node_name=NODE, pod_cidrs=(ip_network("10.244.0.0/14"),))
+        assert same(compiler.compile(present, slices), fresh)
+    compiler.compile(services, slices)
+    last = compiler._parts[services[-1].key][2]
+    compiler.compile(services, [*slices[:-1], dataclasses.replace(slices[-1])])  # equal, not identical
+    assert compiler._parts[services[-1].key][2] is last
+    assert {k: dict(v) for k, v in first.elements.items()} == first_elements  # never changed in place
 
 
 def test_the_writer_takes_it() -> None:

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 
 from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Service
-from podnet.agent.services.endpoints import Target
+from podnet.agent.services.endpoints import Target, index_slices
 from podnet.agent.services.names import (
     ADDR,
     DISPATCH,
@@ -67,7 +67,7 @@ from podnet.agent.services.names import (
     service_ips_set,
     vip_map,
 )
-from podnet.agent.services.plan import PortPlan, plans
+from podnet.agent.services.plan import PortPlan, plans, service_plans
 from podnet.dataplane.contribution import Chain, Contribution, Set
 
 NAT_PRIORITY = {"dstnat": -100, "srcnat": 100}
@@ -76,31 +76,133 @@ LOOPBACK = {4: "127.0.0.0/8", 6: "::1"}
 
 
 class _Builder:
+    """One part of the contribution: the fixed part, or one service's."""
+
     def __init__(self) -> None:
         self.chains: dict[str, Chain] = {}
         self.sets: list[Set] = []
         self.elements: dict[str, dict[str, str | None]] = {}
 
-    def add_set(self, decl: Set, elements: dict[str, str | None] | None = None) -> dict[str, str | None]:
+    def add_set(self, decl: Set, elements: dict[str, str | None] | None = None) -> None:
         self.sets.append(decl)
-        return self.elements.setdefault(decl.name, {} if elements is None else elements)
+        self.elements[decl.name] = {} if elements is None else elements
 
     def add_chain(self, chain: Chain) -> None:
         self.chains[chain.name] = chain
 
-    def build(self) -> Contribution:
-        return Contribution(tuple(sorted(self.chains.values(), key=lambda c: c.name)),
-                            tuple(sorted(self.sets, key=lambda s: s.name)), self.elements)
+    def put(self, set_name: str) -> dict[str, str | None]:
+        return self.elements.setdefault(set_name, {})
+
+
+PartKey = tuple[str, str]
+FIXED_PART: PartKey = ("", "")  # sorts before every service: a service's value wins a shared key
+
+
+class _Assembly:
+    """The contribution joined from its parts, kept between syncs: a sync that changed a few parts
+    costs those parts plus copies of the mappings they touch. Mappings handed over are never
+    changed afterwards (the writer compares them with the next ones). A key given by several parts
+    (an ExternalIP of two services) stays while any gives it; its value is that of the last part
+    in key order, as a compile from scratch would have it."""
+
+    def __init__(self) -> None:
+        self.parts: dict[PartKey, _Builder] = {}
+        self.chains: dict[str, Chain] = {}
+        self.sets: dict[str, Set] = {}
+        self.elements: dict[str, dict[str, str | None]] = {}
+        self.givers: dict[str, dict[str, dict[PartKey, str | None]]] = {}  # set -> key -> part -> value
+        self.result = Contribution()
+
+    def update(self, parts: dict[PartKey, _Builder]) -> Contribution:
+        changed = sorted(k for k in self.parts.keys() | parts.keys() if self.parts.get(k) is not parts.get(k))
+        if not changed:
+            return self.result
+        touched: dict[str, dict[str, str | None]] = {}
+        for key in changed:
+            if key in self.parts:
+                self._remove(key, self.parts[key], touched)
+        for key in changed:
+            if key in parts:
+                self._add(key, parts[key], touched)
+        self.parts = dict(parts)
+        elements = {**self.elements, **touched}
+        self.elements = {n: e for n, e in elements.items() if e or n in self.sets}  # a set gone goes
+        self.result = Contribution(tuple(self.chains.values()), tuple(self.sets.values()), self.elements)
+        return self.result
+
+    def _table(self, name: str, touched: dict[str, dict[str, str | None]]) -> dict[str, str | None]:
+        if name not in touched:
+            touched[name] = dict(self.elements.get(name, {}))
+        return touched[name]
+
+    def _remove(self, key: PartKey, part: _Builder, touched: dict[str, dict[str, str | None]]) -> None:
+        for name in part.chains:
+            self.chains.pop(name, None)
+        for decl in part.sets:
+            self.sets.pop(decl.name, None)
+        for set_name, items in part.elements.items():
+            table, givers = self._table(set_name, touched), self.givers[set_name]
+            for element in items:
+                mine = givers[element]
+                del mine[key]
+                if mine:
+                    table[element] = mine[max(mine)]
+                else:
+                    del givers[element], table[element]
+
+    def _add(self, key: PartKey, part: _Builder, touched: dict[str, dict[str, str | None]]) -> None:
+        self.chains.update(part.chains)
+        self.sets.update((d.name, d) for d in part.sets)
+        for set_name, items in part.elements.items():
+            table, givers = self._table(set_name, touched), self.givers.setdefault(set_name, {})
+            for element, value in items.items():
+                mine = givers.setdefault(element, {})
+                mine[key] = value
+                table[element] = mine[max(mine)]
 
 
 def compile(services: Iterable[Service], slices: Iterable[EndpointSlice], *, node_name: str,
             node_ips: Sequence[IPAddress] = (), pod_cidrs: Sequence[IPNetwork] = ()) -> Contribution:
-    out = _Builder()
-    _fixed(out, node_ips, pod_cidrs)
-    with_pod_cidrs = {f for f in FAMILIES if any(c.version == f for c in pod_cidrs)}
-    for p in plans(services, slices, node_name):
-        _port(out, p, p.family in with_pod_cidrs)
-    return out.build()
+    compiler = ServiceCompiler(node_name=node_name, node_ips=node_ips, pod_cidrs=pod_cidrs)
+    return compiler.compile(services, slices)
+
+
+class ServiceCompiler:
+    """:func:`compile` that keeps each service's compiled part: a sync recompiles only the services
+    whose Service or EndpointSlices changed (the agent's store hands unchanged objects over as the
+    same values, so most are recognized by identity), and joins the parts."""
+
+    def __init__(self, *, node_name: str, node_ips: Sequence[IPAddress] = (),
+                 pod_cidrs: Sequence[IPNetwork] = ()) -> None:
+        self.node_name = node_name
+        self._fixed = _Builder()
+        _fixed(self._fixed, node_ips, pod_cidrs)
+        self._pod_families = {f for f in FAMILIES if any(c.version == f for c in pod_cidrs)}
+        self._parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], _Builder]] = {}
+        self._assembly = _Assembly()
+
+    def compile(self, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> Contribution:
+        by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for s in slices:
+            by_service.setdefault((s.namespace, s.service), []).append(s)
+        parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], _Builder]] = {}
+        for service in services:
+            found = by_service.get(service.key, ())
+            mine = tuple(sorted(found, key=lambda s: s.key)) if len(found) > 1 else tuple(found)
+            known = self._parts.get(service.key)
+            # Tuples compare their items by identity first: unchanged slices cost next to nothing.
+            if known is not None and (known[0] is service or known[0] == service) and known[1] == mine:
+                parts[service.key] = known
+            else:
+                parts[service.key] = (service, mine, self._service(service, mine))
+        self._parts = parts
+        return self._assembly.update({FIXED_PART: self._fixed, **{k: v[2] for k, v in parts.items()}})
+
+    def _service(self, service: Service, slices: tuple[EndpointSlice, ...]) -> _Builder:
+        out = _Builder()
+        for p in service_plans(service, index_slices(slices), self.node_name):
+            _port(out, p, p.family in self._pod_families)
+        return out
 
 
 def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
@@ -155,18 +257,17 @@ def _collapse(cidrs: Sequence[IPNetwork], family: int) -> list[IPNetwork]:
 
 def _port(out: _Builder, p: PortPlan, with_pod_cidrs: bool) -> None:
     f = p.family
-    shared = out.elements[service_ips(f)]
+    shared = out.put(service_ips(f))
     shared[str(p.cluster_ip)] = None
     shared.update((str(ip), None) for ip in p.service.external_ips if ip.version == f)
-    out.elements[vip_map(f)].update((k, f"goto {c}") for k, c in p.vips.items())
-    out.elements[nodeport_map(f)].update((k, f"goto {c}") for k, c in p.nodeports.items())
+    out.put(vip_map(f)).update((k, f"goto {c}") for k, c in p.vips.items())
+    out.put(nodeport_map(f)).update((k, f"goto {c}") for k, c in p.nodeports.items())
     verdicts = {"reject": f"goto {REJECT}", "drop": "drop"}
-    out.elements[no_endpoint_map(f)].update((k, verdicts[v]) for k, v in p.no_endpoint.items())
-    out.elements[no_endpoint_nodeport_map(f)].update(
-        (k, verdicts[v]) for k, v in p.no_endpoint_nodeports.items())
+    out.put(no_endpoint_map(f)).update((k, verdicts[v]) for k, v in p.no_endpoint.items())
+    out.put(no_endpoint_nodeport_map(f)).update((k, verdicts[v]) for k, v in p.no_endpoint_nodeports.items())
     # Hairpin: an endpoint that may be on this node is its own client through the service.
-    out.elements[hairpin(f)].update((f"{t.address} . {t.address}", None) for t in p.targets()
-                                    if t.local or not t.node_name)
+    out.put(hairpin(f)).update((f"{t.address} . {t.address}", None) for t in p.targets()
+                               if t.local or not t.node_name)
     if p.external_chain is not None:
         out.add_chain(Chain(p.external_chain, rules=_external_rules(p)))
     for name, targets in p.policy_chains.items():

@@ -65,11 +65,14 @@ def proxied(service: Service) -> bool:
 def plans(services: Iterable[Service], slices: Iterable[EndpointSlice], node_name: str) -> Iterator[PortPlan]:
     index = index_slices(slices)
     for service in sorted(services, key=lambda s: s.key):
-        if not proxied(service):
-            continue
-        for cluster_ip in service.cluster_ips:
-            for port in service.ports:
-                yield plan(service, port, cluster_ip, index, node_name)
+        yield from service_plans(service, index, node_name)
+
+
+def service_plans(service: Service, index: SliceIndex, node_name: str) -> list[PortPlan]:
+    if not proxied(service):
+        return []
+    return [plan(service, port, cluster_ip, index, node_name)
+            for cluster_ip in service.cluster_ips for port in service.ports]
 
 
 def plan(service: Service, port: ServicePort, cluster_ip: IPAddress, index: SliceIndex,
