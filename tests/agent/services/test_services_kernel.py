@@ -197,3 +197,19 @@ def test_endpoint_removal_keeps_established_connections(world: World) -> None:
         holder.stdin.close()
         holder.wait(timeout=10)
         world.apply(world_slices())
+
+
+def _affinity_clients(world: World) -> set[str]:
+    state = world.writer.nft.list_table("inet", "podnet")
+    assert state is not None
+    return {e.key for name, s in state.sets.items() if name.endswith("-aff") for e in s.elements}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dataplane.verify compares the elements of dynamic sets (the affinity sets packets fill) with "
+    "the union and rebuilds the table on the difference, which empties every affinity set"))
+def test_verify_keeps_affinity(world: World) -> None:
+    world.probe(world.pods["p3"], "tcp", "10.96.0.11", 80, 2)
+    assert pod_ip("p3") in _affinity_clients(world)
+    assert world.writer.verify() == 0
+    assert pod_ip("p3") in _affinity_clients(world)
