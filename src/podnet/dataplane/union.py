@@ -8,6 +8,7 @@ contribution, not the size of the table.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -198,7 +199,7 @@ def check_structure(owner: str, c: Contribution) -> None:
     except (ValueError, InvalidArgument) as exc:
         raise ContributionConflict(f"contribution of {owner!r}: {exc}") from None
     for what, names in (("chain", [ch.name for ch in c.chains]), ("set", [s.name for s in c.sets])):
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, times in Counter(names).items() if times > 1)
         if dupes:
             raise ContributionConflict(f"contribution of {owner!r}: {what} {dupes[0]} declared twice")
 
