@@ -117,7 +117,9 @@ def test_not_proxied_services() -> None:
     headless = service("h", ())
     broken = dataclasses.replace(service("b", "10.96.0.2"), error="bad port")
     external_name = service("e", "10.96.0.3", type=ServiceType.EXTERNAL_NAME)
-    c = compile([headless, broken, external_name], [slice_("h", endpoint("10.244.0.2"))], node_name=NODE)
+    marked_headless = dataclasses.replace(service("h", "10.96.0.4"), headless=True)
+    c = compile([headless, broken, external_name, marked_headless], [slice_("h", endpoint("10.244.0.2"))],
+                node_name=NODE)
     assert not [ch for ch in c.chains if ch.name.startswith(("svc-", "ep-"))]
     assert all(not c.elements[f"svc-ips{f}"] and not c.elements[f"service-ips{f}"] for f in FAMILIES)
 

@@ -57,9 +57,8 @@ class PortPlan:
 
 
 def proxied(service: Service) -> bool:
-    """Headless, ExternalName and not-understood services are not proxied."""
-    return (service.error is None and service.type is not ServiceType.EXTERNAL_NAME
-            and bool(service.cluster_ips))
+    """Headless, ExternalName, not-understood and unallocated services are not proxied."""
+    return service.proxied and not service.headless
 
 
 def plans(services: Iterable[Service], slices: Iterable[EndpointSlice], node_name: str) -> Iterator[PortPlan]:
