@@ -7,6 +7,9 @@ prefixed with NAME; answer every UDP datagram with NAME (IPv4 and IPv6).
 sockets); prints a JSON list, one entry each: the name that answered, or ``!ERRNAME MS`` with the
 milliseconds until the failure.
 
+``peer HOST PORT COUNT``: like ``tcp``, each entry ``NAME ADDRESS``: the client address the
+server saw.
+
 ``hold HOST PORT``: one connection; prints the name; then for each line on stdin sends it and
 prints the echo (``!ERR`` on a failure).
 """
@@ -14,6 +17,7 @@ prints the echo (``!ERR`` on a failure).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import socket
 import socketserver
@@ -31,7 +35,10 @@ def serve(name: str, tcp_port: int, udp_port: int) -> None:
         def handle(self) -> None:
             self.wfile.write(f"{name}\n".encode())
             for line in self.rfile:
-                self.wfile.write(f"{name} {line.decode().strip()}\n".encode())
+                text = line.decode().strip()
+                if text == "peer":  # who the connection seems to come from, after any NAT
+                    text = ipaddress.ip_address(self.client_address[0]).ipv4_mapped or self.client_address[0]
+                self.wfile.write(f"{name} {text}\n".encode())
 
     class TCP(socketserver.ThreadingTCPServer):
         address_family = socket.AF_INET6
@@ -75,6 +82,16 @@ def tcp(host: str, port: int) -> str:
             return _error(exc, start)
 
 
+def peer(host: str, port: int) -> str:
+    """``NAME ADDRESS``: the endpoint that answered and the client address it saw."""
+    with socket.create_connection((host, port), timeout=4) as s:
+        f = s.makefile("rw")
+        f.readline()
+        f.write("peer\n")
+        f.flush()
+        return f.readline().strip()
+
+
 def udp(host: str, port: int) -> str:
     start = time.monotonic()
     with socket.socket(_family(host), socket.SOCK_DGRAM) as s:
@@ -106,7 +123,7 @@ def main(argv: list[str]) -> None:
     elif mode == "hold":
         hold(argv[1], int(argv[2]))
     else:
-        probe = tcp if mode == "tcp" else udp
+        probe = {"tcp": tcp, "udp": udp, "peer": peer}[mode]
         print(json.dumps([probe(argv[1], int(argv[2])) for _ in range(int(argv[3]))]))
 
 

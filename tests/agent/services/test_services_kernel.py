@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from nsutil import Netns, namespaces
-from podnet.agent.model import EndpointPort, EndpointSlice, Protocol, Service, ServiceType
+from podnet.agent.model import EndpointPort, EndpointSlice, Protocol, Service, ServiceType, TrafficPolicy
 from podnet.agent.services import compile
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import backend, close_backend
@@ -57,6 +57,8 @@ def world_services() -> list[Service]:
         service("empty", "10.96.0.12", tcp("http", 80)),
         service("self", "10.96.0.13", tcp("http", 80)),
         service("churn", "10.96.0.14", tcp("http", 80)),
+        service("local", "10.96.0.15", tcp("http", 80, 30081), type=ServiceType.NODE_PORT,
+                etp=TrafficPolicy.LOCAL, itp=TrafficPolicy.LOCAL),
     ]
 
 
@@ -65,8 +67,10 @@ def world_slices(churn: tuple[str, ...] = BACKENDS) -> list[EndpointSlice]:
         s = endpoints_of(pods, family)[0]
         return EndpointSlice(s.namespace or "default", f"{svc}-{family}", svc, s.address_type, s.endpoints,
                              s.ports)
+    # p0 here, and an endpoint on another node that nothing answers for: Local never picks it.
+    local = slice_("local", endpoint(pod_ip("p0")), endpoint("10.244.1.99", "node-2"), ports=PORTS)
     return [named("web", BACKENDS), named("web", BACKENDS, 6), named("sticky", BACKENDS),
-            named("empty", ()), named("self", ("p3",)), named("churn", churn)]
+            named("empty", ()), named("self", ("p3",)), named("churn", churn), local]
 
 
 @dataclass
@@ -151,6 +155,16 @@ def test_node_port_and_external_ip_from_outside(world: World) -> None:
     assert set(world.probe(world.client, "tcp", NODE_IP, 30080, 6)) <= set(BACKENDS)
     assert set(world.probe(world.client, "udp", NODE_IP, 30053, 1)) <= set(BACKENDS)
     assert set(world.probe(world.client, "tcp", "192.0.2.10", 80, 6)) <= set(BACKENDS)
+
+
+def test_masquerade_by_traffic_policy(world: World) -> None:
+    # Cluster: an outside client is masqueraded (the endpoint might be on another node); a pod is not.
+    assert {g.split()[1] for g in world.probe(world.client, "peer", NODE_IP, 30080, 4)} == {"10.244.0.1"}
+    from_pod = world.probe(world.pods["p3"], "peer", "10.96.0.10", 80, 4)
+    assert {g.split()[1] for g in from_pod} == {pod_ip("p3")}
+    # Local: only this node's endpoint, and the outside client's address is kept.
+    assert world.probe(world.client, "peer", NODE_IP, 30081, 6) == ["p0 192.168.50.2"] * 6
+    assert world.probe(world.pods["p3"], "tcp", "10.96.0.15", 80, 10) == ["p0"] * 10
 
 
 def test_load_spread_over_endpoints(world: World) -> None:
