@@ -23,8 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from nsutil import Netns, namespaces
-from podnet.agent.model import EndpointPort, EndpointSlice, Protocol, Service, ServiceType, TrafficPolicy
+from nsutil import Netns, NetnsFactory, namespaces
+from podnet.agent.model import (
+    EndpointPort,
+    EndpointSlice,
+    Protocol,
+    Service,
+    ServicePort,
+    ServiceType,
+    TrafficPolicy,
+)
 from podnet.agent.services import compile
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import backend, close_backend
@@ -227,3 +235,22 @@ def test_verify_keeps_affinity(world: World) -> None:
     assert pod_ip("p3") in _affinity_clients(world)
     assert world.writer.verify() == 0
     assert pod_ip("p3") in _affinity_clients(world)
+
+
+def test_sctp_rules_load_without_the_sctp_module(netns: NetnsFactory) -> None:
+    """This kernel has no SCTP at all (no module, no /proc/net/sctp): the SCTP service still loads,
+    because every rule matches with ``meta l4proto`` / ``th dport``."""
+    node = netns("sctp")
+    svc = service("s", "10.96.0.20", ServicePort("s", 9, Protocol.SCTP, 30009), type=ServiceType.NODE_PORT)
+    slices = [slice_("s", endpoint("10.244.0.2"), endpoint("10.244.0.3"),
+                     ports=(EndpointPort("s", 9, Protocol.SCTP),))]
+    nft = backend(node.path)
+    try:
+        writer = TableWriter(nft, "inet", "podnet")
+        writer.contribute("services", compile([svc], slices, node_name=NODE))
+        assert writer.commit().full
+        listed = node.run(["nft", "list", "table", "inet", "podnet"]).stdout
+        assert "10.96.0.20 . sctp . 9" in listed and "sctp . 30009" in listed
+        assert "meta l4proto sctp dnat ip to numgen random mod 2 map" in listed
+    finally:
+        close_backend(nft)
