@@ -307,6 +307,7 @@ def test_service_compiler_recompiles_only_what_changed() -> None:
         fresh = compile(present, slices, node_name=NODE, pod_cidrs=(ip_network("10.244.0.0/14"),))
         assert same(compiler.compile(present, slices), fresh)
     compiler.compile(services, slices)
+    assert compiler.endpoints() == programmed_endpoints(services, slices, node_name=NODE)
     last = compiler._parts[services[-1].key][2]
     compiler.compile(services, [*slices[:-1], dataclasses.replace(slices[-1])])  # equal, not identical
     assert compiler._parts[services[-1].key][2] is last

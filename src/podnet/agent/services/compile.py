@@ -82,6 +82,7 @@ class _Builder:
         self.chains: dict[str, Chain] = {}
         self.sets: list[Set] = []
         self.elements: dict[str, dict[str, str | None]] = {}
+        self.targets: frozenset[Target] = frozenset()  # the endpoints this part DNATs to
 
     def add_set(self, decl: Set, elements: dict[str, str | None] | None = None) -> None:
         self.sets.append(decl)
@@ -200,9 +201,16 @@ class ServiceCompiler:
 
     def _service(self, service: Service, slices: tuple[EndpointSlice, ...]) -> _Builder:
         out = _Builder()
-        for p in service_plans(service, index_slices(slices), self.node_name):
+        plans = service_plans(service, index_slices(slices), self.node_name)
+        for p in plans:
             _port(out, p, p.family in self._pod_families)
+        out.targets = frozenset(t for p in plans for t in p.targets())
         return out
+
+    def endpoints(self) -> frozenset[Target]:
+        """Every endpoint the last compiled contribution DNATs to (as :func:`programmed_endpoints`,
+        from the kept parts): hand the previous and the current to :func:`affected_endpoints`."""
+        return frozenset().union(*(part.targets for _, _, part in self._parts.values()))
 
 
 def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
