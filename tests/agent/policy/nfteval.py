@@ -53,6 +53,10 @@ class Table:
     def __init__(self, contribution: Contribution) -> None:
         self.chains = {c.name: c for c in contribution.chains}
         self.elements = {k: dict(v) for k, v in contribution.elements.items()}
+        for decl in contribution.sets:  # the kernel refuses a network or a range in a plain set
+            if "interval" not in decl.flags:
+                bad = [k for k in self.elements.get(decl.name, {}) if "/" in k or "-" in k]
+                assert not bad, f"plain set {decl.name} given networks or ranges: {bad[:3]}"
 
     def run(self, name: str, packet: Packet) -> str | None:
         for rule in self.chains[name].rules:

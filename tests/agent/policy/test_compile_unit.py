@@ -61,6 +61,23 @@ def test_rule_count_does_not_grow_with_pods() -> None:
     assert element_count(big) > 50 * element_count(small) // 10
 
 
+def test_interval_sets_only_where_a_rule_can_hold_networks_or_ranges() -> None:
+    """libnftables reads every interval set before each element command: only ipBlock peers and
+    port ranges get one, decided by the policy, so the declarations never move with pods."""
+    small, big = build(10), build(1000)
+    assert small.sets == big.sets
+    flags = {s.name: "interval" in s.flags for s in big.sets}
+    allow_b, egress = policy_prefix(("x", "allow-b"), ING), policy_prefix(("y", "egress"), EGR)
+    assert flags[f"{allow_b}-0-peers4"] and flags[f"{allow_b}-0-ports"]  # an ipBlock; an endPort
+    assert not flags[f"{allow_b}-1-ports"] and not flags[f"{egress}-0-peers4"]  # port 7; selectors
+    assert not flags[f"{allow_b}-0-named4"]
+    two_ports = rule(peer(sel()), ports=[port(80), port(81)])
+    plain = build(10, policy("x", "two-ports", sel(), ingress=[two_ports]))
+    two = policy_prefix(("x", "two-ports"), ING)
+    assert not any("interval" in s.flags for s in plain.sets if s.name.startswith(two))
+    assert set(plain.elements[f"{two}-0-ports"]) == {"tcp . 80", "tcp . 81"}  # adjacent, not merged
+
+
 def test_names_are_stable_short_and_say_what_they_are() -> None:
     a, b = build(20), build(20)
     assert a == b

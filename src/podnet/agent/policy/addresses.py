@@ -49,9 +49,22 @@ def without_nested(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
     return out
 
 
+def needs_intervals(rule: Rule) -> bool:
+    """Whether the rule's peer sets can hold a network (an ipBlock), not only pod addresses."""
+    return any(peer.ip_block is not None for peer in rule.peers)
+
+
+def has_port_ranges(ports: Iterable[PolicyPort]) -> bool:
+    """Whether a numbered port set can hold a range (an endPort, or a protocol without a port)."""
+    return any(pp.port is None or (not isinstance(pp.port, str) and pp.end_port is not None) for pp in ports)
+
+
 def peer_elements(index: PodIndex, policy: NetworkPolicy, rule: Rule, family: int) -> dict[str, None]:
     """The addresses of every peer of the rule (pods picked by selectors, anywhere in the cluster,
     and ipBlocks minus their excepts)."""
+    if not needs_intervals(rule):  # pod addresses only: hosts, never nested
+        return {str(ip): None for peer in rule.peers for pod in index.peer_pods(policy.namespace, peer)
+                for ip in pod.ips if ip.version == family}
     nets: list[IPNetwork] = []
     for peer in rule.peers:
         if peer.ip_block is not None:
@@ -62,10 +75,11 @@ def peer_elements(index: PodIndex, policy: NetworkPolicy, rule: Rule, family: in
     return {element(n): None for n in without_nested(nets)}
 
 
-def port_elements(ports: Iterable[PolicyPort]) -> dict[str, None]:
+def port_elements(ports: Iterable[PolicyPort], *, ranges: bool = True) -> dict[str, None]:
     """``proto . port`` or ``proto . first-last`` for every port given by number or not at all.
-    Overlapping ranges (``protocol: TCP`` next to ``port: 80``) are merged: an interval set refuses
-    overlapping elements."""
+    With ``ranges`` (an interval set), overlapping and adjacent ranges (``protocol: TCP`` next to
+    ``port: 80``) are merged: an interval set refuses overlapping elements. Without, every port is
+    its own element (a plain set; the ports are single numbers then)."""
     spans: dict[str, list[tuple[int, int]]] = {}
     for pp in ports:
         if isinstance(pp.port, str):
@@ -74,8 +88,8 @@ def port_elements(ports: Iterable[PolicyPort]) -> dict[str, None]:
         assert span is not None  # only named ports need a pod
         spans.setdefault(PROTOCOL_NAMES[pp.protocol.value], []).append(span)
     out: dict[str, None] = {}
-    for proto, ranges in spans.items():
-        for first, last in _merged(ranges):
+    for proto, found in spans.items():
+        for first, last in _merged(found) if ranges else sorted(set(found)):
             out[f"{proto} . {first if first == last else f'{first}-{last}'}"] = None
     return out
 

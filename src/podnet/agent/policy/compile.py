@@ -17,11 +17,15 @@ Design (kube-proxy's nftables mode in spirit: rules are static, the changing dat
   ``ct state invalid``, jumps to each policy's chain, and ends in ``drop``: isolated, nothing allowed
   unless some policy accepts (the union).
 * ``pol-HASH-in`` / ``pol-HASH-eg``: one chain per policy and direction, a few rules per policy rule
-  (per address family and port kind), each ending in ``accept``. Peers are interval sets
+  (per address family and port kind), each ending in ``accept``. Peers are sets
   ``pol-HASH-in-N-peers4/6`` (pod addresses from selectors, ipBlocks minus excepts); ports by number
   or range (or protocol alone, as 0-65535) are ``pol-HASH-in-N-ports`` of ``inet_proto .
-  inet_service`` intervals matched with ``meta l4proto . th dport``, which loads without any
-  protocol module (SCTP included) and only ever matches the protocol named. Named ports are
+  inet_service`` matched with ``meta l4proto . th dport``, which loads without any
+  protocol module (SCTP included) and only ever matches the protocol named. A set is an interval set
+  only when the rule can put a CIDR or a range in it (an ipBlock peer; an endPort or a protocol
+  without port): libnftables reads every interval set of the table before any element command, so
+  each one costs every later update. The flag follows from the rule alone, never from the pods, so a
+  declaration does not change as pods come and go. Named ports are
   ``address . proto . port`` elements resolved on each destination pod (``-named4/6``): for ingress
   the selected pods, for egress the peer pods (so the peers are in the same elements).
   Policies with errors, or with no rules in a direction, get no chain: they isolate and allow nothing.
@@ -44,7 +48,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from podnet.agent.model import Direction, Namespace, NetworkPolicy, Pod, Rule
-from podnet.agent.policy.addresses import named_elements, peer_elements, port_elements
+from podnet.agent.policy.addresses import (
+    has_port_ranges,
+    named_elements,
+    needs_intervals,
+    peer_elements,
+    port_elements,
+)
 from podnet.agent.policy.index import PodIndex
 from podnet.agent.policy.inputs import PolicyInputs, directions_of, rules_of
 from podnet.agent.policy.names import (
@@ -151,16 +161,19 @@ def _compile_rule(out: _Builder, index: PodIndex, policy: NetworkPolicy, directi
     comment = f"{policy.namespace}/{policy.name} {direction.value.lower()}"[:120]
     peer_match = {f: "" for f in FAMILIES}
     if rule.peers:
+        intervals = ("interval",) if needs_intervals(rule) else ()
         for f in FAMILIES:
-            peers = Set(f"{name}-peers{f}", (ADDR[f][1],), flags=("interval",), comment=comment)
+            peers = Set(f"{name}-peers{f}", (ADDR[f][1],), flags=intervals, comment=comment)
             out.add_set(peers, peer_elements(index, policy, rule, f))
             peer_match[f] = f"{ADDR[f][0]} {peer_field} @{peers.name} "
     if not rule.ports:
         return [f"{peer_match[f]}accept" for f in FAMILIES] if rule.peers else ["accept"]
     statements: list[str] = []
     if any(not isinstance(pp.port, str) for pp in rule.ports):
-        ports = Set(f"{name}-ports", ("inet_proto", "inet_service"), flags=("interval",), comment=comment)
-        out.add_set(ports, port_elements(rule.ports))
+        ranges = has_port_ranges(rule.ports)
+        ports = Set(f"{name}-ports", ("inet_proto", "inet_service"), flags=("interval",) if ranges else (),
+                    comment=comment)
+        out.add_set(ports, port_elements(rule.ports, ranges=ranges))
         match = f"meta l4proto . th dport @{ports.name} accept"
         statements.extend([f"{peer_match[f]}{match}" for f in FAMILIES] if rule.peers else [match])
     if any(isinstance(pp.port, str) for pp in rule.ports):
