@@ -4,7 +4,8 @@ and loaded through the table writer (in-process libnftables), in throw-away name
 Measured in one run:
 
 * full sync: a fresh ServiceCompiler's compile, the writer's contribute, and its first commit (a full
-  rebuild in one transaction), each timed;
+  rebuild in one transaction), each timed; as anchors, ``nft -f`` of the same transaction, and of it
+  with the per-service anonymous numgen maps cut out (what the kernel spends on those);
 * one-endpoint change: one service's slice loses or gets back an endpoint, the ServiceCompiler
   compiles again (only that service), the writer takes the contribution and commits incrementally:
   p50 / p99 of the whole and of each step;
@@ -32,6 +33,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -47,6 +49,9 @@ from typing import Any
 from podnet.agent.model import Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort
 from podnet.agent.services import ServiceCompiler
 from podnet.dataplane.contribution import Contribution
+from podnet.dataplane.diff import rebuild
+from podnet.dataplane.image import Image
+from podnet.dataplane.union import Union
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import LibNftables
 
@@ -235,6 +240,28 @@ def latency(small: Node, large: Node, rounds: int, connects: int, vips: dict[str
     return {"p50_us": p50, "ratio": p50["large"] / p50["small"], "samples": len(samples["small"])}
 
 
+def kernel_anchor(node: Node, c: Contribution) -> dict[str, float]:
+    """Where a full sync's kernel time goes: ``nft -f`` of the writer's full transaction in an empty
+    namespace, and of the same with every numgen map cut to its first endpoint (no anonymous map):
+    the difference is what the kernel spends on one anonymous map per service."""
+    union = Union()
+    union.replace("services", c)
+    script = rebuild("inet", "podnet", Image.of(union), None).render()
+    plain = re.sub(r"numgen random mod \d+ map \{ 0 : (\S+) \. (\d+)[^}]*\}", r"\1:\2", script)
+    out: dict[str, float] = {}
+    for name, text in (("nft_f_full", script), ("nft_f_without_anonymous_maps", plain)):
+        ns = node.ns(f"anchor{len(out)}")
+        run("ip", "netns", "add", ns)
+        try:
+            start = time.perf_counter()
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True,
+                           capture_output=True, timeout=300)
+            out[name] = time.perf_counter() - start
+        finally:
+            run("ip", "netns", "del", ns, check=False)
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -250,6 +277,9 @@ def report(out: dict[str, Any], services: int) -> None:
           f"contribute {full['contribute']:.3f} s, commit {full['commit']:.3f} s")
     print(f"  total {full['total']:.3f} s   target <= {TARGETS['full_sync_s']} s  "
           f"{verdict(full['total'] <= TARGETS['full_sync_s'])}")
+    anchor = out["anchor"]
+    print(f"  anchor: nft -f of the same transaction {anchor['nft_f_full']:.3f} s; without the anonymous "
+          f"numgen maps {anchor['nft_f_without_anonymous_maps']:.3f} s")
     steps = out["change"]
     print(f"one-endpoint change ({len(steps['total'])} changes), p50 / p99 ms:")
     for name in ("compile", "contribute", "commit", "total"):
@@ -294,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         vips = {"small": measured_vip(10), "large": measured_vip(args.services)}
         out["latency"] = latency(small, large, args.rounds, args.connects, vips)
         out["change"] = one_changes(loaded, args.changes)
+        out["anchor"] = kernel_anchor(large, loaded.contribution)
     report(out, args.services)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_services.json").write_text(json.dumps(out, indent=1))
