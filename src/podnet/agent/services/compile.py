@@ -67,99 +67,13 @@ from podnet.agent.services.names import (
     service_ips_set,
     vip_map,
 )
+from podnet.agent.services.parts import FIXED_PART, Assembly, Part
 from podnet.agent.services.plan import PortPlan, plans, service_plans
 from podnet.dataplane.contribution import Chain, Contribution, Set
 
 NAT_PRIORITY = {"dstnat": -100, "srcnat": 100}
 FILTER_PRIORITY = -110  # before DNAT: a key is in a no-endpoint map only when nothing DNATs it
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1"}
-
-
-class _Builder:
-    """One part of the contribution: the fixed part, or one service's."""
-
-    def __init__(self) -> None:
-        self.chains: dict[str, Chain] = {}
-        self.sets: list[Set] = []
-        self.elements: dict[str, dict[str, str | None]] = {}
-        self.targets: frozenset[Target] = frozenset()  # the endpoints this part DNATs to
-
-    def add_set(self, decl: Set, elements: dict[str, str | None] | None = None) -> None:
-        self.sets.append(decl)
-        self.elements[decl.name] = {} if elements is None else elements
-
-    def add_chain(self, chain: Chain) -> None:
-        self.chains[chain.name] = chain
-
-    def put(self, set_name: str) -> dict[str, str | None]:
-        return self.elements.setdefault(set_name, {})
-
-
-PartKey = tuple[str, str]
-FIXED_PART: PartKey = ("", "")  # sorts before every service: a service's value wins a shared key
-
-
-class _Assembly:
-    """The contribution joined from its parts, kept between syncs: a sync that changed a few parts
-    costs those parts plus copies of the mappings they touch. Mappings handed over are never
-    changed afterwards (the writer compares them with the next ones). A key given by several parts
-    (an ExternalIP of two services) stays while any gives it; its value is that of the last part
-    in key order, as a compile from scratch would have it."""
-
-    def __init__(self) -> None:
-        self.parts: dict[PartKey, _Builder] = {}
-        self.chains: dict[str, Chain] = {}
-        self.sets: dict[str, Set] = {}
-        self.elements: dict[str, dict[str, str | None]] = {}
-        self.givers: dict[str, dict[str, dict[PartKey, str | None]]] = {}  # set -> key -> part -> value
-        self.result = Contribution()
-
-    def update(self, parts: dict[PartKey, _Builder]) -> Contribution:
-        changed = sorted(k for k in self.parts.keys() | parts.keys() if self.parts.get(k) is not parts.get(k))
-        if not changed:
-            return self.result
-        touched: dict[str, dict[str, str | None]] = {}
-        for key in changed:
-            if key in self.parts:
-                self._remove(key, self.parts[key], touched)
-        for key in changed:
-            if key in parts:
-                self._add(key, parts[key], touched)
-        self.parts = dict(parts)
-        elements = {**self.elements, **touched}
-        self.elements = {n: e for n, e in elements.items() if e or n in self.sets}  # a set gone goes
-        self.result = Contribution(tuple(self.chains.values()), tuple(self.sets.values()), self.elements)
-        return self.result
-
-    def _table(self, name: str, touched: dict[str, dict[str, str | None]]) -> dict[str, str | None]:
-        if name not in touched:
-            touched[name] = dict(self.elements.get(name, {}))
-        return touched[name]
-
-    def _remove(self, key: PartKey, part: _Builder, touched: dict[str, dict[str, str | None]]) -> None:
-        for name in part.chains:
-            self.chains.pop(name, None)
-        for decl in part.sets:
-            self.sets.pop(decl.name, None)
-        for set_name, items in part.elements.items():
-            table, givers = self._table(set_name, touched), self.givers[set_name]
-            for element in items:
-                mine = givers[element]
-                del mine[key]
-                if mine:
-                    table[element] = mine[max(mine)]
-                else:
-                    del givers[element], table[element]
-
-    def _add(self, key: PartKey, part: _Builder, touched: dict[str, dict[str, str | None]]) -> None:
-        self.chains.update(part.chains)
-        self.sets.update((d.name, d) for d in part.sets)
-        for set_name, items in part.elements.items():
-            table, givers = self._table(set_name, touched), self.givers.setdefault(set_name, {})
-            for element, value in items.items():
-                mine = givers.setdefault(element, {})
-                mine[key] = value
-                table[element] = mine[max(mine)]
 
 
 def compile(services: Iterable[Service], slices: Iterable[EndpointSlice], *, node_name: str,
@@ -176,17 +90,17 @@ class ServiceCompiler:
     def __init__(self, *, node_name: str, node_ips: Sequence[IPAddress] = (),
                  pod_cidrs: Sequence[IPNetwork] = ()) -> None:
         self.node_name = node_name
-        self._fixed = _Builder()
+        self._fixed = Part()
         _fixed(self._fixed, node_ips, pod_cidrs)
         self._pod_families = {f for f in FAMILIES if any(c.version == f for c in pod_cidrs)}
-        self._parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], _Builder]] = {}
-        self._assembly = _Assembly()
+        self._parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], Part]] = {}
+        self._assembly = Assembly()
 
     def compile(self, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> Contribution:
         by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
         for s in slices:
             by_service.setdefault((s.namespace, s.service), []).append(s)
-        parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], _Builder]] = {}
+        parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], Part]] = {}
         for service in services:
             found = by_service.get(service.key, ())
             mine = tuple(sorted(found, key=lambda s: s.key)) if len(found) > 1 else tuple(found)
@@ -199,8 +113,8 @@ class ServiceCompiler:
         self._parts = parts
         return self._assembly.update({FIXED_PART: self._fixed, **{k: v[2] for k, v in parts.items()}})
 
-    def _service(self, service: Service, slices: tuple[EndpointSlice, ...]) -> _Builder:
-        out = _Builder()
+    def _service(self, service: Service, slices: tuple[EndpointSlice, ...]) -> Part:
+        out = Part()
         plans = service_plans(service, index_slices(slices), self.node_name)
         for p in plans:
             _port(out, p, p.family in self._pod_families)
@@ -213,7 +127,7 @@ class ServiceCompiler:
         return frozenset().union(*(part.targets for _, _, part in self._parts.values()))
 
 
-def _fixed(out: _Builder, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
+def _fixed(out: Part, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
     """The hooks, the fixed chains and the maps they look up: the same whatever the services."""
     dispatch: list[str] = []
     no_endpoints: list[str] = []
@@ -263,7 +177,7 @@ def _collapse(cidrs: Sequence[IPNetwork], family: int) -> list[IPNetwork]:
     return list(collapse_addresses(c for c in cidrs if isinstance(c, IPv6Network)))
 
 
-def _port(out: _Builder, p: PortPlan, with_pod_cidrs: bool) -> None:
+def _port(out: Part, p: PortPlan, with_pod_cidrs: bool) -> None:
     f = p.family
     shared = out.put(service_ips(f))
     shared[str(p.cluster_ip)] = None
@@ -296,7 +210,7 @@ def _external_rules(p: PortPlan) -> tuple[str, ...]:
             f"goto {p.base}-local")
 
 
-def _policy_rules(out: _Builder, p: PortPlan, targets: tuple[Target, ...], masq: bool) -> tuple[str, ...]:
+def _policy_rules(out: Part, p: PortPlan, targets: tuple[Target, ...], masq: bool) -> tuple[str, ...]:
     a = ADDR[p.family][0]
     rules: list[str] = []
     if masq:
@@ -326,7 +240,7 @@ def _host_port(t: Target) -> str:
     return f"[{t.address}]:{t.port}" if t.address.version == 6 else f"{t.address}:{t.port}"
 
 
-def _affinity_endpoint(out: _Builder, p: PortPlan, t: Target) -> str:
+def _affinity_endpoint(out: Part, p: PortPlan, t: Target) -> str:
     """With ClientIP affinity, a chain per endpoint: it records the client in the endpoint's
     dynamic set (per-element timeout, refreshed by each new connection), then DNATs. Declared
     once however many policy chains pick it; returns its name."""
