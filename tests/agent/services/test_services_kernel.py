@@ -3,8 +3,8 @@ a node namespace).
 
 Wiring: a node namespace with a bridge (10.244.0.1/24, fd00:244::1/64) and four pods p0..p3 on it
 (veth, hairpin on, default route via the bridge), a "client" namespace on a separate link standing
-in for a host outside the cluster (192.168.50.2, the node being 192.168.50.1), and a default route
-in the node out of an unused veth (a node always has some route for service addresses; without
+in for a host outside the cluster (192.168.50.2 and fd00:50::2, the node being .1 and ::1), and a
+default route in the node out of an unused veth (a node always has some route for service addresses; without
 one the node's own connections fail before any hook sees them). Every pod runs ``netprobe.py
 serve``: TCP and UDP servers answering with the pod's name.
 """
@@ -45,6 +45,7 @@ PROBE = str(Path(__file__).with_name("netprobe.py"))
 PODS = ("p0", "p1", "p2", "p3")
 BACKENDS = ("p0", "p1", "p2")
 NODE_IP = "192.168.50.1"
+NODE_IP6 = "fd00:50::1"
 PORTS = (EndpointPort("http", 8080), EndpointPort("dns", 5353, Protocol.UDP))
 
 
@@ -114,9 +115,10 @@ def _wire(node: Netns, pods: dict[str, Netns], client: Netns) -> None:
               f"ip addr add {pod_ip(name, 6)}/64 dev eth0 nodad; ip link set eth0 up;"
               "ip route add default via 10.244.0.1; ip -6 route add default via fd00:244::1")
     node.sh(f"set -e; ip link add vc0 type veth peer name eth0 netns {client.name};"
-            f"ip addr add {NODE_IP}/24 dev vc0; ip link set vc0 up")
-    client.sh(f"set -e; ip addr add 192.168.50.2/24 dev eth0; ip link set eth0 up;"
-              f"ip route add default via {NODE_IP}")
+            f"ip addr add {NODE_IP}/24 dev vc0; ip addr add {NODE_IP6}/64 dev vc0 nodad; ip link set vc0 up")
+    client.sh(f"set -e; ip addr add 192.168.50.2/24 dev eth0; ip addr add fd00:50::2/64 dev eth0 nodad;"
+              f"ip link set eth0 up; ip route add default via {NODE_IP};"
+              f"ip -6 route add default via {NODE_IP6}")
 
 
 def _serve(name: str, ns: Netns) -> None:
@@ -173,6 +175,12 @@ def test_masquerade_by_traffic_policy(world: World) -> None:
     # Local: only this node's endpoint, and the outside client's address is kept.
     assert world.probe(world.client, "peer", NODE_IP, 30081, 6) == ["p0 192.168.50.2"] * 6
     assert world.probe(world.pods["p3"], "tcp", "10.96.0.15", 80, 10) == ["p0"] * 10
+
+
+def test_ipv6_node_port_from_outside(world: World) -> None:
+    got = world.probe(world.client, "peer", NODE_IP6, 30080, 4)
+    assert {g.split()[0] for g in got} <= set(BACKENDS), got
+    assert {g.split()[1] for g in got} == {"fd00:244::1"}, got  # masqueraded (Cluster policy)
 
 
 def test_load_spread_over_endpoints(world: World) -> None:
