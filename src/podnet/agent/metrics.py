@@ -40,12 +40,16 @@ class _StatusCollector(Collector):
 class AgentMetrics:
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry()
-        self.sync_seconds = Histogram("podnet_agent_sync_seconds", "Policy sync latency: snapshot, "
-                                      "compile and commit", ["kind"], buckets=BUCKETS, registry=self.registry)
+        self.sync_seconds = Histogram("podnet_agent_sync_seconds", "Sync latency (snapshot, compile, commit) "
+                                      "by controller and kind", ["controller", "kind"], buckets=BUCKETS,
+                                      registry=self.registry)
         self.registry.register(_StatusCollector(status))
 
     def observe(self, full: bool, seconds: float) -> None:
-        self.sync_seconds.labels("full" if full else "incremental").observe(seconds)
+        self.sync_seconds.labels("policy", "full" if full else "incremental").observe(seconds)
+
+    def observe_services(self, full: bool, seconds: float) -> None:
+        self.sync_seconds.labels("services", "full" if full else "incremental").observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -20,6 +20,7 @@ from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.model import IPNetwork
 from podnet.agent.policy.explain import ExplainError, explain
 from podnet.agent.policy.inputs import PolicyInputs
+from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
 from podnet.agent.store import Store
 from podnet.agent.sync import PolicySync
 from podnet.dataplane.writer import TableWriter
@@ -60,6 +61,8 @@ class Agent:
         self.sources: list[Source] = config.sources or build_sources(config, self.store)
         self.writer = TableWriter(nft or backend(), "inet", POLICY_TABLE, verify_period=config.verify_period)
         self.sync = PolicySync(self.store, self.writer, pod_ranges=config.pod_ranges)
+        self.services = ServiceSync(self.store, self.writer, pod_ranges=config.pod_ranges,
+                                    clean=conntrack_cleaner() if nft is None else None)
         self.started_at = time.time()
         self.server = AdmissionServer(config.socket_path, {
             "admit": self._admit, "release": self._release, "status": self._status,
@@ -75,6 +78,7 @@ class Agent:
             log.error("pods on one bridge are not filtered by policy: %s", self.bridge_filtering)
         try:
             self.sync.start()
+            self.services.start()
             for source in self.sources:
                 source.start()
             self.server.start()
@@ -88,6 +92,7 @@ class Agent:
         for source in self.sources:
             source.stop()
         self.sync.stop()
+        self.services.stop()
         self._stopped.set()
 
     # ---- socket handlers ----
@@ -135,6 +140,11 @@ class Agent:
                       "full_resyncs": wm.full_resyncs, "drift_repairs": wm.drift_repairs,
                       "verifies": wm.verifies, "last_error": wm.last_error},
             "invalid_policies": self._invalid_policies(),
+            "services": {"proxied": self.services.stats.services, "endpoints": self.services.stats.endpoints,
+                         "syncs": self.services.stats.syncs, "failed": self.services.stats.failed_syncs,
+                         "last_seconds": round(self.services.stats.last_sync_seconds, 6),
+                         "last_error": self.services.stats.last_error,
+                         "udp_flows_cleared": self.services.stats.udp_flows_cleared},
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
             "bridge_filtering": self.bridge_filtering,
             "sources": {type(s).__name__: s.status() for s in self.sources},

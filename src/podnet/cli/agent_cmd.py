@@ -95,6 +95,7 @@ def run_agent(ns: argparse.Namespace) -> int:
 
         metrics = AgentMetrics(agent.status)
         agent.sync.observe = metrics.observe
+        agent.services.observe = metrics.observe_services
         from podnet.daemon.metrics_http import MetricsServer
 
         try:
@@ -187,7 +188,10 @@ def _status_text(out: dict[str, Any]) -> str:
               f"  table {table['name']}: {table['commits']} commits, {table['failed_commits']} failed, "
               f"{table['drift_repairs']} drift repairs; last error: {table['last_error'] or 'none'}",
               f"  pod ranges held back until classified: {', '.join(a['pod_ranges']) or 'none'}",
-              f"  bridged pods filtered (br_netfilter): {a['bridge_filtering']}"]
+              f"  bridged pods filtered (br_netfilter): {a['bridge_filtering']}",
+              f"  services: {a['services']['proxied']} proxied, {a['services']['endpoints']} endpoints, "
+              f"{a['services']['syncs']} syncs ({a['services']['failed']} failed); last error: "
+              f"{a['services']['last_error'] or 'none'}"]
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)

@@ -121,6 +121,11 @@ class ServiceCompiler:
         out.targets = frozenset(t for p in plans for t in p.targets())
         return out
 
+    def targets_of(self, key: tuple[str, str]) -> frozenset[Target]:
+        """The endpoints one service's part DNATs to (empty: unknown or none)."""
+        known = self._parts.get(key)
+        return known[2].targets if known is not None else frozenset()
+
     def endpoints(self) -> frozenset[Target]:
         """Every endpoint the last compiled contribution DNATs to (as :func:`programmed_endpoints`,
         from the kept parts): hand the previous and the current to :func:`affected_endpoints`."""
