@@ -1,8 +1,9 @@
 """The policy sync loop: store changes in, one commit of the policy table out.
 
 One thread. A change in the store (or an admitted pod) marks the state dirty; the loop takes a
-snapshot, compiles NetworkPolicy and the admission chain from that one snapshot, hands both to the
-table writer under their owners and commits once, so a pod's address becomes known and gets its
+snapshot, compiles NetworkPolicy (only the policies the changes touch: the compiler keeps its parts
+between syncs) and the admission chain from that one snapshot, hands the changed parts to the table
+writer under their owners and commits once, so a pod's address becomes known and gets its
 policy in the same transaction. Changes arriving during a sync are coalesced into the next one.
 Nothing is programmed before every source has completed its first list; the periodic verify (drift
 repair) runs from the same loop.
@@ -19,14 +20,14 @@ from dataclasses import dataclass, replace
 from podnet.agent import admission_rules
 from podnet.agent.model import IPAddress, IPNetwork, Pod
 from podnet.agent.objects import Kind
-from podnet.agent.policy.compile import compile_inputs
+from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompiler
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.store import Change, Store
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
-POLICY_OWNER = "policy"
+POLICY_OWNER = SHARED_OWNER  # the base chains and verdict maps; each policy is its own owner too
 POLICY_KINDS = frozenset({Kind.NAMESPACE, Kind.POD, Kind.NETWORK_POLICY})
 
 
@@ -64,6 +65,8 @@ class PolicySync:
         self._requested = 0  # requests counted; a sync covers those made before it started
         self._done = -1
         self._admitted: dict[str, Admitted] = {}  # container ID -> addresses
+        self._compiler = PolicyCompiler()
+        self._resend = True  # the writer may hold parts this compiler does not know: send all
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._unsubscribe = store.subscribe(self._on_change)
@@ -180,11 +183,13 @@ class PolicySync:
         inputs = PolicyInputs.of(snap.namespaces, pods, snap.policies.values(), self.store.node_name)
         known = [ip for pod in inputs.live_pods() if pod.node_name == inputs.node_name for ip in pod.ips]
         try:
-            self.writer.contribute(POLICY_OWNER, compile_inputs(inputs))
+            self._contribute(inputs)
             held_back = admission_rules.contribution(self.pod_ranges, known)
             self.writer.contribute(admission_rules.OWNER, held_back)
             result = self.writer.commit()
         except (NftError, ValueError) as exc:
+            # A refused part leaves the writer and the compiler disagreeing: start both over.
+            self._compiler, self._resend = PolicyCompiler(), True
             self.stats.failed_syncs += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.error("policy sync failed: %s", self.stats.last_error)
@@ -198,6 +203,19 @@ class PolicySync:
         if self.observe is not None:
             self.observe(result.full, seconds)
         return True
+
+    def _contribute(self, inputs: PolicyInputs) -> None:
+        """Hand the writer the parts that changed; after a start or a failure, every part, and
+        withdraw the policy owners the writer still holds that no longer have one."""
+        changes = self._compiler.update(inputs)
+        if self._resend:
+            changes = dict(self._compiler.parts)
+            for owner in self.writer.owners():
+                if (owner == SHARED_OWNER or owner.startswith(OWNER_PREFIX)) and owner not in changes:
+                    self.writer.withdraw(owner)
+        for owner, part in changes.items():
+            self.writer.contribute(owner, part)
+        self._resend = False
 
 
 def merge_admitted(pods: list[Pod], admitted: list[Admitted]) -> list[Pod]:

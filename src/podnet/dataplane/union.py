@@ -87,7 +87,7 @@ class Union:
         contradicts itself or another owner's. Costs the size of what changed in the owner's
         elements (the unchanged ones are compared as whole mappings, not one by one)."""
         old = self.contributions.get(owner, EMPTY)
-        check_structure(owner, new)
+        check_structure(owner, new, old)
         deltas = element_deltas(old, new)
         check_elements(owner, old, new, deltas)
         self._check_against_others(owner, new, deltas)
@@ -191,11 +191,12 @@ def element_deltas(old: Contribution, new: Contribution) -> dict[str, Delta]:
     return out
 
 
-def check_structure(owner: str, c: Contribution) -> None:
+def check_structure(owner: str, c: Contribution, old: Contribution = EMPTY) -> None:
     """Names and rules that the renderer takes, each chain and set declared once in ``c``
-    (ContributionConflict, naming what is wrong)."""
+    (ContributionConflict, naming what is wrong). Chains and sets the owner's ``old`` contribution
+    held as they are passed before and are not looked at again."""
     try:
-        _check_parts(c)
+        _check_parts(c, old)
     except (ValueError, InvalidArgument) as exc:
         raise ContributionConflict(f"contribution of {owner!r}: {exc}") from None
     for what, names in (("chain", [ch.name for ch in c.chains]), ("set", [s.name for s in c.sets])):
@@ -232,8 +233,11 @@ def _check_elements(set_name: str, elements: Mapping[str, Value], decl: Set | No
             raise ValueError(f"{set_name} element {key}: {kind} value")
 
 
-def _check_parts(c: Contribution) -> None:
+def _check_parts(c: Contribution, old: Contribution) -> None:
+    seen_chains, seen_sets = set(old.chains), set(old.sets)
     for chain in c.chains:
+        if chain in seen_chains:
+            continue
         check_name(chain.name, "chain name")
         base = (chain.type, chain.hook, chain.priority)
         if any(x is not None for x in base) and not all(x is not None for x in base):
@@ -241,6 +245,8 @@ def _check_parts(c: Contribution) -> None:
         for rule in chain.rules:
             check_rule(rule)
     for decl in c.sets:
+        if decl in seen_sets:
+            continue
         check_name(decl.name, "set name")
         if not decl.type:
             raise ValueError(f"set {decl.name}: no type")

@@ -456,6 +456,8 @@ def test_changes_were_incremental_commits(world: Cluster) -> None:
     sync, table = status["policy_sync"], status["table"]
     print(f"\nagent after the scenarios: {sync}, {table}")
     assert sync["failed"] == 0 and table["failed_commits"] == 0, status
-    assert sync["full"] == 1 and table["full_resyncs"] <= 1, status
+    # One full commit in all: the first, made by whichever sync sharing the table commits first
+    # (the service proxy's may be first).
+    assert sync["full"] <= 1 and table["full_resyncs"] == 1, status
     assert table["drift_repairs"] == 0, status
     assert sync["syncs"] >= 2, status

@@ -39,6 +39,13 @@ hook with conntrack, like routed traffic, so one set of chains serves both plugi
 table would see the packets but has no conntrack here (CONFIG_NF_CONNTRACK_BRIDGE is not set), so
 it could not allow replies.
 
+Owners: each policy's chains and sets are one contribution, owner ``policy/NS/NAME``; the base
+chains, the verdict maps and the isolation chains are owner ``policy``. :class:`PolicyCompiler` keeps
+the compiled parts between snapshots and recompiles only the policies a change can touch (a pod's
+old or new version selected or picked as a peer; a policy itself; policies with namespace selectors
+when namespace labels change), so one pod relabeled costs a few policies, not all of them, and the
+table writer sees only the owners whose part changed.
+
 The node's own traffic to its pods (kubelet probes) and theirs to it is local delivery/origin
 (``input``/``output``), never ``forward``: it stays allowed without a rule, as upstream requires.
 """
@@ -46,46 +53,35 @@ The node's own traffic to its pods (kubelet probes) and theirs to it is local de
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
-from podnet.agent.model import Direction, Namespace, NetworkPolicy, Pod, Rule
-from podnet.agent.policy.addresses import (
-    has_port_ranges,
-    named_elements,
-    needs_intervals,
-    peer_elements,
-    port_elements,
+from podnet.agent.model import Direction, Namespace, NetworkPolicy, Pod
+from podnet.agent.policy.chains import (
+    DIRECTIONS,
+    FAMILIES,
+    base_chain,
+    isolation,
+    policy_part,
+    verdict_map_decl,
 )
+from podnet.agent.policy.depends import Dependents
 from podnet.agent.policy.index import PodIndex
 from podnet.agent.policy.inputs import PolicyInputs, directions_of, rules_of
-from podnet.agent.policy.names import (
-    EGRESS_CHAIN,
-    INGRESS_CHAIN,
-    isolation_chain,
-    policy_prefix,
-    verdict_map,
-)
-from podnet.dataplane.contribution import Chain, Contribution, Set
+from podnet.agent.policy.names import verdict_map
+from podnet.dataplane.contribution import EMPTY, Chain, Contribution, Set
 
-FAMILIES = (4, 6)
-ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
-ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
-# Egress runs first; both are filter-type chains so they see the same packets as other filters.
-BASE = {Direction.EGRESS: (EGRESS_CHAIN, 0, "saddr"), Direction.INGRESS: (INGRESS_CHAIN, 1, "daddr")}
+K = TypeVar("K")
+V = TypeVar("V")
+SHARED_OWNER = "policy"
+OWNER_PREFIX = "policy/"
+PodKey = tuple[str, str]
+PolicyKey = tuple[str, str]
+# Per local isolated pod: its verdict-map elements (map, address, the isolation chain they go to).
+Entries = tuple[tuple[str, str, Chain], ...]
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.chains: list[Chain] = []
-        self.sets: list[Set] = []
-        self.elements: dict[str, dict[str, str | None]] = {}
-
-    def add_set(self, decl: Set, elements: Mapping[str, str | None]) -> None:
-        self.sets.append(decl)
-        self.elements[decl.name] = dict(elements)
-
-    def build(self) -> Contribution:
-        return Contribution(tuple(sorted(self.chains, key=lambda c: c.name)),
-                            tuple(sorted(self.sets, key=lambda s: s.name)), self.elements)
+def policy_owner(key: PolicyKey) -> str:
+    return f"{OWNER_PREFIX}{key[0]}/{key[1]}"
 
 
 def compile(namespaces: Mapping[str, Namespace], pods: Iterable[Pod],
@@ -94,110 +90,154 @@ def compile(namespaces: Mapping[str, Namespace], pods: Iterable[Pod],
 
 
 def compile_inputs(inputs: PolicyInputs) -> Contribution:
-    out = _Builder()
-    index = PodIndex(inputs)
-    for direction in (Direction.EGRESS, Direction.INGRESS):
-        _compile_direction(out, index, direction)
-    return out.build()
+    """The whole table as one contribution: every owner's part of a fresh compile, joined."""
+    return joined(PolicyCompiler().update(inputs).values())
 
 
-def _isolating(index: PodIndex, direction: Direction) -> dict[tuple[str, str], list[NetworkPolicy]]:
-    """Local pods isolated in this direction, each with the policies isolating it."""
-    found: dict[tuple[str, str], list[NetworkPolicy]] = {}
-    for policy in index.inputs.policies:
-        if direction in directions_of(policy):
-            for pod in index.in_namespace(policy.namespace, policy.pod_selector):
-                if pod.node_name == index.inputs.node_name:
-                    found.setdefault(pod.key, []).append(policy)
-    return found
+def joined(parts: Iterable[Contribution]) -> Contribution:
+    chains: list[Chain] = []
+    sets: list[Set] = []
+    elements: dict[str, Mapping[str, str | None]] = {}
+    for part in parts:
+        chains.extend(part.chains)
+        sets.extend(part.sets)
+        elements.update(part.elements)
+    return Contribution(tuple(sorted(chains, key=lambda c: c.name)),
+                        tuple(sorted(sets, key=lambda s: s.name)), elements)
 
 
-def _compile_direction(out: _Builder, index: PodIndex, direction: Direction) -> None:
-    name, priority, field = BASE[direction]
-    out.chains.append(Chain(name, type="filter", hook="forward", priority=priority, policy="accept", rules=(
-        "ct state established,related accept",
-        f"icmpv6 type {{ {ND_TYPES} }} accept",
-        *(f"{ADDR[f][0]} {field} vmap @{verdict_map(direction, f)}" for f in FAMILIES),
-    )))
-    pods = {p.key: p for p in index.inputs.live_pods()}
-    by_key: dict[tuple[str, str], NetworkPolicy] = {}
-    groups: dict[tuple[tuple[str, str], ...], list[Pod]] = {}
-    for pod_key, isolating in _isolating(index, direction).items():
-        by_key.update((p.key, p) for p in isolating)
-        groups.setdefault(tuple(sorted({p.key for p in isolating})), []).append(pods[pod_key])
-    maps: dict[int, dict[str, str | None]] = {f: {} for f in FAMILIES}
-    selected: dict[tuple[str, str], list[Pod]] = {}
-    for keys, members in groups.items():
-        chain = isolation_chain(keys, direction)
-        jumps = [f"jump {policy_prefix(k, direction)}" for k in keys if rules_of(by_key[k], direction)]
-        out.chains.append(Chain(chain, rules=("ct state invalid drop", *jumps, "drop")))
+class PolicyCompiler:
+    """Compiled policy kept between snapshots. :meth:`update` takes the next snapshot and returns
+    the owners whose part changed (EMPTY: withdraw it); :attr:`parts` holds every current part."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Contribution] = {}  # owner -> its current, non-empty part
+        self._node = ""
+        self._primed = False
+        self._pods: dict[PodKey, Pod] = {}  # live pods
+        self._labels: dict[str, Mapping[str, str]] = {}  # namespace -> labels
+        self._policies: dict[PolicyKey, NetworkPolicy] = {}
+        self._dependents = Dependents({})
+        self._index = PodIndex(PolicyInputs())  # the live pods of the last snapshot, by label group
+        self._isolating: dict[PodKey, Entries] = {}  # local live pods isolated in some direction
+        # (direction, isolating policies) -> isolation chain, while the policies stay the same
+        self._chains: dict[tuple[Direction, tuple[PolicyKey, ...]], Chain] = {}
+
+    def update(self, inputs: PolicyInputs) -> dict[str, Contribution]:
+        pods = {p.key: p for p in inputs.live_pods()}
+        labels = {name: ns.labels for name, ns in inputs.namespaces.items()}
+        policies = {p.key: p for p in inputs.policies}
+        fresh = not self._primed or inputs.node_name != self._node
+        if fresh:
+            self._node, self._primed = inputs.node_name, True
+            self._pods, self._labels, self._policies, self._isolating = {}, {}, {}, {}
+        changed_pods = _changed(self._pods, pods)
+        changed_policies = _changed(self._policies, policies)
+        changed_labels = _changed(self._labels, labels)
+        old_pods = self._pods
+        self._pods, self._labels, self._policies = pods, labels, policies
+        if changed_policies or changed_labels:
+            self._dependents = Dependents(policies)
+        if changed_policies:
+            self._chains = {}  # which policies have rules may have changed
+        if fresh:
+            affected = set(policies)
+            self._index = PodIndex(inputs)
+        else:
+            affected = self._affected(inputs, old_pods, changed_pods, changed_policies, bool(changed_labels))
+            self._index.moved(inputs, [old_pods[k] for k in changed_pods if k in old_pods],
+                              [pods[k] for k in changed_pods if k in pods])
+        self._refresh_isolating(changed_pods, {key[0] for key in changed_policies})
+        out: dict[str, Contribution] = {}
+        for key in sorted(affected):
+            self._set(out, policy_owner(key), self._policy_part(self._index, policies.get(key)))
+        if changed_pods or changed_policies:
+            self._set(out, SHARED_OWNER, self._shared())
+        return out
+
+    def _affected(self, inputs: PolicyInputs, old_pods: Mapping[PodKey, Pod], changed_pods: list[PodKey],
+                  changed_policies: list[PolicyKey], changed_labels: bool) -> set[PolicyKey]:
+        """The policies whose part the changes can alter."""
+        affected = set(changed_policies)
+        if changed_labels:
+            affected |= self._dependents.by_namespace_labels
+        for key in changed_pods:
+            for version in (old_pods.get(key), self._pods.get(key)):
+                if version is not None:
+                    affected |= self._dependents.touched_by(inputs, version)
+        return affected
+
+    def _set(self, out: dict[str, Contribution], owner: str, part: Contribution) -> None:
+        if part == self.parts.get(owner, EMPTY):
+            return
+        out[owner] = part
+        if part == EMPTY:
+            del self.parts[owner]
+        else:
+            self.parts[owner] = part
+
+    def _refresh_isolating(self, pods: Iterable[PodKey], namespaces: set[str]) -> None:
+        keys = set(pods)
+        if namespaces:
+            keys.update(k for k in self._pods if k[0] in namespaces)
         for key in keys:
-            selected.setdefault(key, []).extend(members)
-        for pod in members:
-            for ip in pod.ips:
-                maps[ip.version][str(ip)] = f"goto {chain}"
-    for f in FAMILIES:
-        out.add_set(Set(verdict_map(direction, f), (ADDR[f][1],), value_type="verdict"), maps[f])
-    for key in sorted(by_key):
-        _compile_policy(out, index, by_key[key], direction, selected[key])
+            pod = self._pods.get(key)
+            found = self._isolating_of(pod) if pod is not None and pod.node_name == self._node else None
+            if pod is None or found is None:
+                self._isolating.pop(key, None)
+            else:
+                self._isolating[key] = self._entries(pod, found)
+
+    def _isolating_of(self, pod: Pod) -> tuple[tuple[PolicyKey, ...], ...] | None:
+        """The policies isolating a local pod, (egress, ingress), each sorted; None: not isolated."""
+        eg: list[PolicyKey] = []
+        ing: list[PolicyKey] = []
+        for policy in self._dependents.in_namespace.get(pod.namespace, ()):
+            if not policy.pod_selector.matches(pod.labels):
+                continue
+            directions = directions_of(policy)
+            if Direction.EGRESS in directions:
+                eg.append(policy.key)
+            if Direction.INGRESS in directions:
+                ing.append(policy.key)
+        return (tuple(sorted(eg)), tuple(sorted(ing))) if eg or ing else None
+
+    def _entries(self, pod: Pod, isolating: tuple[tuple[PolicyKey, ...], ...]) -> Entries:
+        """The pod's verdict-map elements, with the isolation chain each one goes to."""
+        out: list[tuple[str, str, Chain]] = []
+        for direction, keys in zip(DIRECTIONS, isolating, strict=True):
+            if not keys:
+                continue
+            chain = self._chains.get((direction, keys))
+            if chain is None:
+                with_rules = [k for k in keys if rules_of(self._policies[k], direction)]
+                chain = self._chains[direction, keys] = isolation(direction, keys, with_rules)
+            out.extend((verdict_map(direction, ip.version), str(ip), chain) for ip in pod.ips)
+        return tuple(out)
+
+    def _policy_part(self, index: PodIndex, policy: NetworkPolicy | None) -> Contribution:
+        if policy is None:
+            return EMPTY
+        selected: dict[Direction, list[Pod]] = {}
+        for direction in directions_of(policy):
+            selected[direction] = [p for p in index.in_namespace(policy.namespace, policy.pod_selector)
+                                   if p.node_name == self._node]
+        return policy_part(index, policy, selected)
+
+    def _shared(self) -> Contribution:
+        """Base chains, verdict maps and isolation chains, from each isolated pod's entries."""
+        chains = {c.name: c for c in map(base_chain, DIRECTIONS)}
+        maps: dict[str, dict[str, str | None]] = {verdict_map(d, f): {} for d in DIRECTIONS for f in FAMILIES}
+        for entries in self._isolating.values():
+            for map_name, ip, chain in entries:
+                maps[map_name][ip] = f"goto {chain.name}"
+                chains[chain.name] = chain
+        sets = sorted((verdict_map_decl(d, f) for d in DIRECTIONS for f in FAMILIES), key=lambda s: s.name)
+        return Contribution(tuple(sorted(chains.values(), key=lambda c: c.name)), tuple(sets), maps)
 
 
-def _compile_policy(out: _Builder, index: PodIndex, policy: NetworkPolicy, direction: Direction,
-                    selected: list[Pod]) -> None:
-    rules = rules_of(policy, direction)
-    if not rules:
-        return
-    prefix = policy_prefix(policy.key, direction)
-    statements: list[str] = []
-    for number, rule in enumerate(rules):
-        statements.extend(_compile_rule(out, index, policy, direction, f"{prefix}-{number}", rule, selected))
-    out.chains.append(Chain(prefix, rules=tuple(statements)))
-
-
-def _compile_rule(out: _Builder, index: PodIndex, policy: NetworkPolicy, direction: Direction,
-                  name: str, rule: Rule, selected: list[Pod]) -> list[str]:
-    """The statements of one policy rule, declaring the sets they look up."""
-    peer_field = "saddr" if direction is Direction.INGRESS else "daddr"
-    comment = f"{policy.namespace}/{policy.name} {direction.value.lower()}"[:120]
-    peer_match = {f: "" for f in FAMILIES}
-    if rule.peers:
-        intervals = ("interval",) if needs_intervals(rule) else ()
-        for f in FAMILIES:
-            peers = Set(f"{name}-peers{f}", (ADDR[f][1],), flags=intervals, comment=comment)
-            out.add_set(peers, peer_elements(index, policy, rule, f))
-            peer_match[f] = f"{ADDR[f][0]} {peer_field} @{peers.name} "
-    if not rule.ports:
-        return [f"{peer_match[f]}accept" for f in FAMILIES] if rule.peers else ["accept"]
-    statements: list[str] = []
-    if any(not isinstance(pp.port, str) for pp in rule.ports):
-        ranges = has_port_ranges(rule.ports)
-        ports = Set(f"{name}-ports", ("inet_proto", "inet_service"), flags=("interval",) if ranges else (),
-                    comment=comment)
-        out.add_set(ports, port_elements(rule.ports, ranges=ranges))
-        match = f"meta l4proto . th dport @{ports.name} accept"
-        statements.extend([f"{peer_match[f]}{match}" for f in FAMILIES] if rule.peers else [match])
-    if any(isinstance(pp.port, str) for pp in rule.ports):
-        for f in FAMILIES:
-            named = Set(f"{name}-named{f}", (ADDR[f][1], "inet_proto", "inet_service"), comment=comment)
-            destinations = _destinations(index, policy, rule, direction, selected, f)
-            out.add_set(named, named_elements(destinations, rule.ports, f))
-            lookup = f"{ADDR[f][0]} daddr . meta l4proto . th dport @{named.name} accept"
-            # Egress elements are peer pods already; ingress ones are the selected pods.
-            statements.append(lookup if direction is Direction.EGRESS else f"{peer_match[f]}{lookup}")
-    return statements
-
-
-def _destinations(index: PodIndex, policy: NetworkPolicy, rule: Rule, direction: Direction,
-                  selected: list[Pod], family: int) -> list[Pod]:
-    """The pods a named port is resolved on: the selected (local) pods for ingress; for egress every
-    pod the rule's peers take in (all pods when it has none; ipBlocks by the pod's address)."""
-    if direction is Direction.INGRESS:
-        return selected
-    if not rule.peers:
-        return list(index.inputs.live_pods())
-    found = {p.key: p for peer in rule.peers for p in index.peer_pods(policy.namespace, peer)}
-    blocks = [peer.ip_block for peer in rule.peers if peer.ip_block is not None]
-    if blocks:
-        found.update((p.key, p) for p in index.inputs.live_pods()
-                     if any(b.contains(ip) for b in blocks for ip in p.ips if ip.version == family))
-    return list(found.values())
+def _changed(old: Mapping[K, V], new: Mapping[K, V]) -> list[K]:
+    """Keys added, removed, or given a different value (identity first: the store shares values)."""
+    out = [k for k, v in new.items() if old.get(k) is not v and old.get(k) != v]
+    out.extend(k for k in old if k not in new)
+    return out

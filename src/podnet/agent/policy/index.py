@@ -8,7 +8,7 @@ answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from podnet.agent.model import EVERYTHING, LabelSelector, Peer, Pod
 from podnet.agent.policy.inputs import PolicyInputs
@@ -20,10 +20,28 @@ class PodIndex:
     def __init__(self, inputs: PolicyInputs) -> None:
         self.inputs = inputs
         self.groups: dict[str, dict[frozenset[tuple[str, str]], _Group]] = {}
-        for pod in inputs.live_pods():
-            by_labels = self.groups.setdefault(pod.namespace, {})
-            by_labels.setdefault(frozenset(pod.labels.items()), (pod.labels, []))[1].append(pod)
         self._peers: dict[tuple[LabelSelector | None, LabelSelector | None, str], list[Pod]] = {}
+        for pod in inputs.live_pods():
+            self._add(pod)
+
+    def moved(self, inputs: PolicyInputs, gone: Iterable[Pod], came: Iterable[Pod]) -> None:
+        """Take the next snapshot, whose live pods differ from the last one's by ``gone`` (old
+        versions leaving their groups) and ``came`` (new versions joining theirs)."""
+        self.inputs = inputs
+        self._peers = {}
+        for pod in gone:
+            by_labels = self.groups[pod.namespace]
+            group = frozenset(pod.labels.items())
+            members = by_labels[group][1]
+            members.remove(pod)
+            if not members:
+                del by_labels[group]
+        for pod in came:
+            self._add(pod)
+
+    def _add(self, pod: Pod) -> None:
+        by_labels = self.groups.setdefault(pod.namespace, {})
+        by_labels.setdefault(frozenset(pod.labels.items()), (pod.labels, []))[1].append(pod)
 
     def in_namespace(self, namespace: str, selector: LabelSelector) -> list[Pod]:
         return [pod for labels, pods in self.groups.get(namespace, {}).values() if selector.matches(labels)
