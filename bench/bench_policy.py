@@ -6,8 +6,9 @@ Measured in one run:
 * full: compile + contribute + the writer's first commit (a full rebuild, one transaction) with the
   in-process libnftables backend, and with ``nft -f`` as the anchor; the rules, chains, sets, maps
   and elements the kernel then holds (read with ``nft -j list table``);
-* incremental: one local pod's labels change in the store, the snapshot is compiled again, handed to
-  the writer and committed: p50 / p99 over many changes, split into store, compile, contribute, diff
+* incremental: one local pod's labels change in the store, the snapshot is compiled again (the
+  agent's PolicyCompiler: only the policies the change touches), the changed owners' parts handed
+  to the writer and committed: p50 / p99 over many changes, split into store, compile, contribute, diff
   and kernel time; after each change the kernel's verdict map holds the pod's new verdict once;
 * throughput: two pods on a bridge in the node namespace (veth pairs, br_netfilter on), iperf3 from
   one to the other with the 1,000 policies loaded and both pods isolated (policies allow the iperf3
@@ -60,17 +61,18 @@ from podnet.agent.model import (
     Rule,
 )
 from podnet.agent.objects import Kind
-from podnet.agent.policy import FAMILY, TABLE, PolicyInputs, allowed, compile
+from podnet.agent.policy import FAMILY, TABLE, PolicyInputs, allowed
+from podnet.agent.policy.compile import SHARED_OWNER, PolicyCompiler
 from podnet.agent.store import Event, EventType, Store
 from podnet.dataplane.contribution import Chain, Contribution
 from podnet.dataplane.image import Image
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import FakeNft, Family, LibNftables, Nft, NftExec, TableState, Transaction
+from podnet.kernel.nft.setelem import SetType
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 NODE = "bench-node"
-OWNER = "policy"
 INET: Family = "inet"  # FAMILY, typed for the writer
 TARGETS = {"full_s": 1.0, "incremental_s": 0.020, "throughput_ratio": 0.9}
 IPERF_PORT = 5201
@@ -366,6 +368,17 @@ class TimedNft:
         finally:
             self.apply_s += time.perf_counter() - start
 
+    def apply_elements(self, tx: Transaction, types: Mapping[str, SetType]) -> bool:
+        """The writer's element path (libnftables: one netlink batch), when the backend has one."""
+        send = getattr(self.inner, "apply_elements", None)
+        if send is None:
+            return False
+        start = time.perf_counter()
+        try:
+            return bool(send(tx, types))
+        finally:
+            self.apply_s += time.perf_counter() - start
+
     def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
         start = time.perf_counter()
         try:
@@ -387,10 +400,10 @@ def full_once(node: Node, cluster: Cluster, backend: Nft) -> tuple[dict[str, flo
     node.delete_table()
     timed = TimedNft(backend)
     start = time.perf_counter()
-    contribution = compile(cluster.namespaces, cluster.pods, cluster.policies, NODE)
+    parts = PolicyCompiler().update(cluster_inputs(cluster))
     compiled = time.perf_counter()
     writer = TableWriter(timed, INET, TABLE)
-    writer.contribute(OWNER, contribution)
+    contribute(writer, parts)
     contributed = time.perf_counter()
     result = writer.commit()
     done = time.perf_counter()
@@ -400,6 +413,16 @@ def full_once(node: Node, cluster: Cluster, backend: Nft) -> tuple[dict[str, flo
     return {"total": done - start, "compile": compiled - start, "contribute": contributed - compiled,
             "commit": commit, "kernel_apply": timed.apply_s, "handle_readback": timed.list_s,
             "writer_own": commit - timed.apply_s - timed.list_s, "ops": float(result.ops)}, writer
+
+
+def cluster_inputs(cluster: Cluster) -> PolicyInputs:
+    return PolicyInputs.of(cluster.namespaces, cluster.pods, cluster.policies, NODE)
+
+
+def contribute(writer: TableWriter, parts: Mapping[str, Contribution]) -> None:
+    """Each owner's part, as the agent's policy sync hands them over (one owner per policy)."""
+    for owner, part in parts.items():
+        writer.contribute(owner, part)
 
 
 def measure_full(node: Node, cluster: Cluster, lib: LibNftables, runs: int) -> dict[str, Any]:
@@ -462,17 +485,18 @@ def relabeled(rng: random.Random, pod: Pod) -> Pod:
     return replace(pod, labels={**pod.labels, "app": app, "tier": APPS[app][0]})
 
 
-def change_once(store: Store, writer: TableWriter, timed: TimedNft, pod: Pod) -> tuple[dict[str, float],
-                                                                                       Contribution]:
+def change_once(store: Store, compiler: PolicyCompiler, writer: TableWriter, timed: TimedNft,
+                pod: Pod) -> tuple[dict[str, float], Contribution]:
     """The path of one change, timed step by step: store, snapshot + compile, contribute, commit."""
     timed.reset()
     start = time.perf_counter()
     store.apply(Event(EventType.MODIFIED, pod), "bench")
     snap = store.snapshot()
     stored = time.perf_counter()
-    contribution = compile(snap.namespaces, snap.pods.values(), snap.policies.values(), NODE)
+    inputs = PolicyInputs.of(snap.namespaces, snap.pods.values(), snap.policies.values(), NODE)
+    parts = compiler.update(inputs)
     compiled = time.perf_counter()
-    writer.contribute(OWNER, contribution)
+    contribute(writer, parts)
     contributed = time.perf_counter()
     result = writer.commit()
     done = time.perf_counter()
@@ -482,7 +506,8 @@ def change_once(store: Store, writer: TableWriter, timed: TimedNft, pod: Pod) ->
     return {"total": done - start, "store": stored - start, "compile": compiled - stored,
             "contribute": contributed - compiled, "commit": commit, "kernel_apply": timed.apply_s,
             "handle_readback": timed.list_s, "diff_render": commit - timed.apply_s - timed.list_s,
-            "ops": float(result.ops), "changed": float(result.changed)}, contribution
+            "ops": float(result.ops), "changed": float(result.changed),
+            "owners": float(len(parts))}, compiler.parts[SHARED_OWNER]
 
 
 def map_values(lib: LibNftables, name: str, key: str) -> list[str]:
@@ -515,7 +540,8 @@ def measure_incremental(node: Node, cluster: Cluster, lib: LibNftables, backend:
     store, rng = loaded_store(cluster), random.Random(seed)
     timed = TimedNft(backend)
     writer = TableWriter(timed, INET, TABLE)
-    writer.contribute(OWNER, compile(cluster.namespaces, cluster.pods, cluster.policies, NODE))
+    compiler = PolicyCompiler()
+    contribute(writer, compiler.update(cluster_inputs(cluster)))
     writer.commit()
     keep = {cluster.client.key, cluster.server.key}
     candidates = [p.key for p in cluster.pods if p.node_name == NODE and p.key not in keep]
@@ -524,7 +550,7 @@ def measure_incremental(node: Node, cluster: Cluster, lib: LibNftables, backend:
         pod = store.pod(*rng.choice(candidates))
         assert pod is not None
         new = relabeled(rng, pod)
-        sample, contribution = change_once(store, writer, timed, new)
+        sample, contribution = change_once(store, compiler, writer, timed, new)
         samples.append(sample)
         if check:
             check_kernel(lib, contribution, new)
@@ -552,15 +578,18 @@ def profile_text(fn: Callable[[], object], top: int) -> str:
 def step_profiles(cluster: Cluster, top: int = 12) -> dict[str, str]:
     """Where the two Python steps of a change go: one compile of the snapshot, and one contribute
     of a recompiled snapshot (one pod relabeled) to a writer holding the previous one."""
-    before = compile(cluster.namespaces, cluster.pods, cluster.policies, NODE)
+    compiler = PolicyCompiler()
+    writer = TableWriter(FakeNft(), INET, TABLE)
+    contribute(writer, compiler.update(cluster_inputs(cluster)))
     pods = list(cluster.pods)
     at = next(i for i, p in enumerate(pods) if p.node_name == NODE and p.key != cluster.client.key)
     pods[at] = relabeled(random.Random(0), pods[at])
-    after = compile(cluster.namespaces, pods, cluster.policies, NODE)
-    writer = TableWriter(FakeNft(), INET, TABLE)
-    writer.contribute(OWNER, before)
-    return {"compile": profile_text(lambda: compile(cluster.namespaces, pods, cluster.policies, NODE), top),
-            "contribute": profile_text(lambda: writer.contribute(OWNER, after), top)}
+    relabeled_inputs = PolicyInputs.of(cluster.namespaces, pods, cluster.policies, NODE)
+    after = PolicyCompiler()
+    after.update(cluster_inputs(cluster))
+    changed = after.update(relabeled_inputs)
+    return {"compile": profile_text(lambda: compiler.update(relabeled_inputs), top),
+            "contribute": profile_text(lambda: contribute(writer, changed), top)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -804,7 +833,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["throughput"] = None
         if args.iperf_rounds:
             writer = TableWriter(lib, INET, TABLE)
-            writer.contribute(OWNER, compile(cluster.namespaces, cluster.pods, cluster.policies, NODE))
+            contribute(writer, PolicyCompiler().update(cluster_inputs(cluster)))
             out["throughput"] = measure_throughput(node, cluster, writer, lib, args.iperf_seconds,
                                                    args.iperf_rounds)
     out["loadavg_after"] = os.getloadavg()

@@ -28,6 +28,9 @@ from podnet.dataplane.image import Image
 from podnet.dataplane.union import Union
 from podnet.dataplane.verify import drift
 from podnet.kernel.nft import Family, Nft, NftError, Transaction, check_family, check_name
+from podnet.kernel.nft.setelem import SetType
+
+_ELEMENT_VERBS = frozenset({"add-element", "add-elements", "delete-element"})
 
 
 @dataclass
@@ -109,7 +112,8 @@ class TableWriter:
                 return self._resync()
             if not patch.tx:
                 return CommitResult(False, False, 0, time.monotonic() - start)
-            self._apply(patch.tx)
+            if not self._apply_elements(patch.tx):
+                self._apply(patch.tx)
             self._unrepairable = set()
             patch.apply_to(self._image, self._union)
             self._record_handles(patch)
@@ -141,10 +145,33 @@ class TableWriter:
         try:
             self.nft.apply(tx)
         except NftError as exc:
-            self._needs_resync = True
-            self.metrics.failed_commits += 1
-            self.metrics.last_error = str(exc)
+            self._failed(exc)
             raise
+
+    def _apply_elements(self, tx: Transaction) -> bool:
+        """A transaction of element commands only, through the backend's element path when it has
+        one (libnftables: one netlink batch, without filling its cache from the whole table).
+        False when it has none or declines: then :meth:`_apply`."""
+        send = getattr(self.nft, "apply_elements", None)
+        if send is None or any(op.verb not in _ELEMENT_VERBS for op in tx.ops):
+            return False
+        types = {}
+        for name in {op.name for op in tx.ops}:
+            decl = self._image.sets.get(name)
+            if decl is None:
+                return False
+            types[name] = SetType(decl.type, decl.value_type, "interval" in decl.flags)
+        self._generation += 1
+        try:
+            return bool(send(tx, types))
+        except NftError as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: NftError) -> None:
+        self._needs_resync = True
+        self.metrics.failed_commits += 1
+        self.metrics.last_error = str(exc)
 
     def _done(self, start: float, *, full: bool, ops: int) -> CommitResult:
         seconds = time.monotonic() - start

@@ -19,7 +19,7 @@ import ctypes
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from podnet.kernel.netns import NetnsHandle, NetnsRef, entered
@@ -27,6 +27,7 @@ from podnet.kernel.nft.errors import NftError, NftNotFound, NftUnavailable, erro
 from podnet.kernel.nft.exec_backend import NftExec
 from podnet.kernel.nft.netlink import table_exists
 from podnet.kernel.nft.protocol import Nft
+from podnet.kernel.nft.setelem import ElementSocket, SetType
 from podnet.kernel.nft.state import TableState, parse_table_json
 from podnet.kernel.nft.transaction import Family, Transaction, check_family, check_name
 
@@ -84,6 +85,7 @@ class _Context:
             raise NftUnavailable("libnftables: nft_ctx_new failed")
         lib.nft_ctx_buffer_output(self.ctx)
         lib.nft_ctx_buffer_error(self.ctx)
+        self.elements: ElementSocket | None = None  # opened on first use, in the namespace
 
     def run(self, script: str, what: str, *, json: bool = False, terse: bool = False) -> str:
         flags = (_NFT_CTX_OUTPUT_JSON if json else 0) | (_NFT_CTX_OUTPUT_TERSE if terse else 0)
@@ -96,6 +98,8 @@ class _Context:
         return out
 
     def free(self) -> None:
+        if self.elements is not None:
+            self.elements.close()
         if self.ctx:
             self.lib.nft_ctx_free(self.ctx)
             self.ctx = None
@@ -228,6 +232,20 @@ class LibNftables:
             what = f"libnftables (table {tx.family} {tx.table})"
             script = tx.render()
             self._call(lambda c: c.run(script, what), what)
+
+    def apply_elements(self, tx: Transaction, types: Mapping[str, SetType]) -> bool:
+        """An element-only transaction as one netlink batch, skipping libnftables (whose cache fill
+        before element commands grows with the table's sets and chains). False, and nothing
+        done, when ``tx`` holds anything :mod:`.setelem` does not encode: use :meth:`apply`."""
+        if not tx:
+            return True
+        what = f"netlink elements (table {tx.family} {tx.table})"
+
+        def send(c: _Context) -> bool:
+            if c.elements is None:
+                c.elements = ElementSocket(self.timeout)
+            return c.elements.send(tx.family, tx.table, tx.ops, types, what)
+        return self._call(send, what)
 
     def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
         what = f"libnftables list table {family} {table}"
