@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from podnet.agent.model import (
     EVERYTHING,
@@ -378,6 +378,19 @@ class TimedNft:
             return bool(send(tx, types))
         finally:
             self.apply_s += time.perf_counter() - start
+
+    def rule_handles(self, family: Family, table: str,
+                     chains: list[str] | None = None) -> dict[str, list[int]]:
+        """The writer's handle read-back (libnftables: a netlink rule dump); a listing otherwise."""
+        start = time.perf_counter()
+        try:
+            dump = getattr(self.inner, "rule_handles", None)
+            if dump is not None:
+                return cast(dict[str, list[int]], dump(family, table, chains))
+            state = self.inner.list_table(family, table, elements=False)
+            return {} if state is None else {name: state.handles(name) for name in state.chains}
+        finally:
+            self.list_s += time.perf_counter() - start
 
     def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
         start = time.perf_counter()

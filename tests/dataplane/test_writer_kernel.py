@@ -154,3 +154,19 @@ def test_the_sampler_sees_a_naive_rebuild_window(node: Netns) -> None:
         sampler = Sampler(node)
         sampler.during(naive)
     assert sampler.misses
+
+
+def test_rule_handles_read_over_netlink_are_the_listings(node: Netns) -> None:
+    """The writer reads rule handles back with a netlink rule dump: the same handles, in the same
+    order, as the listing shows; one chain alone too; nothing for a table that does not exist."""
+    with LibNftables(netns=node.path) as lib:
+        w = TableWriter(lib, "inet", TABLE)
+        w.contribute("policy", _contribution())
+        w.commit()
+        state = lib.list_table("inet", TABLE, elements=False)
+        assert state is not None
+        listed = {name: state.handles(name) for name in state.chains if state.handles(name)}
+        assert lib.rule_handles("inet", TABLE) == listed and len(listed) >= 2
+        assert lib.rule_handles("inet", TABLE, ["isolate-a"]) == {"isolate-a": listed["isolate-a"]}
+        assert w.verify() == 0
+        assert lib.rule_handles("inet", "no-such-table") == {}

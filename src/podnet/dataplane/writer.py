@@ -188,16 +188,26 @@ class TableWriter:
             self._handles.pop(name, None)
         if not chains:
             return
-        try:
-            state = self.nft.list_table(self.family, self.table, elements=False)
-        except NftError:
-            state = None  # applied; verify compares rule counts instead
+        found = self._read_handles(None if patch is None or len(chains) > 8 else chains)
         for name in chains:
-            handles = state.handles(name) if state is not None else []
+            handles = found.get(name, [])
             if len(handles) == len(self._image.rules.get(name, ())):
                 self._handles[name] = handles
             else:
                 self._handles.pop(name, None)
+
+    def _read_handles(self, chains: list[str] | None) -> dict[str, list[int]]:
+        """Rule handles per chain (of ``chains``, or all): from the backend's rule dump when it has
+        one (libnftables: netlink, no listing), else from a listing without elements. Empty when
+        the read fails: the commit is applied, verify then compares rule counts."""
+        dump = getattr(self.nft, "rule_handles", None)
+        try:
+            if dump is not None:
+                return cast(dict[str, list[int]], dump(self.family, self.table, chains))
+            state = self.nft.list_table(self.family, self.table, elements=False)
+        except NftError:
+            return {}
+        return {} if state is None else {name: state.handles(name) for name in state.chains}
 
     # ---- verifying ----
 

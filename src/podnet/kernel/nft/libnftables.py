@@ -16,16 +16,17 @@ the context.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from podnet.kernel.netns import NetnsHandle, NetnsRef, entered
 from podnet.kernel.nft.errors import NftError, NftNotFound, NftUnavailable, error_from_stderr
 from podnet.kernel.nft.exec_backend import NftExec
-from podnet.kernel.nft.netlink import table_exists
+from podnet.kernel.nft.netlink import rule_handles, table_exists
 from podnet.kernel.nft.protocol import Nft
 from podnet.kernel.nft.setelem import ElementSocket, SetType
 from podnet.kernel.nft.state import TableState, parse_table_json
@@ -246,6 +247,26 @@ class LibNftables:
                 c.elements = ElementSocket(self.timeout)
             return c.elements.send(tx.family, tx.table, tx.ops, types, what)
         return self._call(send, what)
+
+    def rule_handles(self, family: Family, table: str,
+                     chains: Sequence[str] | None = None) -> dict[str, list[int]]:
+        """Handles of the table's rules per chain in order (only of ``chains`` when given), from a
+        rule dump over netlink: what a writer reads back after adding rules, without libnftables
+        listing and printing the whole table."""
+        family, table = check_family(family), check_name(table, "table name")  # type: ignore[assignment]
+        what = f"netlink rule handles of table {family} {table}"
+
+        def dump(_: _Context) -> dict[str, list[int]]:
+            try:
+                if chains is None:
+                    return rule_handles(family, table, timeout=self.timeout)
+                out: dict[str, list[int]] = {}
+                for chain in chains:
+                    out.update(rule_handles(family, table, chain, timeout=self.timeout))
+                return out
+            except OSError as exc:
+                raise (NftNotFound if exc.errno == errno.ENOENT else NftError)(f"{what}: {exc}") from None
+        return self._call(dump, what)
 
     def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
         what = f"libnftables list table {family} {table}"
