@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from podnet.agent.model import Namespace, NetworkPolicy, Pod
 from podnet.agent.policy import PolicyInputs
 from podnet.agent.policy.compile import SHARED_OWNER, PolicyCompiler, policy_owner
-from podnet.agent.policy.names import policy_prefix
+from podnet.agent.policy.names import peer_set
 from podnet.dataplane.contribution import EMPTY
+from podnet.dataplane.union import Union
 
 from .test_compile_oracle import NODE, namespaces, pods, policies
-from .world import ING, ns, peer, pod, policy, port, rule, sel
+from .world import ns, peer, pod, policy, port, rule, sel
 
 World = tuple[dict[str, Namespace], list[Pod], list[NetworkPolicy]]
 
@@ -48,6 +49,9 @@ def test_after_any_change_the_parts_are_a_fresh_compile(first: World, second: Wo
         old = dict(compiler.parts)
         changes = compiler.update(inputs)
         assert compiler.parts == fresh(inputs)
+        union = Union()  # every part is one the writer takes, and all of them together too
+        for owner, part in compiler.parts.items():
+            union.replace(owner, part)
         owners = old.keys() | compiler.parts.keys()
         assert set(changes) == {o for o in owners if old.get(o, EMPTY) != compiler.parts.get(o, EMPTY)}
         assert compiler.update(inputs) == {}  # the same snapshot again changes nothing
@@ -68,4 +72,4 @@ def test_one_pod_relabeled_recompiles_only_the_policies_it_touches() -> None:
     assert set(changes) == {SHARED_OWNER, *(policy_owner(("x", f"pol{i}")) for i in (2, 3, 6))}
     assert changes[policy_owner(("x", "pol3"))] == EMPTY  # it selects no pod any more
     pol6 = changes[policy_owner(("x", "pol6"))]
-    assert "10.0.0.4" in pol6.elements[f"{policy_prefix(('x', 'pol6'), ING)}-0-peers4"]
+    assert "10.0.0.4" in pol6.elements[peer_set("x", peers[6].peers, 4)]

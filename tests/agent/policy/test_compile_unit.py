@@ -8,10 +8,11 @@ import json
 import pytest
 
 from nsutil import NetnsFactory
-from podnet.agent.model import NetworkPolicy, Pod
+from podnet.agent.model import Direction, NetworkPolicy, Pod
 from podnet.agent.policy import compile
-from podnet.agent.policy.names import isolation_chain, policy_prefix
+from podnet.agent.policy.names import isolation_chain, peer_set, policy_prefix, port_set
 from podnet.dataplane.contribution import Contribution
+from podnet.dataplane.union import check_structure
 
 from .nftload import element_count, render, rule_count
 from .world import EGR, ING, SCTP, TCP, UDP, block, ns, peer, pod, policy, port, rule, sel
@@ -45,6 +46,19 @@ POLICIES = (
 )
 
 
+ALLOW_B = ("x", "allow-b")
+
+
+def set_of(key: tuple[str, str], direction: Direction, number: int, kind: str) -> str:
+    """The name of a set rule ``number`` of a policy in POLICIES looks up: peers and ports are
+    shared by every rule naming the same ones, named ports are the policy's own."""
+    p = next(q for q in POLICIES if q.key == key)
+    r = (p.ingress if direction is ING else p.egress)[number]
+    if kind.startswith("peers"):
+        return peer_set(p.namespace, r.peers, int(kind[-1]))
+    return port_set(r.ports) if kind == "ports" else f"{policy_prefix(key, direction)}-{number}-{kind}"
+
+
 def build(count: int, *policies: NetworkPolicy) -> Contribution:
     return compile(NAMESPACES, pods(count), policies or POLICIES, "n1")
 
@@ -67,15 +81,20 @@ def test_interval_sets_only_where_a_rule_can_hold_networks_or_ranges() -> None:
     small, big = build(10), build(1000)
     assert small.sets == big.sets
     flags = {s.name: "interval" in s.flags for s in big.sets}
-    allow_b, egress = policy_prefix(("x", "allow-b"), ING), policy_prefix(("y", "egress"), EGR)
-    assert flags[f"{allow_b}-0-peers4"] and flags[f"{allow_b}-0-ports"]  # an ipBlock; an endPort
-    assert not flags[f"{allow_b}-1-ports"] and not flags[f"{egress}-0-peers4"]  # port 7; selectors
+    allow_b = policy_prefix(ALLOW_B, ING)
+    assert flags[set_of(ALLOW_B, ING, 0, "peers4")]  # an ipBlock
+    assert flags[set_of(ALLOW_B, ING, 0, "ports")]  # an endPort
+    assert not flags[set_of(ALLOW_B, ING, 1, "ports")]  # port 7
+    assert not flags[set_of(("y", "egress"), EGR, 0, "peers4")]  # selectors
     assert not flags[f"{allow_b}-0-named4"]
     two_ports = rule(peer(sel()), ports=[port(80), port(81)])
     plain = build(10, policy("x", "two-ports", sel(), ingress=[two_ports]))
     two = policy_prefix(("x", "two-ports"), ING)
-    assert not any("interval" in s.flags for s in plain.sets if s.name.startswith(two))
-    assert set(plain.elements[f"{two}-0-ports"]) == {"tcp . 80", "tcp . 81"}  # adjacent, not merged
+    ports = port_set(two_ports.ports)
+    shared = (ports, peer_set("x", two_ports.peers, 4))
+    assert not any("interval" in s.flags for s in plain.sets if s.name in shared)
+    assert set(plain.elements[ports]) == {"tcp . 80", "tcp . 81"}  # adjacent, not merged
+    assert two in [c.name for c in plain.chains]
 
 
 def test_names_are_stable_short_and_say_what_they_are() -> None:
@@ -87,7 +106,8 @@ def test_names_are_stable_short_and_say_what_they_are() -> None:
     assert fixed <= set(names)
     prefix = policy_prefix(("x", "allow-b"), ING)
     assert prefix.startswith("pol-") and prefix.endswith("-in") and prefix in names
-    assert f"{prefix}-0-peers4" in names and f"{prefix}-0-ports" in names and f"{prefix}-0-named6" in names
+    assert set_of(ALLOW_B, ING, 0, "peers4") in names and set_of(ALLOW_B, ING, 0, "ports") in names
+    assert f"{prefix}-0-named6" in names
     # A hash of the object, not of its position: another policy list keeps this one's names.
     c = compile(NAMESPACES, pods(20), (POLICIES[1],), "n1")
     assert prefix in [ch.name for ch in c.chains]
@@ -98,7 +118,7 @@ def test_only_local_pods_are_isolated_and_remote_pods_are_peers() -> None:
     local = pod("x", "near", "10.8.0.1", node="n1", app="a")
     c = compile(NAMESPACES, [remote, local], POLICIES[:2], "n1")
     assert set(c.elements["ingress-ip4"]) == {"10.8.0.1"}
-    assert "10.9.0.1" in c.elements[f"{policy_prefix(('x', 'allow-b'), ING)}-0-peers4"]
+    assert "10.9.0.1" in c.elements[set_of(ALLOW_B, ING, 0, "peers4")]
 
 
 def test_verdict_map_points_at_the_chain_of_the_pods_policy_set() -> None:
@@ -117,16 +137,15 @@ def test_verdict_map_points_at_the_chain_of_the_pods_policy_set() -> None:
 
 def test_elements_ip_block_except_ports_and_sctp() -> None:
     c = build(8)
-    prefix = policy_prefix(("x", "allow-b"), ING)
-    peers = c.elements[f"{prefix}-0-peers4"]
+    peers = c.elements[set_of(ALLOW_B, ING, 0, "peers4")]
     assert "192.0.2.0/25" in peers and not any(k.startswith("192.0.2.128") for k in peers)
     y_b = [str(p.ips[0]) for p in pods(8) if p.namespace == "y" and p.labels["app"] == "b"]
     assert set(y_b) < set(peers)
     want = {"tcp . 80", "udp . 81", "tcp . 1000-2000", "sctp . 0-65535"}
-    assert set(c.elements[f"{prefix}-0-ports"]) == want
-    sctp = policy_prefix(("y", "sctp-only"), ING)
-    assert set(c.elements[f"{sctp}-0-ports"]) == {"sctp . 80"}
-    assert chain(c, sctp) == (f"meta l4proto . th dport @{sctp}-0-ports accept",)
+    assert set(c.elements[set_of(ALLOW_B, ING, 0, "ports")]) == want
+    sctp, sctp_ports = policy_prefix(("y", "sctp-only"), ING), set_of(("y", "sctp-only"), ING, 0, "ports")
+    assert set(c.elements[sctp_ports]) == {"sctp . 80"}
+    assert chain(c, sctp) == (f"meta l4proto . th dport @{sctp_ports} accept",)
 
 
 def test_named_ports_are_resolved_on_each_destination() -> None:
@@ -179,11 +198,34 @@ def test_compiled_table_loads_into_the_kernel(netns: NetnsFactory) -> None:
 
 def test_overlapping_ports_and_blocks_become_disjoint_elements() -> None:
     c = build(8)
-    prefix = policy_prefix(("y", "overlaps"), ING)
-    assert set(c.elements[f"{prefix}-0-ports"]) == {"tcp . 0-65535"}
-    peers = set(c.elements[f"{prefix}-0-peers4"])
+    assert set(c.elements[set_of(("y", "overlaps"), ING, 0, "ports")]) == {"tcp . 0-65535"}
+    peers = set(c.elements[set_of(("y", "overlaps"), ING, 0, "peers4")])
     assert "10.0.0.0/24" in peers and "0.0.0.0/5" in peers
     assert not any(p.startswith("10.0.0.1") for p in peers)  # pods inside a block are the block
-    assert set(c.elements[f"{prefix}-0-peers6"]) == {"::/0"}
-    allow_b = policy_prefix(("x", "allow-b"), ING)
-    assert set(c.elements[f"{allow_b}-1-ports"]) == {"tcp . 7"}
+    assert set(c.elements[set_of(("y", "overlaps"), ING, 0, "peers6")]) == {"::/0"}
+    assert set(c.elements[set_of(ALLOW_B, ING, 1, "ports")]) == {"tcp . 7"}
+
+
+def test_rules_naming_the_same_peers_or_ports_share_one_set() -> None:
+    """Peers are one set per distinct peer list (and namespace, when its selectors mean the
+    policy's own), ports one per distinct port list, whichever policies name them."""
+    same = [rule(peer(sel({"app": "b"})), peer(nss=sel({"team": "b"})), ports=[port(80)])]
+    wide = [rule(peer(nss=sel({"team": "b"})), ports=[port(80)])]
+    pols = (policy("x", "one", sel({"app": "a"}), ingress=same),
+            policy("x", "two", sel({"app": "b"}), ingress=same),
+            policy("y", "three", sel({"app": "a"}), ingress=same),
+            policy("x", "four", sel(), ingress=wide), policy("y", "five", sel(), ingress=wide))
+    names = {s.name for s in build(20, *pols).sets}
+    assert sum(n.startswith("ports-") for n in names) == 1
+    assert {n for n in names if n.startswith("peers4-")} == {
+        peer_set("x", same[0].peers, 4), peer_set("y", same[0].peers, 4), peer_set("x", wide[0].peers, 4)}
+    assert peer_set("x", wide[0].peers, 4) == peer_set("y", wide[0].peers, 4)
+
+
+def test_two_rules_of_one_policy_with_the_same_peers_declare_their_set_once() -> None:
+    twice = policy("x", "twice", sel(), ingress=[rule(peer(sel({"app": "b"})), ports=[port(80)]),
+                                                 rule(peer(sel({"app": "b"})), ports=[port(81)])])
+    c = build(8, twice)
+    names = [s.name for s in c.sets]
+    assert len(names) == len(set(names)) and peer_set("x", twice.ingress[0].peers, 4) in names
+    check_structure("policy/x/twice", c)  # what the writer refuses a contribution for

@@ -20,7 +20,9 @@ from podnet.agent.policy.names import (
     EGRESS_CHAIN,
     INGRESS_CHAIN,
     isolation_chain,
+    peer_set,
     policy_prefix,
+    port_set,
     verdict_map,
 )
 from podnet.dataplane.contribution import Chain, Contribution, Set
@@ -41,6 +43,8 @@ class _Builder:
         self.elements: dict[str, dict[str, str | None]] = {}
 
     def add_set(self, decl: Set, elements: Mapping[str, str | None]) -> None:
+        if decl.name in self.elements:  # a shared set two rules of this policy both look up
+            return
         self.sets.append(decl)
         self.elements[decl.name] = dict(elements)
 
@@ -101,16 +105,21 @@ def _compile_rule(out: _Builder, index: PodIndex, policy: NetworkPolicy, directi
     if rule.peers:
         intervals = ("interval",) if needs_intervals(rule) else ()
         for f in FAMILIES:
-            peers = Set(f"{name}-peers{f}", (ADDR[f][1],), flags=intervals, comment=comment)
-            out.add_set(peers, peer_elements(index, policy, rule, f))
+            # Shared by every rule with these peers (seen from this namespace): one set, whoever
+            # declares it, filled once per snapshot.
+            peers = Set(peer_set(policy.namespace, rule.peers, f), (ADDR[f][1],), flags=intervals)
+            elements = index.memo.get(peers.name)
+            if elements is None:
+                elements = index.memo[peers.name] = peer_elements(index, policy, rule, f)
+            out.add_set(peers, elements)
             peer_match[f] = f"{ADDR[f][0]} {peer_field} @{peers.name} "
     if not rule.ports:
         return [f"{peer_match[f]}accept" for f in FAMILIES] if rule.peers else ["accept"]
     statements: list[str] = []
     if any(not isinstance(pp.port, str) for pp in rule.ports):
         ranges = has_port_ranges(rule.ports)
-        ports = Set(f"{name}-ports", ("inet_proto", "inet_service"), flags=("interval",) if ranges else (),
-                    comment=comment)
+        flags = ("interval",) if ranges else ()
+        ports = Set(port_set(rule.ports), ("inet_proto", "inet_service"), flags=flags)
         out.add_set(ports, port_elements(rule.ports, ranges=ranges))
         match = f"meta l4proto . th dport @{ports.name} accept"
         statements.extend([f"{peer_match[f]}{match}" for f in FAMILIES] if rule.peers else [match])

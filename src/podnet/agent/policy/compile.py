@@ -96,14 +96,14 @@ def compile_inputs(inputs: PolicyInputs) -> Contribution:
 
 def joined(parts: Iterable[Contribution]) -> Contribution:
     chains: list[Chain] = []
-    sets: list[Set] = []
+    sets: dict[str, Set] = {}  # a shared set once, whoever declares it (its elements are the same)
     elements: dict[str, Mapping[str, str | None]] = {}
     for part in parts:
         chains.extend(part.chains)
-        sets.extend(part.sets)
+        sets.update((s.name, s) for s in part.sets)
         elements.update(part.elements)
     return Contribution(tuple(sorted(chains, key=lambda c: c.name)),
-                        tuple(sorted(sets, key=lambda s: s.name)), elements)
+                        tuple(sorted(sets.values(), key=lambda s: s.name)), elements)
 
 
 class PolicyCompiler:

@@ -21,6 +21,7 @@ class PodIndex:
         self.inputs = inputs
         self.groups: dict[str, dict[frozenset[tuple[str, str]], _Group]] = {}
         self._peers: dict[tuple[LabelSelector | None, LabelSelector | None, str], list[Pod]] = {}
+        self.memo: dict[str, dict[str, None]] = {}  # shared set -> its elements in this snapshot
         for pod in inputs.live_pods():
             self._add(pod)
 
@@ -28,7 +29,7 @@ class PodIndex:
         """Take the next snapshot, whose live pods differ from the last one's by ``gone`` (old
         versions leaving their groups) and ``came`` (new versions joining theirs)."""
         self.inputs = inputs
-        self._peers = {}
+        self._peers, self.memo = {}, {}
         for pod in gone:
             by_labels = self.groups[pod.namespace]
             group = frozenset(pod.labels.items())
