@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from podnet.dataplane.contribution import EMPTY, Chain, Contribution, ContributionConflict, Set
 from podnet.kernel.errors import InvalidArgument
 from podnet.kernel.nft import check_comment, check_key, check_name, check_rule
 
 Value = str | None
+T = TypeVar("T")
 
 
 def declaration(chain: Chain) -> Chain:
     """A chain without its rules: what every declaring owner must agree on."""
-    return replace(chain, rules=())
+    if not chain.rules:
+        return chain
+    return Chain(chain.name, chain.type, chain.hook, chain.priority, chain.policy)
 
 
 @dataclass
@@ -101,24 +105,26 @@ class Union:
         self._mark(old, new, deltas)
 
     def _check_against_others(self, owner: str, new: Contribution, deltas: dict[str, Delta]) -> None:
+        """Against one other owner per object: the others already agree with each other (a set
+        many policies share has many declaring owners, each key of it many contributors)."""
         for chain in new.chains:
-            for other, theirs_chain in self.chain_decls.get(chain.name, {}).items():
-                if other != owner and theirs_chain != declaration(chain):
-                    raise _conflict(owner, other, f"chain {chain.name}", "declare it differently")
+            other_chain = _another(self.chain_decls.get(chain.name), owner)
+            if other_chain is not None and other_chain[1] != declaration(chain):
+                raise _conflict(owner, other_chain[0], f"chain {chain.name}", "declare it differently")
             rules_by = self.rule_owner.get(chain.name)
             if chain.rules and rules_by not in (None, owner):
                 raise _conflict(owner, str(rules_by), f"chain {chain.name}", "both give it rules")
         for decl in new.sets:
-            for other, theirs_set in self.set_decls.get(decl.name, {}).items():
-                if other != owner and theirs_set != decl:
-                    raise _conflict(owner, other, f"set {decl.name}", "declare it differently")
+            other_set = _another(self.set_decls.get(decl.name), owner)
+            if other_set is not None and other_set[1] != decl:
+                raise _conflict(owner, other_set[0], f"set {decl.name}", "declare it differently")
         for set_name, delta in deltas.items():
             known = self.element_owners.get(set_name, {})
             for key, value in delta.given.items():
-                for other, theirs in known.get(key, {}).items():
-                    if other != owner and theirs != value:
-                        raise _conflict(owner, other, f"{set_name} element {key}",
-                                        f"give it the values {value!r} and {theirs!r}")
+                other_value = _another(known.get(key), owner)
+                if other_value is not None and other_value[1] != value:
+                    raise _conflict(owner, other_value[0], f"{set_name} element {key}",
+                                    f"give it the values {value!r} and {other_value[1]!r}")
 
     def _unindex_structure(self, owner: str, old: Contribution) -> None:
         for chain in old.chains:
@@ -161,6 +167,14 @@ class Union:
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty()
         return dirty
+
+
+def _another(by_owner: Mapping[str, T] | None, owner: str) -> tuple[str, T] | None:
+    """Some owner other than ``owner`` and what it gives (None: no other)."""
+    for other, given in (by_owner or {}).items():
+        if other != owner:
+            return other, given
+    return None
 
 
 def _changed(old: Mapping[str, object], new: Mapping[str, object]) -> Iterable[str]:

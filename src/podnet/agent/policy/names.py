@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
+import functools
 import hashlib
-from collections.abc import Sequence
 
 from podnet.agent import tables
 from podnet.agent.model import Direction, Peer, PolicyPort
@@ -28,12 +28,14 @@ def direction_tag(direction: Direction) -> str:
     return "in" if direction is Direction.INGRESS else "eg"
 
 
+@functools.lru_cache(maxsize=16384)  # hashing is most of a name's cost; names repeat
 def policy_prefix(key: tuple[str, str], direction: Direction) -> str:
     """``pol-HASH-in`` / ``pol-HASH-eg``: the chain of one policy's rules in one direction; its
     sets are named after it."""
     return f"pol-{short_hash(*key)}-{direction_tag(direction)}"
 
 
+@functools.lru_cache(maxsize=16384)
 def isolation_chain(keys: tuple[tuple[str, str], ...], direction: Direction) -> str:
     """The chain for pods isolated in one direction by exactly this set of policies."""
     flat = [part for key in sorted(keys) for part in key]
@@ -61,7 +63,8 @@ def canonical(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def peer_set(namespace: str, peers: Sequence[Peer], family: int) -> str:
+@functools.lru_cache(maxsize=16384)
+def peer_set(namespace: str, peers: tuple[Peer, ...], family: int) -> str:
     """``peers4-HASH`` / ``peers6-HASH``: the addresses of these peers, one set for every rule that
     names the same peers. Selectors without a namespace selector mean the policy's namespace, so
     the namespace is part of the name only then."""
@@ -69,7 +72,8 @@ def peer_set(namespace: str, peers: Sequence[Peer], family: int) -> str:
     return f"peers{family}-{short_hash('peers', namespace if local else '', canonical(tuple(peers)))}"
 
 
-def port_set(ports: Sequence[PolicyPort]) -> str:
+@functools.lru_cache(maxsize=16384)
+def port_set(ports: tuple[PolicyPort, ...]) -> str:
     """``ports-HASH``: the numbered ports (and protocols without a port) of a rule, shared by every
     rule naming the same ones."""
     return f"ports-{short_hash('ports', canonical(tuple(p for p in ports if not isinstance(p.port, str))))}"
