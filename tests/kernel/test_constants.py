@@ -19,9 +19,10 @@ import pytest
 
 from podnet.kernel import conntrack, conntrack_wire, dump, model, netlink, requests, unregister, wire
 from podnet.kernel.nft import netlink as nftables
+from podnet.kernel.nft import setelem
 
 MODULES: tuple[ModuleType, ...] = (wire, model, requests, dump, unregister, netlink, nftables,
-                                   conntrack_wire, conntrack)
+                                   conntrack_wire, conntrack, setelem)
 HEADERS = [
     "sys/socket.h", "linux/netlink.h", "linux/rtnetlink.h", "linux/if.h", "linux/if_link.h",
     "linux/if_addr.h", "linux/netdevice.h", "linux/neighbour.h", "linux/fib_rules.h", "linux/if_bridge.h",
@@ -38,6 +39,7 @@ NOT_KERNEL = {
     "HELPERS",  # unregister: how many long-lived threads wait for the kernel's reclamation
     "COMMENT_MAX",  # nftables: nft's comment length limit (userspace, libnftnl)
     "_DUPLICATE_RETRIES",  # conntrack: dumps repeated when one names an entry twice
+    "_MAX_BATCH",  # setelem: the largest element batch sent in one write
     # conntrack_wire: CTA_FILTER flag bits, defined by the kernel in nf_conntrack_netlink.c, not uapi
     "FILTER_IP_SRC", "FILTER_IP_DST", "FILTER_PROTO_NUM", "FILTER_PROTO_SRC_PORT", "FILTER_PROTO_DST_PORT",
 }
@@ -45,6 +47,10 @@ NOT_KERNEL = {
 C_EXPRESSION = {
     "NLA_TYPE_MASK": "(NLA_TYPE_MASK) & 0xFFFF",  # ~(...) is negative as a C int
     "_NFT_MSG_GETTABLE": "(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE",
+    "_NFT_MSG_GETRULE": "(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE",
+    "_NFT_MSG_NEWRULE": "(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE",
+    "_NFT_MSG_NEWSETELEM": "(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM",
+    "_NFT_MSG_DELSETELEM": "(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM",
 }
 # struct.Struct layouts -> the C struct they stand for.
 STRUCTS = {

@@ -37,18 +37,21 @@ from podnet.kernel.wire import (
     messages,
 )
 
-_SUBSYS = 10  # NFNL_SUBSYS_NFTABLES
-_BATCH_BEGIN, _BATCH_END = 0x10, 0x11  # NFNL_MSG_BATCH_BEGIN / _END
-_NEWSETELEM, _DELSETELEM = (_SUBSYS << 8) | 12, (_SUBSYS << 8) | 14  # NFT_MSG_NEWSETELEM / DELSETELEM
+# Kernel values under their uapi names (tests/kernel/test_constants.py holds them to the headers).
+_NFNL_SUBSYS_NFTABLES = 10
+_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NFT_MSG_NEWSETELEM = (_NFNL_SUBSYS_NFTABLES << 8) | 12
+_NFT_MSG_DELSETELEM = (_NFNL_SUBSYS_NFTABLES << 8) | 14
 _NLM_F_CREATE = 0x400
-# enum nft_set_elem_list_attributes, nft_set_elem_attributes, nft_data_attributes, nft_verdict_attributes
-_LIST_TABLE, _LIST_SET, _LIST_ELEMENTS = 1, 2, 3
-_LIST_ELEM = 1  # NFTA_LIST_ELEM
-_ELEM_KEY, _ELEM_DATA = 1, 2
-_DATA_VALUE, _DATA_VERDICT = 1, 2
-_VERDICT_CODE, _VERDICT_CHAIN = 1, 2
-_VERDICTS = {"drop": 0, "accept": 1, "continue": -1, "return": -5}  # NF_DROP, NF_ACCEPT, NFT_*
-_CHAIN_VERDICTS = {"jump": -3, "goto": -4}  # NFT_JUMP, NFT_GOTO
+_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+_NFTA_LIST_ELEM = 1
+_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA = 1, 2
+_NFTA_DATA_VALUE, _NFTA_DATA_VERDICT = 1, 2
+_NFTA_VERDICT_CODE, _NFTA_VERDICT_CHAIN = 1, 2
+_NF_DROP, _NF_ACCEPT = 0, 1
+_NFT_CONTINUE, _NFT_JUMP, _NFT_GOTO, _NFT_RETURN = -1, -3, -4, -5
+_VERDICTS = {"drop": _NF_DROP, "accept": _NF_ACCEPT, "continue": _NFT_CONTINUE, "return": _NFT_RETURN}
+_CHAIN_VERDICTS = {"jump": _NFT_JUMP, "goto": _NFT_GOTO}
 _PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 _MAX_BATCH = 1 << 20  # bigger changes go through the script (one send must carry the batch)
 
@@ -95,28 +98,28 @@ def encode_key(types: Sequence[str], key: str) -> bytes | None:
 def encode_verdict(text: str) -> bytes | None:
     words = text.split()
     if len(words) == 1 and words[0] in _VERDICTS:
-        body = attr(_VERDICT_CODE, struct.pack("!i", _VERDICTS[words[0]]))
+        body = attr(_NFTA_VERDICT_CODE, struct.pack("!i", _VERDICTS[words[0]]))
     elif len(words) == 2 and words[0] in _CHAIN_VERDICTS:
-        body = (attr(_VERDICT_CODE, struct.pack("!i", _CHAIN_VERDICTS[words[0]]))
-                + attr(_VERDICT_CHAIN, words[1].encode() + b"\0"))
+        body = (attr(_NFTA_VERDICT_CODE, struct.pack("!i", _CHAIN_VERDICTS[words[0]]))
+                + attr(_NFTA_VERDICT_CHAIN, words[1].encode() + b"\0"))
     else:
         return None
-    return attr(_DATA_VERDICT | NLA_F_NESTED, body)
+    return attr(_NFTA_DATA_VERDICT | NLA_F_NESTED, body)
 
 
 def _element(kind: SetType, key: str, value: str | None) -> bytes | None:
     raw = encode_key(kind.key, key)
     if raw is None or (value is None) != (kind.value is None):
         return None
-    body = attr(_ELEM_KEY | NLA_F_NESTED, attr(_DATA_VALUE, raw))
+    body = attr(_NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(_NFTA_DATA_VALUE, raw))
     if value is not None:
         if kind.value != "verdict":
             return None
         data = encode_verdict(value)
         if data is None:
             return None
-        body += attr(_ELEM_DATA | NLA_F_NESTED, data)
-    return attr(_LIST_ELEM | NLA_F_NESTED, body)
+        body += attr(_NFTA_SET_ELEM_DATA | NLA_F_NESTED, data)
+    return attr(_NFTA_LIST_ELEM | NLA_F_NESTED, body)
 
 
 def _items(op: Op) -> list[tuple[str, str | None]] | None:
@@ -159,8 +162,8 @@ def encode_batch(family: str, table: str, ops: Sequence[Op], types: Mapping[str,
     if groups is None:
         return None
     proto = _NFPROTO[family]
-    head = attr(_LIST_TABLE, table.encode() + b"\0")
-    parts = [message(_BATCH_BEGIN, NLM_F_REQUEST, seq, _nfgen(0, _SUBSYS))]
+    head = attr(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+    parts = [message(_NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, _nfgen(0, _NFNL_SUBSYS_NFTABLES))]
     acks: list[int] = []
     size = 0
     for delete, name, items in groups:
@@ -172,16 +175,17 @@ def encode_batch(family: str, table: str, ops: Sequence[Op], types: Mapping[str,
         encoded = [_element(kind, key, None if delete else value) for key, value in items]
         if any(e is None for e in encoded):
             return None
-        body = (_nfgen(proto) + head + attr(_LIST_SET, name.encode() + b"\0")
-                + attr(_LIST_ELEMENTS | NLA_F_NESTED, b"".join(e for e in encoded if e is not None)))
+        listed = b"".join(e for e in encoded if e is not None)
+        body = (_nfgen(proto) + head + attr(_NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
+                + attr(_NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed))
         seq += 1
         flags = NLM_F_REQUEST | NLM_F_ACK | (0 if delete else _NLM_F_CREATE)
-        parts.append(message(_DELSETELEM if delete else _NEWSETELEM, flags, seq, body))
+        parts.append(message(_NFT_MSG_DELSETELEM if delete else _NFT_MSG_NEWSETELEM, flags, seq, body))
         acks.append(seq)
         size += len(parts[-1])
         if size > _MAX_BATCH:
             return None
-    parts.append(message(_BATCH_END, NLM_F_REQUEST, seq + 1, _nfgen(0, _SUBSYS)))
+    parts.append(message(_NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, _nfgen(0, _NFNL_SUBSYS_NFTABLES)))
     return b"".join(parts), acks
 
 
