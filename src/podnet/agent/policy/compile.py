@@ -77,7 +77,7 @@ OWNER_PREFIX = "policy/"
 PodKey = tuple[str, str]
 PolicyKey = tuple[str, str]
 # Per local isolated pod: its verdict-map elements (map, address, the isolation chain they go to).
-Entries = tuple[tuple[str, str, Chain], ...]
+Entries = tuple[tuple[str, str, str, Chain], ...]  # map, address, verdict, the chain it goes to
 
 
 def policy_owner(key: PolicyKey) -> str:
@@ -204,7 +204,7 @@ class PolicyCompiler:
 
     def _entries(self, pod: Pod, isolating: tuple[tuple[PolicyKey, ...], ...]) -> Entries:
         """The pod's verdict-map elements, with the isolation chain each one goes to."""
-        out: list[tuple[str, str, Chain]] = []
+        out: list[tuple[str, str, str, Chain]] = []
         for direction, keys in zip(DIRECTIONS, isolating, strict=True):
             if not keys:
                 continue
@@ -212,7 +212,8 @@ class PolicyCompiler:
             if chain is None:
                 with_rules = [k for k in keys if rules_of(self._policies[k], direction)]
                 chain = self._chains[direction, keys] = isolation(direction, keys, with_rules)
-            out.extend((verdict_map(direction, ip.version), str(ip), chain) for ip in pod.ips)
+            verdict = f"goto {chain.name}"
+            out.extend((verdict_map(direction, ip.version), str(ip), verdict, chain) for ip in pod.ips)
         return tuple(out)
 
     def _policy_part(self, index: PodIndex, policy: NetworkPolicy | None) -> Contribution:
@@ -229,8 +230,8 @@ class PolicyCompiler:
         chains = {c.name: c for c in map(base_chain, DIRECTIONS)}
         maps: dict[str, dict[str, str | None]] = {verdict_map(d, f): {} for d in DIRECTIONS for f in FAMILIES}
         for entries in self._isolating.values():
-            for map_name, ip, chain in entries:
-                maps[map_name][ip] = f"goto {chain.name}"
+            for map_name, ip, verdict, chain in entries:
+                maps[map_name][ip] = verdict
                 chains[chain.name] = chain
         sets = sorted((verdict_map_decl(d, f) for d in DIRECTIONS for f in FAMILIES), key=lambda s: s.name)
         return Contribution(tuple(sorted(chains.values(), key=lambda c: c.name)), tuple(sets), maps)

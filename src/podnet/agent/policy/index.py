@@ -22,6 +22,7 @@ class PodIndex:
         self.groups: dict[str, dict[frozenset[tuple[str, str]], _Group]] = {}
         self._peers: dict[tuple[LabelSelector | None, LabelSelector | None, str], list[Pod]] = {}
         self.memo: dict[str, dict[str, None]] = {}  # shared set -> its elements in this snapshot
+        self._selected: dict[tuple[str, LabelSelector], list[Pod]] = {}  # per snapshot, like memo
         for pod in inputs.live_pods():
             self._add(pod)
 
@@ -29,7 +30,7 @@ class PodIndex:
         """Take the next snapshot, whose live pods differ from the last one's by ``gone`` (old
         versions leaving their groups) and ``came`` (new versions joining theirs)."""
         self.inputs = inputs
-        self._peers, self.memo = {}, {}
+        self._peers, self.memo, self._selected = {}, {}, {}
         for pod in gone:
             by_labels = self.groups[pod.namespace]
             group = frozenset(pod.labels.items())
@@ -45,8 +46,12 @@ class PodIndex:
         by_labels.setdefault(frozenset(pod.labels.items()), (pod.labels, []))[1].append(pod)
 
     def in_namespace(self, namespace: str, selector: LabelSelector) -> list[Pod]:
-        return [pod for labels, pods in self.groups.get(namespace, {}).values() if selector.matches(labels)
+        found = self._selected.get((namespace, selector))
+        if found is None:
+            found = self._selected[namespace, selector] = [
+                pod for labels, pods in self.groups.get(namespace, {}).values() if selector.matches(labels)
                 for pod in pods]
+        return found
 
     def peer_pods(self, policy_namespace: str, peer: Peer) -> list[Pod]:
         """The pods a peer's selectors pick (none for an ipBlock peer)."""
