@@ -165,3 +165,26 @@ def test_a_busy_agent_still_verifies_every_period() -> None:
         assert w.writer.metrics.verifies >= 4, w.writer.metrics
     finally:
         w.sync.stop()
+
+
+def test_the_tables_first_rebuild_waits_for_every_controller() -> None:
+    """Adopting a table rebuilds it from the union: with only one controller's part in, what the
+    others keep in force (an isolated pod's drop rules, a service's DNAT) would vanish for a moment."""
+    from podnet.agent.sync import POLICY_OWNER
+    from podnet.dataplane.contribution import Chain, Contribution
+
+    w = World()
+    w.writer.require(POLICY_OWNER, admission_rules.OWNER, "services")
+    w.list_all(Namespace("x"), pod("a", "10.60.0.5"), deny_all())
+    w.sync.start()
+    try:
+        time.sleep(0.5)
+        assert w.nft.list_table("inet", "podnet") is None  # policy is in, services not yet
+        assert w.sync.stats.syncs == 0 and w.sync.stats.failed_syncs == 0
+        w.writer.contribute("services", Contribution((Chain("services-dispatch", rules=("return",)),)))
+        assert w.writer.commit().full
+        table = w.nft.list_table("inet", "podnet")
+        assert table is not None and "services-dispatch" in table.chains and "policy-ingress" in table.chains
+        wait_until(lambda: w.sync.stats.syncs >= 1)
+    finally:
+        w.sync.stop()

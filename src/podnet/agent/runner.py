@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from podnet.agent import tables
+from podnet.agent import admission_rules, tables
 from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.model import IPNetwork
 from podnet.agent.policy.explain import ExplainError, explain
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
+from podnet.agent.services import OWNER as SERVICES_OWNER
 from podnet.agent.store import Store
+from podnet.agent.sync import POLICY_OWNER as SHARED_POLICY_OWNER
 from podnet.agent.sync import PolicySync
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.errors import KernelError
@@ -60,6 +62,9 @@ class Agent:
         self.store = Store(config.node_name)
         self.sources: list[Source] = config.sources or build_sources(config, self.store)
         self.writer = TableWriter(nft or backend(), "inet", POLICY_TABLE, verify_period=config.verify_period)
+        # Adopting the table rebuilds it: only from every controller's part, so nothing the
+        # previous agent left in force (isolation, service rules) is missing for a moment.
+        self.writer.require(SHARED_POLICY_OWNER, admission_rules.OWNER, SERVICES_OWNER)
         self.sync = PolicySync(self.store, self.writer, pod_ranges=config.pod_ranges)
         self.services = ServiceSync(self.store, self.writer, pod_ranges=config.pod_ranges,
                                     clean=conntrack_cleaner() if nft is None else None)

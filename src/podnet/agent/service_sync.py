@@ -116,6 +116,8 @@ class ServiceSync:
         try:
             self.writer.contribute(OWNER, self.compiler.compile(services, snap.endpoint_slices.values()))
             result = self.writer.commit()
+            if result.deferred:  # the table's first rebuild waits for every controller's part
+                return False
         except (NftError, ValueError) as exc:
             self.stats.failed_syncs += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"

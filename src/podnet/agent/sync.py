@@ -187,6 +187,8 @@ class PolicySync:
             held_back = admission_rules.contribution(self.pod_ranges, known)
             self.writer.contribute(admission_rules.OWNER, held_back)
             result = self.writer.commit()
+            if result.deferred:  # the table's first rebuild waits for every controller's part
+                return False
         except (NftError, ValueError) as exc:
             # A refused part leaves the writer and the compiler disagreeing: start both over.
             self._compiler, self._resend = PolicyCompiler(), True

@@ -53,6 +53,7 @@ class CommitResult:
     full: bool  # it was a full resync
     ops: int  # commands in the transaction
     seconds: float
+    deferred: bool = False  # a rebuild is due and a required owner has not contributed yet
 
 
 class TableWriter:
@@ -71,6 +72,7 @@ class TableWriter:
         self._image = Image()
         self._handles: dict[str, list[int]] = {}  # chain -> handles of the rules the writer added
         self._needs_resync = True  # nothing applied yet: the first commit adopts the table
+        self._required: set[str] = set()
         self._next_verify = 0.0
         self._unrepairable: set[str] = set()
         self._generation = 0  # transactions applied (verify's listings are matched against it)
@@ -97,11 +99,21 @@ class TableWriter:
 
     # ---- writing ----
 
+    def require(self, *owners: str) -> None:
+        """No rebuild of the table (the first commit: adopting what a previous process left) until
+        each of these owners has contributed: a rebuild from part of the union would drop, for a
+        moment, what the others keep in force (an isolated pod's drop rules)."""
+        with self._lock:
+            self._required.update(owners)
+
     def commit(self) -> CommitResult:
         """Apply what changed since the last commit as one transaction (a full resync when one is
-        due). An NftError is raised again after it is counted; the next commit is then a resync."""
+        due). An NftError is raised again after it is counted; the next commit is then a resync.
+        A rebuild waits for the required owners: ``deferred`` says it was not applied yet."""
         with self._lock:
             if self._needs_resync:
+                if not self._required <= self._union.contributions.keys():
+                    return CommitResult(False, False, 0, 0.0, deferred=True)
                 return self._resync()
             start = time.monotonic()
             dirty = self._union.take_dirty()
