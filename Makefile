@@ -25,6 +25,7 @@ test: install-test
 	bash scripts/run-tests.sh
 
 bench: install-test
+	bash scripts/install-venv.sh "$(PYTHON)" "$(VENV)" ".[test,bench]"
 	$(PY) -m bench
 
 lint: install-test
