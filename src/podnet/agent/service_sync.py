@@ -12,11 +12,11 @@ connections to surviving endpoints live on.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from podnet.agent.loop import SyncLoop
 from podnet.agent.model import IPAddress, IPNetwork, Protocol, Service
 from podnet.agent.objects import Kind
 from podnet.agent.services import OWNER, ServiceCompiler, affected_endpoints
@@ -55,20 +55,18 @@ class ServiceStats:
     udp_flows_cleared: int = 0
 
 
-class ServiceSync:
+class ServiceSync(SyncLoop):
+    thread_name = "podnet-service-sync"
+
     def __init__(self, store: Store, writer: TableWriter, *, node_ips: Sequence[IPAddress] = (),
                  pod_ranges: Sequence[IPNetwork] = (), clean: FlowCleaner | None = None,
                  retry_seconds: float = 1.0, observe: Callable[[bool, float], None] | None = None) -> None:
-        self.store, self.writer = store, writer
+        super().__init__(store, retry_seconds=retry_seconds)
+        self.writer = writer
         self.compiler = ServiceCompiler(node_name=store.node_name, node_ips=node_ips, pod_cidrs=pod_ranges)
         self.clean = clean
-        self.retry_seconds = retry_seconds
         self.observe = observe
         self.stats = ServiceStats()
-        self._cond = threading.Condition()
-        self._dirty = True
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._programmed: frozenset[Target] = frozenset()
         self._rejecting: frozenset[VipPort] = frozenset()
         self._first = True
@@ -80,34 +78,11 @@ class ServiceSync:
             self._wake()
 
     def _wake(self) -> None:
-        with self._cond:
-            self._dirty = True
-            self._cond.notify_all()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="podnet-service-sync", daemon=True)
-        self._thread.start()
+        self.request()
 
     def stop(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         self._unsubscribe()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not (self._dirty and self.store.synced):
-                    self._cond.wait(5.0)
-                if self._stopping:
-                    return
-                self._dirty = False
-            if not self.sync_once():
-                with self._cond:
-                    self._dirty = True
-                    self._cond.wait(self.retry_seconds)
 
     def sync_once(self) -> bool:
         start = time.monotonic()

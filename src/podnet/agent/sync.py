@@ -12,12 +12,12 @@ repair) runs from the same loop.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from podnet.agent import admission_rules
+from podnet.agent.loop import SyncLoop
 from podnet.agent.model import IPAddress, IPNetwork, Pod
 from podnet.agent.objects import Kind
 from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompiler
@@ -52,23 +52,19 @@ class Admitted:
     ips: tuple[IPAddress, ...]
 
 
-class PolicySync:
+class PolicySync(SyncLoop):
+    thread_name = "podnet-policy-sync"
+
     def __init__(self, store: Store, writer: TableWriter, *, pod_ranges: Sequence[IPNetwork] = (),
                  retry_seconds: float = 1.0, observe: Callable[[bool, float], None] | None = None) -> None:
+        super().__init__(store, retry_seconds=retry_seconds)
         self.observe = observe  # (full, seconds) of each successful sync, for the metrics
-        self.store, self.writer = store, writer
+        self.writer = writer
         self.pod_ranges = tuple(pod_ranges)
-        self.retry_seconds = retry_seconds
         self.stats = SyncStats()
-        self._cond = threading.Condition()
-        self._dirty = True
-        self._requested = 0  # requests counted; a sync covers those made before it started
-        self._done = -1
         self._admitted: dict[str, Admitted] = {}  # container ID -> addresses
         self._compiler = PolicyCompiler()
         self._resend = True  # the writer may hold parts this compiler does not know: send all
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._unsubscribe = store.subscribe(self._on_change)
         store.on_synced(self._on_synced)
 
@@ -86,14 +82,6 @@ class PolicySync:
                     del self._admitted[cid]
         self.request()
 
-    def request(self) -> int:
-        """Mark dirty; returns a ticket :meth:`wait_for` accepts."""
-        with self._cond:
-            self._dirty = True
-            self._requested += 1
-            self._cond.notify_all()
-            return self._requested
-
     def admit(self, pod: Admitted, timeout: float) -> bool:
         """Take an ADD's addresses and wait (bounded) until a commit includes them. False when the
         wait ran out or the sources do not list the pod yet: its addresses stay held back (the
@@ -109,59 +97,17 @@ class PolicySync:
         if gone is not None:
             self.request()
 
-    def wait_for(self, ticket: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._done < ticket:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopping:
-                    return False
-                self._cond.wait(left)
-            return True
-
     # ---- the loop ----
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="podnet-policy-sync", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
         self._unsubscribe()
 
-    def _run(self) -> None:
-        """Sync when dirty (and every source has listed), verify when due: both outside the lock,
-        so the store's callbacks never wait on a commit or a table read-back, and a busy agent
-        still verifies every period."""
-        while True:
-            with self._cond:
-                if not (self._dirty and self.store.synced) and not self._stopping:
-                    self._cond.wait(self._verify_wait())
-                if self._stopping:
-                    return
-                due = self._dirty and self.store.synced
-                if due:
-                    self._dirty = False
-                    ticket = self._requested
-            if due:
-                ok = self.sync_once()
-                with self._cond:
-                    if ok:
-                        self._done = ticket
-                        self._cond.notify_all()
-                    else:
-                        self._dirty = True
-                        self._cond.wait(self.retry_seconds)
-            self._verify()
-
-    def _verify_wait(self) -> float:
+    def idle_wait(self) -> float:
         return max(0.05, min(self.writer.verify_period, 5.0))
 
-    def _verify(self) -> None:
+    def idle(self) -> None:
+        """The table's periodic verify (drift repair): due by time, busy or not."""
         if not self.store.synced:
             return
         try:

@@ -1,0 +1,93 @@
+"""One controller's sync thread, the part every controller shares: changes mark the state dirty,
+the thread syncs once every source has listed (coalescing what arrives meanwhile), retries a
+failed sync after a pause, and runs the controller's idle work (the table's periodic verify) when
+there is nothing to sync. Neither a sync nor the idle work runs under the lock, so the store's
+callbacks (which only mark dirty) never wait on a commit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from podnet.agent.store import Store
+
+
+class SyncLoop:
+    thread_name = "podnet-sync"
+
+    def __init__(self, store: Store, *, retry_seconds: float = 1.0) -> None:
+        self.store = store
+        self.retry_seconds = retry_seconds
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._requested = 0  # requests counted; a sync covers those made before it started
+        self._done = -1
+        self._thread: threading.Thread | None = None
+
+    # ---- for subclasses ----
+
+    def sync_once(self) -> bool:
+        raise NotImplementedError
+
+    def idle(self) -> None:
+        """Work done between syncs, outside the lock (nothing by default)."""
+
+    def idle_wait(self) -> float:
+        return 5.0
+
+    # ---- triggers ----
+
+    def request(self) -> int:
+        """Mark dirty; returns a ticket :meth:`wait_for` accepts."""
+        with self._cond:
+            self._dirty = True
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def wait_for(self, ticket: int, timeout: float) -> bool:
+        """Wait (bounded) until a sync that started after ``ticket`` was taken has succeeded."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._done < ticket:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    # ---- the thread ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not (self._dirty and self.store.synced) and not self._stopping:
+                    self._cond.wait(self.idle_wait())
+                if self._stopping:
+                    return
+                due = self._dirty and self.store.synced
+                if due:
+                    self._dirty = False
+                    ticket = self._requested
+            if due:
+                ok = self.sync_once()
+                with self._cond:
+                    if ok:
+                        self._done = ticket
+                        self._cond.notify_all()
+                    else:
+                        self._dirty = True
+                        self._cond.wait(self.retry_seconds)
+            self.idle()
