@@ -1,6 +1,7 @@
 """What differs between the kernel's table and what the writer applied: chains present, their rules
 (by handle, see :mod:`podnet.dataplane.writer`), base chain policies, sets present and their
-elements and values (compared in canonical form, :mod:`podnet.dataplane.normalize`)."""
+elements and values (compared in canonical form, :mod:`podnet.dataplane.normalize`) — except the
+elements of dynamic sets, which the packet path fills."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def _set_drift(kernel: TableState, image: Image) -> list[str]:
         out.append(f"sets {sorted(set(kernel.sets) ^ set(image.sets))} added or deleted")
     for name in sorted(set(kernel.sets) & set(image.sets)):
         decl = image.sets[name]
+        if "dynamic" in decl.flags:  # packets add to it (ClientIP affinity): its elements are not ours
+            continue
         want = image.elements.get(name, {})
         have = {e.key: e.value for e in kernel.sets[name].elements}
         if want == have:
