@@ -1,7 +1,12 @@
-"""Run inside a client pod: ``trafficloop.py HOST PORT``. Opens a fresh TCP connection to
+"""Run inside a client pod.
+
+``trafficloop.py HOST PORT``: Opens a fresh TCP connection to
 HOST:PORT every few milliseconds and reads the answering server's name, until stdin closes; then
 prints one JSON object: ``ok`` (connections answered), ``failed`` and the first failures (time since
 start in seconds and the error), so a test sees whether traffic kept working throughout.
+
+``trafficloop.py --udp HOST PORT``: one UDP socket on a fixed source port (one conntrack flow),
+a datagram every 50 ms; prints ``SECONDS NAME`` for each answer, until killed.
 """
 
 from __future__ import annotations
@@ -32,5 +37,25 @@ def main(host: str, port: int) -> None:
     print(json.dumps({"ok": ok, "failed": len(failures), "first": failures[:10]}), flush=True)
 
 
+def udp(host: str, port: int) -> None:
+    import socket
+
+    start = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 40053))
+        s.settimeout(0.05)
+        while True:
+            s.sendto(b"?", (host, port))
+            try:
+                name = s.recv(2048).decode()
+                print(f"{time.monotonic() - start:.3f} {name}", flush=True)
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "--udp":
+        udp(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
