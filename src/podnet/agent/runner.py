@@ -18,10 +18,11 @@ from typing import Any, Protocol
 from podnet.agent import admission_rules, tables
 from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.model import IPNetwork
-from podnet.agent.policy.explain import ExplainError, explain
+from podnet.agent.policy.explain import ExplainError, explain, parse_port
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
 from podnet.agent.services import OWNER as SERVICES_OWNER
+from podnet.agent.services.explain import explain_service
 from podnet.agent.store import Store
 from podnet.agent.sync import POLICY_OWNER as SHARED_POLICY_OWNER
 from podnet.agent.sync import PolicySync
@@ -121,7 +122,12 @@ class Agent:
         inputs = PolicyInputs.of(snap.namespaces, snap.pods.values(), snap.policies.values(),
                                  self.store.node_name)
         try:
-            return {"ok": True, "text": explain(inputs, src, dst, port)}
+            number, protocol = parse_port(port)
+            # A service address: its endpoints, each with the verdict policy gives after DNAT.
+            text = explain_service(snap.services.values(), snap.endpoint_slices.values(),
+                                   self.store.node_name, dst, number, protocol,
+                                   lambda ip, p: explain(inputs, src, ip, p))
+            return {"ok": True, "text": text if text is not None else explain(inputs, src, dst, port)}
         except ExplainError as exc:
             return {"ok": False, "error": str(exc)}
 

@@ -178,3 +178,21 @@ def test_udp_client_moves_off_a_removed_endpoint_and_tcp_to_survivors_lives(worl
             proc.kill()
             proc.wait(10)
         world.services(list(ENDPOINTS))
+
+
+def test_policy_explain_follows_a_cluster_ip_to_its_endpoints(world: World) -> None:
+    """``podnet policy explain`` (the agent's socket) with a ClusterIP as the destination names the
+    Service and explains each endpoint; ``podnet status`` counts what the proxy programs."""
+    answer = world.agent.ask({"op": "explain", "src": f"{NS}/{CLIENT[0]}", "dst": WEB, "port": "80/TCP"})
+    assert answer.get("ok"), answer
+    text = answer["text"]
+    assert text.startswith(f"{WEB} is the ClusterIP of Service {NS}/web, port http (80/TCP)"), text
+    for name, address in ENDPOINTS.items():
+        assert f"{address}:8080" in text, text
+        assert f"{NS}/c0 ({CLIENT[1]}) -> {NS}/{name} ({address}) TCP/8080: ALLOWED" in text, text
+    answer = world.agent.ask({"op": "explain", "src": f"{NS}/{CLIENT[0]}", "dst": EMPTY, "port": "80"})
+    assert "new connections are rejected at once" in answer["text"], answer
+    plain = world.agent.ask({"op": "explain", "src": f"{NS}/{CLIENT[0]}", "dst": f"{NS}/p0", "port": "8080"})
+    assert plain["text"].startswith(f"{NS}/c0 ({CLIENT[1]}) -> {NS}/p0"), plain
+    status = world.agent.status()["services"]
+    assert status["proxied"] == 2 and status["endpoints"] == 6, status
