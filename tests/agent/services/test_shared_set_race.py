@@ -185,6 +185,7 @@ class Report:
     seconds: float = 0.0
     traffic: dict[str, Any] = field(default_factory=dict)
     split: tuple[int, int] = (0, 0)  # (policy, service) syncs
+    writer: str = ""  # the one writer's metrics (full rebuilds and drift repairs happened when)
 
 
 def elements_of(nft: LibNftables, set_name: str) -> list[str]:
@@ -283,6 +284,8 @@ def scenario(wired: Node, writers: Writers, syncs: int, time_limit: float,
             report.syncs = policies.stats.syncs + services.stats.syncs - base
         report.seconds = round(time.monotonic() - start, 2)
         report.split = (policies.stats.syncs, services.stats.syncs)
+        if isinstance(policy_writer, TableWriter):
+            report.writer = str(policy_writer.metrics)
         churn.stop.set()
         churn.thread.join(10)
         report.traffic = _finish(traffic)
@@ -314,7 +317,8 @@ def _kind(obj: object) -> Kind:
 def test_one_writer_never_loses_the_external_ip(wired: Node) -> None:
     report = scenario(wired, real_writers(wired.node), SYNCS, TIME_LIMIT)
     print(f"\none writer: {report.syncs} syncs (policy, service: {report.split}) in {report.seconds}s, "
-          f"{report.samples} samples, {len(report.lost)} without the ExternalIP; traffic {report.traffic}")
+          f"{report.samples} samples, {len(report.lost)} without the ExternalIP; traffic {report.traffic}; "
+          f"writer {report.writer}")
     assert not report.lost, f"the ExternalIP was missing: {report.lost[:3]}"
     assert report.syncs >= SYNCS, f"only {report.syncs} syncs in {TIME_LIMIT}s (PODNET_RACE_SYNCS={SYNCS})"
     assert report.samples > 100, report.samples
