@@ -75,7 +75,8 @@ def _applied(sock: str) -> bool:
         status = ask(sock, {"op": "status"}, 2)["status"]
     except (OSError, ValueError, KeyError):
         return False
-    return bool(status["synced"]) and status["generation"] == status["generation_applied"]
+    return (bool(status["synced"]) and status["generation"] == status["generation_applied"]
+            and status["services"]["syncs"] >= 1)  # both controllers have committed
 
 
 def test_status_explain_and_metrics_from_a_running_agent(node: Netns, agent: Running) -> None:

@@ -29,7 +29,7 @@ from podnet.kernel.nft.exec_backend import NftExec
 from podnet.kernel.nft.netlink import rule_handles, table_exists
 from podnet.kernel.nft.protocol import Nft
 from podnet.kernel.nft.setelem import ElementSocket, SetType
-from podnet.kernel.nft.state import TableState, parse_table_json
+from podnet.kernel.nft.state import TableState
 from podnet.kernel.nft.transaction import Family, Transaction, check_family, check_name
 
 LIBRARY = "libnftables.so.1"
@@ -269,13 +269,11 @@ class LibNftables:
         return self._call(dump, what)
 
     def list_table(self, family: Family, table: str, *, elements: bool = True) -> TableState | None:
-        what = f"libnftables list table {family} {table}"
-        cmd = f"list table {check_family(family)} {check_name(table, 'table name')}"
-        try:
-            out = self._call(lambda c: c.run(cmd, what, json=True, terse=not elements), what)
-        except NftNotFound:
-            return None
-        return parse_table_json(out, family, table)
+        """Listed by ``nft -j`` in a child process, not by this context: libnftables 1.0.x can abort
+        the whole process (an assertion in its JSON output of a set's type) when the table changes
+        while it is being listed, and listings run while other writers commit. Listings are rare
+        (verify, GC, CHECK); every write stays in-process."""
+        return NftExec(netns=self.netns, timeout=self.timeout).list_table(family, table, elements=elements)
 
     def has_table(self, family: Family, table: str) -> bool:
         """One netlink request, from the worker (already in the namespace); True when unsure."""
