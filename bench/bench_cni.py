@@ -395,7 +395,8 @@ def plot(raw: dict[str, Any], path: Path) -> str:
         return "matplotlib is not installed: no PNG (the JSON has every sample)"
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     for ax, key in zip(axes, ("seq_add", "seq_del", "burst_add", "burst_del"), strict=True):
-        ax.boxplot([[t * 1e3 for t in raw[v][key]] for v in VARIANTS], labels=[LABEL[v] for v in VARIANTS])
+        ax.boxplot([[t * 1e3 for t in raw[v][key]] for v in VARIANTS])
+        ax.set_xticks(range(1, len(VARIANTS) + 1), [LABEL[v] for v in VARIANTS], rotation=12)  # any version
         ax.set_title(key.replace("_", " ").replace("seq", "one at a time"))
         ax.set_ylabel("ms")
         ax.set_yscale("log")
