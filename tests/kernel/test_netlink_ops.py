@@ -243,8 +243,10 @@ def test_filtered_dumps_fit_in_one_part_however_big_the_table(node: Netns, nl: N
     assert [r.destination for r in mine] == ["10.30.0.0/24", "10.32.0.5/32"]
     assert attempts(lambda: nl.routes(table=model.RT_TABLE_MAIN, oif="vh0")) == 1
     assert attempts(lambda: nl.neighbours("vh0")) == 1
-    assert attempts(lambda: nl.routes()) == 2
-    assert attempts(lambda: nl.neighbours()) == 2
+    # Several parts: at least a second attempt to compare with, more when a change notification
+    # arrived meanwhile (the fresh veths' IPv6 neighbour discovery can still be going on).
+    assert attempts(lambda: nl.routes()) >= 2
+    assert attempts(lambda: nl.neighbours()) >= 2
 
 
 # -- neighbours --------------------------------------------------------------------------
