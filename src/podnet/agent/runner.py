@@ -26,9 +26,9 @@ from podnet.agent.services.explain import explain_service
 from podnet.agent.store import Store
 from podnet.agent.sync import POLICY_OWNER as SHARED_POLICY_OWNER
 from podnet.agent.sync import PolicySync
+from podnet.dataplane.backends import Nft, backend
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.errors import KernelError
-from podnet.kernel.nft import Nft, backend
 from podnet.kernel.sysctl import read_sysctl, write_sysctl
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from podnet.agent.objects import Kind
 from podnet.agent.services import OWNER, ServiceCompiler, affected_endpoints
 from podnet.agent.services.endpoints import Target
 from podnet.agent.store import Change, Store
+from podnet.dataplane.backends import NftError
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.errors import KernelError
-from podnet.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
 SERVICE_KINDS = frozenset({Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.NODE})

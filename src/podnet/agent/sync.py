@@ -23,8 +23,8 @@ from podnet.agent.objects import Kind
 from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompiler
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.store import Change, Store
+from podnet.dataplane.backends import NftError
 from podnet.dataplane.writer import TableWriter
-from podnet.kernel.nft import NftError
 
 log = logging.getLogger(__name__)
 POLICY_OWNER = SHARED_OWNER  # the base chains and verdict maps; each policy is its own owner too

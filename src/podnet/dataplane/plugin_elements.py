@@ -21,7 +21,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from podnet.kernel.errors import InvalidArgument
-from podnet.kernel.nft import Element, Family, Nft, NftExists, Transaction, check_name, shared_backend
+from podnet.kernel.nft import (
+    Element,
+    Family,
+    Nft,
+    NftError,
+    NftExec,
+    NftExists,
+    NftUnavailable,
+    Transaction,
+    check_name,
+    shared_backend,
+)
 
 
 class OwnedElements:
@@ -206,6 +217,12 @@ def default_backend() -> Nft:
     return shared_backend()
 
 
+def backend_in(netns: str | None) -> Nft:
+    """For a one-shot look (podnet doctor): this process's context for its own namespace, the
+    ``nft`` binary run in another one, so nothing (no context, no thread) stays behind."""
+    return shared_backend() if netns is None else NftExec(netns=netns)
+
+
 __all__ = [
     "MASQ_CHAIN",
     "MASQ_SETS",
@@ -213,7 +230,11 @@ __all__ = [
     "SPOOF_CHAIN",
     "SPOOF_PORTS",
     "Masquerade",
+    "Nft",
+    "NftError",
+    "NftUnavailable",
     "OwnedElements",
     "SpoofCheck",
+    "backend_in",
     "default_backend",
 ]

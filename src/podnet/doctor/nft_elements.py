@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck
+from podnet.dataplane.plugin_elements import Masquerade, NftError, OwnedElements, SpoofCheck, backend_in
 from podnet.doctor.context import Context
 from podnet.doctor.findings import Changed, Finding
 from podnet.doctor.live import LiveAttachments
 from podnet.doctor.scope import PodnetNetwork
-from podnet.kernel.nft import NftError, NftExec, shared_backend
 from podnet.plugins.bridge import NFT_TABLE
 from podnet.plugins.identity import network_token, owner
 
@@ -26,9 +25,7 @@ HASHED = "#"
 
 
 def tables(netns: str | None) -> list[OwnedElements]:
-    # The doctor's own namespace: the process's libnftables context. Another namespace: the nft
-    # binary run there, so a one-shot look leaves no context (nor thread) behind.
-    nft = shared_backend() if netns is None else NftExec(netns=netns)
+    nft = backend_in(netns)
     return [Masquerade(nft, NFT_TABLE), SpoofCheck(nft, NFT_TABLE)]
 
 

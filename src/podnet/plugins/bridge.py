@@ -35,11 +35,17 @@ from podnet.cni import skel
 from podnet.cni.args import validate_ifname
 from podnet.cni.errors import CNIError, InternalError, InvalidNetworkConfig, UnsupportedField
 from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
-from podnet.dataplane.plugin_elements import Masquerade, OwnedElements, SpoofCheck, default_backend
+from podnet.dataplane.plugin_elements import (
+    Masquerade,
+    Nft,
+    NftUnavailable,
+    OwnedElements,
+    SpoofCheck,
+    default_backend,
+)
 from podnet.kernel.errors import NotSupported
 from podnet.kernel.model import Link
 from podnet.kernel.netlink import IPIface, Netlink, random_mac
-from podnet.kernel.nft import Nft, NftUnavailable
 from podnet.plugins import attachment, ipam_delegate, podconf, podside, veth
 from podnet.plugins.attachment import Rollback
 from podnet.plugins.identity import Attachment

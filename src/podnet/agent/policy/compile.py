@@ -23,7 +23,7 @@ Design (kube-proxy's nftables mode in spirit: rules are static, the changing dat
   inet_service`` matched with ``meta l4proto . th dport``, which loads without any
   protocol module (SCTP included) and only ever matches the protocol named. A set is an interval set
   only when the rule can put a CIDR or a range in it (an ipBlock peer; an endPort or a protocol
-  without port): libnftables reads every interval set of the table before any element command, so
+  without port): the nftables library reads every interval set of the table before any element command, so
   each one costs every later update. The flag follows from the rule alone, never from the pods, so a
   declaration does not change as pods come and go. Named ports are
   ``address . proto . port`` elements resolved on each destination pod (``-named4/6``): for ingress
