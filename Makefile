@@ -11,10 +11,11 @@ PY := $(VENV)/bin/python
 # for the libcni interop driver (built offline in GOPATH mode), and a C compiler with the
 # kernel's uapi headers (every netlink constant podnet defines is checked against them). The
 # native plugin shim is built from source with Debian's gcc (scripts/build-shim.sh). libnftables1
-# is the in-process nftables backend; iperf3 measures pod-to-pod throughput in bench/.
+# is the in-process nftables backend; iperf3 measures pod-to-pod throughput in bench/; openssl makes the
+# certificate of the tests' local Kubernetes API server.
 RUN_PKGS := iproute2 nftables libnftables1 iputils-ping containernetworking-plugins python3 python3-venv procps \
 	gcc libc6-dev
-TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git linux-libc-dev iperf3
+TEST_PKGS := $(RUN_PKGS) golang-go golang-github-appc-cni-dev git linux-libc-dev iperf3 openssl
 
 .PHONY: demo test bench lint typecheck install-run install-test clean
 
