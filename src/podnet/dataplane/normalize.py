@@ -57,7 +57,7 @@ def value(text: Value, value_type: str | None) -> Value:
         return text
     if value_type == "verdict":
         return " ".join(text.split())
-    return component(text, value_type)
+    return key(text, tuple(value_type.split(" . ")))
 
 
 def elements(items: dict[str, Value], types: tuple[str, ...], value_type: str | None) -> dict[str, Value]:

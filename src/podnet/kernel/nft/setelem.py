@@ -76,6 +76,8 @@ def _field(kind: str, text: str) -> bytes | None:
             return bytes((number,)) if 0 <= number <= 255 else None
         if kind == "inet_service" and text.isdigit() and int(text) <= 65535:
             return struct.pack("!H", int(text))
+        if kind == "integer" and text.isdigit() and int(text) < 1 << 32:
+            return struct.pack("=I", int(text))  # a register value (numgen's), host byte order
     except (ValueError, KeyError):
         return None
     return None
@@ -112,14 +114,18 @@ def _element(kind: SetType, key: str, value: str | None) -> bytes | None:
     if raw is None or (value is None) != (kind.value is None):
         return None
     body = attr(_NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(_NFTA_DATA_VALUE, raw))
-    if value is not None:
-        if kind.value != "verdict":
-            return None
-        data = encode_verdict(value)
+    if value is not None and kind.value is not None:
+        data = encode_verdict(value) if kind.value == "verdict" else _data_value(kind.value, value)
         if data is None:
             return None
         body += attr(_NFTA_SET_ELEM_DATA | NLA_F_NESTED, data)
     return attr(_NFTA_LIST_ELEM | NLA_F_NESTED, body)
+
+
+def _data_value(value_type: str, text: str) -> bytes | None:
+    """A map value that is data (``10.0.0.2 . 8080``): encoded like a key of the value's types."""
+    raw = encode_key(tuple(value_type.split(" . ")), text)
+    return None if raw is None else attr(_NFTA_DATA_VALUE, raw)
 
 
 def _items(op: Op) -> list[tuple[str, str | None]] | None:

@@ -24,6 +24,7 @@ _COMMENT_BAD = re.compile(r'["\n\r\\\x00]')
 # Element keys are values such as 10.1.0.5, fd00::/64, "10.1.0.5 . 10.1.0.0/24", ifname strings.
 _KEY_BAD = re.compile(r"[{};#\n\r\x00]")
 _RULE_BAD = re.compile(r"[\n\r;#\x00]")
+_TYPEOF_BAD = re.compile(r"[{}\n\r;#\x00\"]")
 
 Verb = Literal["add-table", "delete-table", "add-chain", "create-chain", "delete-chain", "flush-chain",
                "add-rule", "delete-rule", "add-set", "add-map", "delete-set", "flush-set",
@@ -78,8 +79,16 @@ class Op:
     items: tuple[tuple[str, str | None], ...] = ()  # add-elements: (key, map value or None)
 
 
+def _typeof(typeof: str | None) -> tuple[tuple[str, str], ...]:
+    if typeof is None:
+        return ()
+    if not typeof.strip() or _TYPEOF_BAD.search(typeof):
+        raise InvalidArgument(f"nftables typeof {typeof!r}: expressions only (no braces, ';', '#', newlines)")
+    return (("typeof", " ".join(typeof.split())),)
+
+
 def _types(type: str | Sequence[str]) -> str:
-    types = (type,) if isinstance(type, str) else tuple(type)
+    types = tuple(type.split(" . ")) if isinstance(type, str) else tuple(type)
     if not types:
         raise InvalidArgument("nftables set type: empty")
     return " . ".join(check_name(t, "set type") for t in types)
@@ -142,16 +151,20 @@ class Transaction:
         return self._push(Op("delete-rule", check_name(chain, "chain name"), str(handle)))
 
     def add_set(self, name: str, type: str | Sequence[str], *, flags: Sequence[str] = (),
-                comment: str | None = None) -> Transaction:
-        spec: tuple[tuple[str, str], ...] = (("type", _types(type)),)
+                comment: str | None = None, typeof: str | None = None) -> Transaction:
+        """A set of ``type``, or declared ``typeof`` expressions (then ``type`` is only recorded)."""
+        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), *_typeof(typeof))
         if flags:
             spec += (("flags", ", ".join(check_name(f, "set flag") for f in flags)),)
         return self._push(Op("add-set", check_name(name, "set name"), comment=comment, spec=spec))
 
     def add_map(self, name: str, type: str | Sequence[str], value_type: str | Sequence[str], *,
-                flags: Sequence[str] = (), comment: str | None = None) -> Transaction:
-        """A map from ``type`` to ``value_type`` (``verdict`` for a verdict map)."""
-        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), ("value", _types(value_type)))
+                flags: Sequence[str] = (), comment: str | None = None,
+                typeof: str | None = None) -> Transaction:
+        """A map from ``type`` to ``value_type`` (``verdict`` for a verdict map), or declared
+        ``typeof KEY : VALUE`` expressions (then the types are only recorded)."""
+        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), ("value", _types(value_type)),
+                                             *_typeof(typeof))
         if flags:
             spec += (("flags", ", ".join(check_name(f, "set flag") for f in flags)),)
         return self._push(Op("add-map", check_name(name, "map name"), comment=comment, spec=spec))
@@ -289,7 +302,7 @@ def render_op(family: str, table: str, op: Op) -> str:
 def _set_body(op: Op) -> str:
     spec = dict(op.spec)
     kind = spec["type"] if "value" not in spec else f"{spec['type']} : {spec['value']}"
-    lines = [f"type {kind};"]
+    lines = [f"typeof {spec['typeof']};" if "typeof" in spec else f"type {kind};"]
     if "flags" in spec:
         lines.append(f"flags {spec['flags']};")
     if op.comment is not None:
