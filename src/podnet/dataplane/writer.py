@@ -5,7 +5,9 @@ Controllers and plugins hand it their contribution under an owner key; it keeps 
 union and what it last applied as one transaction. A full resync rebuilds the whole table from the
 union in one transaction, and is what the first commit of a writer does (a restarting agent adopts
 the table the previous one left: the kernel swaps old for new in one step, so pods isolated by
-policy stay isolated throughout) and what the commit after any failed one does.
+policy stay isolated throughout) and what the commit after any failed one does. A rebuild keeps
+what packets put into dynamic sets (ClientIP affinity), with the time it had left
+(:mod:`podnet.dataplane.carry`).
 
 The kernel's table is read only by :meth:`TableWriter.verify`, to compare: on a difference (an
 element or rule added or deleted by hand) the table is rebuilt from the union and the repair
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import cast
 
+from podnet.dataplane import carry
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.diff import Patch, incremental, rebuild
 from podnet.dataplane.image import Image
@@ -45,6 +48,8 @@ class WriterMetrics:
     last_commit_seconds: float = 0.0
     last_full_seconds: float = 0.0
     last_error: str = ""
+    carried_elements: int = 0  # dynamic set elements the last rebuild kept (ClientIP affinity)
+    carry_failures: int = 0  # rebuilds that could not keep them
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,7 @@ class TableWriter:
         self._union.take_dirty()
         image = Image.of(self._union)
         tx = rebuild(self.family, self.table, image, self.comment)
-        self._apply(tx)
+        self._apply_rebuild(tx, carry.read(self.nft, self.family, self.table, image, self._image))
         self._image = image
         self._needs_resync = False
         self.metrics.full_resyncs += 1
@@ -151,6 +156,27 @@ class TableWriter:
         result = self._done(start, full=True, ops=len(tx.ops))
         self.metrics.last_full_seconds = result.seconds
         return result
+
+    def _apply_rebuild(self, tx: Transaction, kept: carry.Carried) -> None:
+        """The rebuild with the packet path's dynamic set elements carried over. Without them when
+        they could not be read, or when the rebuild failed with them: one element the kernel takes
+        back differently must not keep the table from being rebuilt."""
+        if kept.error is not None:
+            self.metrics.carry_failures += 1
+            self.metrics.last_error = kept.error
+        self.metrics.carried_elements = 0
+        if not kept.elements:
+            self._apply(tx)
+            return
+        with_kept = Transaction(tx.family, tx.table, list(tx.ops))
+        kept.add_to(with_kept)
+        try:
+            self._apply(with_kept)
+        except NftError:
+            self.metrics.carry_failures += 1
+            self._apply(tx)
+            return
+        self.metrics.carried_elements = kept.count()
 
     def _apply(self, tx: Transaction) -> None:
         self._generation += 1

@@ -20,6 +20,10 @@ class Element:
     key: str  # as the renderer writes it: "10.1.0.5", "10.1.0.5 . 10.1.0.0/24"
     comment: str | None = None
     value: str | None = None  # a map element's value ("accept", "goto c", "10.0.0.1")
+    # Elements with their own timeout (dynamic sets the packet path fills): the timeout and the time
+    # left, in milliseconds (nft -j gives whole seconds, cut down).
+    timeout_ms: int | None = None
+    expires_ms: int | None = None
 
 
 @dataclass
@@ -86,6 +90,12 @@ def _value(obj: Any, kind: str = "") -> str:
     raise NftError("nft -j: unexpected element value", json.dumps(obj)[:200])
 
 
+def _millis(raw: Any) -> int | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return int(raw * 1000)
+
+
 def _element(obj: Any, kind: str, value_type: str | None) -> Element:
     value: str | None = None
     if value_type is not None and isinstance(obj, list) and len(obj) == 2:
@@ -94,7 +104,8 @@ def _element(obj: Any, kind: str, value_type: str | None) -> Element:
     if isinstance(obj, dict) and "elem" in obj:
         inner = obj["elem"]
         comment = inner.get("comment")
-        return Element(_value(inner["val"], kind), comment if isinstance(comment, str) else None, value)
+        return Element(_value(inner["val"], kind), comment if isinstance(comment, str) else None, value,
+                       _millis(inner.get("timeout")), _millis(inner.get("expires")))
     return Element(_value(obj, kind), None, value)
 
 
