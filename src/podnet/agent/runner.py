@@ -23,6 +23,7 @@ from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
 from podnet.agent.services import OWNER as SERVICES_OWNER
 from podnet.agent.services.explain import explain_service
+from podnet.agent.services.status import service_table
 from podnet.agent.store import Store
 from podnet.agent.sync import POLICY_OWNER as SHARED_POLICY_OWNER
 from podnet.agent.sync import PolicySync
@@ -132,9 +133,11 @@ class Agent:
             return {"ok": False, "error": str(exc)}
 
     def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "status": self.status()}
+        return {"ok": True, "status": self.status(service_rows=True)}
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, service_rows: bool = False) -> dict[str, Any]:
+        """The agent's state; with ``service_rows`` (the socket's answer, not every metrics
+        scrape) also each service address and what the proxy does with it."""
         stats, wm = self.sync.stats, self.writer.metrics
         return {
             "node": self.store.node_name,
@@ -155,13 +158,20 @@ class Agent:
                          "syncs": self.services.stats.syncs, "failed": self.services.stats.failed_syncs,
                          "last_seconds": round(self.services.stats.last_sync_seconds, 6),
                          "last_error": self.services.stats.last_error,
-                         "udp_flows_cleared": self.services.stats.udp_flows_cleared},
+                         "udp_flows_cleared": self.services.stats.udp_flows_cleared,
+                         **(self._service_rows() if service_rows else {})},
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
             "bridge_filtering": self.bridge_filtering,
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 
+    def _service_rows(self) -> dict[str, Any]:
+        """From the store the proxy compiles (its current model: while a sync is under way the
+        kernel may still lag it, as ``generation`` does ``generation_applied``)."""
+        snap = self.store.snapshot()
+        table = service_table(snap.services.values(), snap.endpoint_slices.values(), self.store.node_name)
+        return {"table": table.rows, "table_truncated": table.truncated}
 
     def _invalid_policies(self) -> dict[str, str]:
         """Each fails closed for the pods it selects; the others keep working."""

@@ -15,6 +15,8 @@ from podnet.cli.daemon_cmd import parse_addr, seconds
 AGENT_SOCKET = "/run/podnet/agent.sock"
 DAEMON_SOCKET = "/run/podnet/podnet.sock"
 
+SERVICE_ROWS = 50
+
 AGENT_HELP = """\
 Run the node agent: read Namespaces, Pods and NetworkPolicies from a manifest directory (the
 default that needs no cluster) and/or the Kubernetes API, and enforce NetworkPolicy for this
@@ -51,6 +53,8 @@ def register(sub: Any) -> None:
     s.add_argument("--daemon-socket", default=DAEMON_SOCKET,
                    help=f"the daemon's socket (default {DAEMON_SOCKET})")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--services", type=_count, default=SERVICE_ROWS, metavar="N",
+                   help=f"print at most N service ports, one line each (default {SERVICE_ROWS}; 0: none)")
     s.set_defaults(func=run_status)
 
     pol = sub.add_parser("policy", help="NetworkPolicy tools")
@@ -71,6 +75,16 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 0 or more")
+    return value
 
 
 def run_agent(ns: argparse.Namespace) -> int:
@@ -136,7 +150,7 @@ def run_status(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(out, indent=1, sort_keys=True))
     else:
-        print(_status_text(out))
+        print(_status_text(out, ns.services))
     # Either may run alone (a node without the agent; the agent without the daemon).
     return 1 if "error" in (out["agent"] or {}) and "error" in out["daemon"] else 0
 
@@ -165,7 +179,7 @@ def daemon_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {"error": "unreadable answer"}
 
 
-def _status_text(out: dict[str, Any]) -> str:
+def _status_text(out: dict[str, Any], service_rows: int = SERVICE_ROWS) -> str:
     d = out["daemon"]
     if "error" in d:
         lines = [f"daemon: {d['error']}"]
@@ -192,9 +206,24 @@ def _status_text(out: dict[str, Any]) -> str:
               f"  services: {a['services']['proxied']} proxied, {a['services']['endpoints']} endpoints, "
               f"{a['services']['syncs']} syncs ({a['services']['failed']} failed); last error: "
               f"{a['services']['last_error'] or 'none'}"]
+    lines += _service_lines(a["services"], service_rows)
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
+
+
+def _service_lines(services: dict[str, Any], limit: int) -> list[str]:
+    """One line per service port (an agent without the table answers without it: nothing)."""
+    from podnet.agent.services.status import format_row
+
+    rows: list[dict[str, Any]] = services.get("table") or []
+    lines = [f"    {format_row(row)}" for row in rows[:limit]]
+    cut, left_out = len(rows) - len(lines), int(services.get("table_truncated") or 0)
+    if cut or left_out:
+        why = [*([f"--services {len(rows)} shows {cut} of them"] if cut else []),
+               *([f"{left_out} beyond the agent's answer"] if left_out else [])]
+        lines.append(f"    ... {cut + left_out} more service port(s) ({'; '.join(why)})")
+    return lines
 
 
 def run_explain(ns: argparse.Namespace) -> int:
