@@ -4,14 +4,12 @@ and loaded through the table writer (in-process libnftables), in throw-away name
 Measured in one run:
 
 * full sync: a fresh ServiceCompiler's compile, the writer's contribute, and its first commit (a full
-  rebuild in one transaction), each timed; as anchors, ``nft -f`` of the same transaction, and of it
-  with the per-service anonymous numgen maps cut out (what the kernel spends on those);
+  rebuild in one transaction), each timed; as the anchor, ``nft -f`` of the same transaction;
 * one-endpoint change: one service's slice loses or gets back an endpoint, the ServiceCompiler
-  compiles again (only that service), the writer takes the contribution and commits incrementally:
-  p50 / p99 of the whole and of each step;
+  updates that service (as the sync loop does with the service a store change names), the writer
+  takes the contribution and commits incrementally: p50 / p99 of the whole and of each step;
 * what the kernel then holds (``nft -j list table``): chains, rules, sets and elements, and what of
-  it grows with services (per-service chains, elements) against what does not (the chains every
-  packet goes through);
+  it grows with services (elements) against what does not (chains and rules);
 * first-packet latency to a ClusterIP: TCP connect() time from a pod to a service whose endpoint is
   a pod on the same bridge, on twin node namespaces holding 10 and 5,000 services, rounds
   alternating between them; the ratio of the medians.
@@ -204,7 +202,10 @@ def one_changes(loaded: Loaded, changes: int) -> dict[str, list[float]]:
         else:
             saved[i] = loaded.slices[i]
             loaded.slices[i] = dataclasses.replace(saved[i], endpoints=saved[i].endpoints[:-1])
-        c, t1 = timed(loaded.compiler.compile, loaded.services, loaded.slices)
+        # As the sync loop does it: the store's change names the service whose slice changed.
+        service = loaded.services[i]
+        c, t1 = timed(loaded.compiler.update, [service.key], {service.key: service},
+                      lambda ns, name, i=i: (loaded.slices[i],))
         _, t2 = timed(loaded.writer.contribute, "services", c)
         result, t3 = timed(loaded.writer.commit)
         assert result.changed and not result.full, result
@@ -217,16 +218,23 @@ def one_changes(loaded: Loaded, changes: int) -> dict[str, list[float]]:
 def counts(lib: LibNftables, c: Contribution) -> dict[str, Any]:
     state = lib.list_table(*TABLE)  # type: ignore[arg-type]
     assert state is not None
-    kinds = Counter("fixed" if not n.startswith(("svc-", "ep-")) else n.split("-")[0] for n in state.chains)
+    kinds = Counter(chain_kind(n) for n in state.chains)
     return {
         "kernel_chains": len(state.chains), "kernel_rules": sum(len(r) for r in state.chains.values()),
         "kernel_sets": len(state.sets), "kernel_elements": sum(len(s.elements) for s in state.sets.values()),
         "chains_by_kind": dict(kinds),
-        "rules_in_fixed_chains": sum(len(r) for n, r in state.chains.items()
-                                     if not n.startswith(("svc-", "ep-"))),
+        "rules_in_fixed_chains": sum(len(r) for n, r in state.chains.items() if chain_kind(n) == "fixed"),
         "elements_by_set": {n: len(s.elements) for n, s in sorted(state.sets.items()) if s.elements},
         "contribution_rules": sum(len(ch.rules) for ch in c.chains),
     }
+
+
+def chain_kind(name: str) -> str:
+    """fixed (hooks, dispatch), shared (entry and slot chains: by endpoint count), svc/ep (a
+    service's or an endpoint's own: ClientIP affinity only)."""
+    if re.match(r"services-\d-", name):
+        return "shared"
+    return name.split("-")[0] if name.startswith(("svc-", "ep-")) else "fixed"
 
 
 def latency(small: Node, large: Node, rounds: int, connects: int, vips: dict[str, str]) -> dict[str, Any]:
@@ -241,15 +249,13 @@ def latency(small: Node, large: Node, rounds: int, connects: int, vips: dict[str
 
 
 def kernel_anchor(node: Node, c: Contribution) -> dict[str, float]:
-    """Where a full sync's kernel time goes: ``nft -f`` of the writer's full transaction in an empty
-    namespace, and of the same with every numgen map cut to its first endpoint (no anonymous map):
-    the difference is what the kernel spends on one anonymous map per service."""
+    """``nft -f`` of the writer's full transaction in an empty namespace: what nft and the kernel
+    alone take for the table the full sync writes."""
     union = Union()
     union.replace("services", c)
     script = rebuild("inet", "podnet", Image.of(union), None).render()
-    plain = re.sub(r"numgen random mod \d+ map \{ 0 : (\S+) \. (\d+)[^}]*\}", r"\1:\2", script)
     out: dict[str, float] = {}
-    for name, text in (("nft_f_full", script), ("nft_f_without_anonymous_maps", plain)):
+    for name, text in (("nft_f_full", script),):
         ns = node.ns(f"anchor{len(out)}")
         run("ip", "netns", "add", ns)
         try:
@@ -278,8 +284,7 @@ def report(out: dict[str, Any], services: int) -> None:
     print(f"  total {full['total']:.3f} s   target <= {TARGETS['full_sync_s']} s  "
           f"{verdict(full['total'] <= TARGETS['full_sync_s'])}")
     anchor = out["anchor"]
-    print(f"  anchor: nft -f of the same transaction {anchor['nft_f_full']:.3f} s; without the anonymous "
-          f"numgen maps {anchor['nft_f_without_anonymous_maps']:.3f} s")
+    print(f"  anchor: nft -f of the same transaction {anchor['nft_f_full']:.3f} s")
     steps = out["change"]
     print(f"one-endpoint change ({len(steps['total'])} changes), p50 / p99 ms:")
     for name in ("compile", "contribute", "commit", "total"):
@@ -293,9 +298,9 @@ def report(out: dict[str, Any], services: int) -> None:
         print(f"  {key:22} {small[key]:12} {large[key]:12}")
     print(f"  chains by kind: {small['chains_by_kind']} -> {large['chains_by_kind']}")
     print(f"  elements by set ({services} services): {large['elements_by_set']}")
-    print("  grows with services: one svc- chain (one rule) per service port and family, one svc-ips4")
-    print("  element per port, one service-ips4 element per VIP, one svc-hairpin4 element per local")
-    print("  endpoint; the fixed chains every packet passes are the same")
+    print("  grows with services: elements only (one svc-ips4 element per port, one svc-eps4-I element")
+    print("  per endpoint, one service-ips4 element per VIP, one svc-hairpin4 element per local")
+    print("  endpoint); chains and rules depend on endpoint counts, not on services")
     lat = out["latency"]
     print(f"first-packet latency (TCP connect to a ClusterIP, {lat['samples']} each): "
           f"10 services {lat['p50_us']['small']:.1f} us, {services} services {lat['p50_us']['large']:.1f} us")

@@ -13,23 +13,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from podnet.agent.loop import SyncLoop
-from podnet.agent.model import IPAddress, IPNetwork, Protocol, Service
+from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Protocol
 from podnet.agent.objects import Kind
-from podnet.agent.services import OWNER, ServiceCompiler, affected_endpoints
-from podnet.agent.services.endpoints import Target
-from podnet.agent.store import Change, Store
+from podnet.agent.services import OWNER, ServiceCompiler
+from podnet.agent.store import Change, ServiceKey, Snapshot, Store
 from podnet.dataplane.backends import NftError
+from podnet.dataplane.contribution import Contribution
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.errors import KernelError
 
 log = logging.getLogger(__name__)
 SERVICE_KINDS = frozenset({Kind.SERVICE, Kind.ENDPOINT_SLICE, Kind.NODE})
 UDP = 17
-VipPort = tuple[IPAddress, int]
 
 # Deletes UDP conntrack entries: by reply source (an endpoint) or original destination (a VIP).
 FlowCleaner = Callable[..., int]
@@ -67,15 +66,27 @@ class ServiceSync(SyncLoop):
         self.clean = clean
         self.observe = observe
         self.stats = ServiceStats()
-        self._programmed: frozenset[Target] = frozenset()
-        self._rejecting: frozenset[VipPort] = frozenset()
         self._first = True
+        # Services whose Service or slices changed since the last sync (under the loop's lock);
+        # everything when a Node changed or a sync failed.
+        self._changed: set[ServiceKey] = set()
+        self._everything = True
         self._unsubscribe = store.subscribe(self._on_change)
         store.on_synced(self._wake)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind in SERVICE_KINDS:
-            self._wake()
+        if change.kind not in SERVICE_KINDS:
+            return
+        with self._cond:
+            if change.kind is Kind.SERVICE:
+                self._changed.add(change.key)  # type: ignore[arg-type]
+            elif change.kind is Kind.ENDPOINT_SLICE:
+                for found in (change.old, change.new):
+                    if isinstance(found, EndpointSlice) and found.service:
+                        self._changed.add((found.namespace, found.service))
+            else:
+                self._everything = True
+        self._wake()
 
     def _wake(self) -> None:
         self.request()
@@ -86,55 +97,48 @@ class ServiceSync(SyncLoop):
 
     def sync_once(self) -> bool:
         start = time.monotonic()
+        with self._cond:
+            changed, everything = self._changed, self._everything
+            self._changed, self._everything = set(), False
+        # After the take: a change told before it is in the snapshot (the store applies a change
+        # before telling it); one told after it is synced again next time.
         snap = self.store.snapshot()
-        services = list(snap.services.values())
         try:
-            self.writer.contribute(OWNER, self.compiler.compile(services, snap.endpoint_slices.values()))
+            self.writer.contribute(OWNER, self._compile(snap, changed, everything))
             result = self.writer.commit()
             if result.deferred:  # the table's first rebuild waits for every controller's part
                 return False
         except (NftError, ValueError) as exc:
+            with self._cond:
+                self._everything = True  # compiled but not applied: look at everything again
             self.stats.failed_syncs += 1
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.error("service sync failed: %s", self.stats.last_error)
             return False
-        programmed = self.compiler.endpoints()
-        rejecting = rejecting_udp(services, self.compiler.targets_of)
-        self._clear_stale(programmed, rejecting)
-        self._programmed, self._rejecting, self._first = programmed, rejecting, False
+        self._clear_stale()
         seconds = time.monotonic() - start
         self.stats.syncs += 1
         self.stats.last_sync_seconds = seconds
-        self.stats.services = sum(1 for s in services if s.proxied)
-        self.stats.endpoints = len(programmed)
+        self.stats.services = self.compiler.proxied()
+        self.stats.endpoints = len(self.compiler.endpoints())
         if self.observe is not None:
             self.observe(result.full, seconds)
         return True
 
-    def _clear_stale(self, programmed: frozenset[Target], rejecting: frozenset[VipPort]) -> None:
+    def _compile(self, snap: Snapshot, changed: set[ServiceKey], everything: bool) -> Contribution:
+        if everything:
+            return self.compiler.compile(snap.services.values(), snap.endpoint_slices.values())
+        return self.compiler.update(changed, snap.services, snap.slices_for)
+
+    def _clear_stale(self) -> None:
+        gone, opened = self.compiler.take_stale()
         if self.clean is None or self._first:  # nothing is known of what the previous process programmed
+            self._first = False
             return
-        gone = [k for k in affected_endpoints(self._programmed, programmed) if k.protocol is Protocol.UDP]
-        opened = self._rejecting - rejecting
         try:
-            for key in gone:
+            for key in (k for k in gone if k.protocol is Protocol.UDP):
                 self.stats.udp_flows_cleared += self.clean(reply_src=key.address, reply_sport=key.port)
             for vip, port in opened:
                 self.stats.udp_flows_cleared += self.clean(orig_dst=vip, orig_dport=port)
         except KernelError as exc:
             log.warning("clearing stale UDP conntrack entries failed: %s", exc)
-
-
-def rejecting_udp(services: Iterable[Service],
-                  targets_of: Callable[[tuple[str, str]], frozenset[Target]]) -> frozenset[VipPort]:
-    """UDP service addresses and ports with no endpoint to go to (their packets are rejected): once
-    an endpoint comes, the entries the rejects left must go, or those clients stay rejected."""
-    out: set[VipPort] = set()
-    for service in services:
-        udp_ports = [p.port for p in service.ports if p.protocol is Protocol.UDP]
-        if not service.proxied or not udp_ports:
-            continue
-        if not any(t.protocol is Protocol.UDP for t in targets_of(service.key)):
-            vips = (*service.cluster_ips, *service.external_ips)
-            out.update((vip, port) for vip in vips for port in udp_ports)
-    return frozenset(out)

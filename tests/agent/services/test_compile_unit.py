@@ -12,13 +12,14 @@ import pytest
 
 from podnet.agent.model import EndpointPort, Protocol, ServicePort, ServiceType, TrafficPolicy
 from podnet.agent.services import (
+    EndpointKey,
     ServiceCompiler,
     affected_endpoints,
     compile,
     programmed_endpoints,
     service_ips_set,
 )
-from podnet.agent.services.names import FAMILIES, endpoint_chain, service_chain
+from podnet.agent.services.names import FAMILIES, endpoint_chain, service_chain, slot_map
 from podnet.dataplane.contribution import Contribution
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import FakeNft
@@ -39,14 +40,25 @@ def svc_chain(port: str = "http", family: int = 4, protocol: Protocol = Protocol
     return service_chain(KEY, port, protocol, family)
 
 
-def picks(rules: tuple[str, ...]) -> list[str]:
-    """The endpoints (``address:port``) the last rule of a policy chain DNATs to."""
-    last = rules[-1]
-    if "goto ep-" in last:
-        return re.findall(r"goto (ep-[a-z0-9]+)", last)
-    if " map { " in last:
-        return [f"{a}:{p}" for a, p in re.findall(r"\d+ : (\S+) \. (\d+)", last)]
-    return [last.rsplit(" to ", 1)[1]]
+def listed(c: Contribution, key: str = "10.96.0.10 . tcp . 80", *, family: int = 4, nodeport: bool = False,
+           local: bool = False) -> list[str]:
+    """The endpoints (``address:port``) the slot maps give ``key``, in slot order."""
+    out = []
+    for i in range(10_000):
+        found = c.elements.get(slot_map(family, i, nodeport=nodeport, local=local), {})
+        if key not in found:
+            break
+        address, port = str(found[key]).split(" . ")
+        out.append(f"{address}:{port}")
+    return out
+
+
+def pick_rule(count: int, family: int = 4, kind: str = "eps") -> str:
+    slots = [f"services-{family}-{kind}-{i}" for i in range(count)]
+    if count == 1:
+        return f"goto {slots[0]}"
+    picks = ", ".join(f"{i} : goto {c}" for i, c in enumerate(slots))
+    return f"numgen random mod {count} vmap {{ {picks} }}"
 
 
 def ep(address: str, port: int = 8080, name: str = "http") -> str:
@@ -77,10 +89,14 @@ def test_fixed_chains_hooks_and_maps() -> None:
     assert sets["svc-ips4"].type == ("ipv4_addr", "inet_proto", "inet_service")
     assert sets["svc-ips4"].value_type == "verdict"
     assert sets["service-ips6"] == service_ips_set(6)
-    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}"}
-    assert chains(c)[svc_chain()] == ("meta l4proto tcp dnat ip to 10.244.0.2:8080",)
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": "goto services-4-cluster-1"}
+    assert chains(c)["services-4-cluster-1"] == ("goto services-4-eps-0",)
+    assert chains(c)["services-4-eps-0"] == (
+        "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @svc-eps4-0",)
+    assert c.elements["svc-eps4-0"] == {"10.96.0.10 . tcp . 80": "10.244.0.2 . 8080"}
     assert c.elements["svc-hairpin4"] == {"10.244.0.2 . 10.244.0.2": None}
-    assert not [n for n in by_name if n.startswith("ep-")]  # no chain per endpoint without affinity
+    # No chain of its own for a service or an endpoint without affinity.
+    assert not [n for n in by_name if n.startswith(("ep-", "svc-"))]
 
 
 def test_node_ports_on_given_addresses_only() -> None:
@@ -90,7 +106,10 @@ def test_node_ports_on_given_addresses_only() -> None:
     assert c.elements["svc-node-ips4"] == {"192.168.1.5": None}
     assert chains(c)["services-dispatch"][1] == (
         "ip daddr @svc-node-ips4 meta l4proto . th dport vmap @svc-nodeports4")
-    assert c.elements["svc-nodeports4"] == {"tcp . 30080": f"goto {svc_chain()}-ext"}
+    assert c.elements["svc-nodeports4"] == {"tcp . 30080": "goto services-4-nodeport-1"}
+    assert listed(c, "tcp . 30080", nodeport=True) == ["10.244.0.2:8080"]
+    assert chains(c)["services-4-np-eps-0"] == (
+        "meta l4proto { tcp, udp, sctp } dnat ip to meta l4proto . th dport map @svc-np-eps4-0",)
 
 
 def test_every_rule_uses_protocol_independent_forms() -> None:
@@ -99,16 +118,19 @@ def test_every_rule_uses_protocol_independent_forms() -> None:
                 node_name=NODE)
     rules = [r for ch in c.chains for r in ch.rules]
     assert not [r for r in rules if re.search(r"\b(tcp|udp|sctp) (dport|sport)", r)]
-    assert c.elements["svc-nodeports4"] == {"sctp . 30009": f"goto {svc_chain('s', 4, Protocol.SCTP)}-ext"}
-    assert chains(c)[svc_chain("s", 4, Protocol.SCTP)] == ("meta l4proto sctp dnat ip to 10.244.0.2:9",)
+    assert c.elements["svc-nodeports4"] == {"sctp . 30009": "goto services-4-nodeport-1"}
+    assert listed(c, "sctp . 30009", nodeport=True) == ["10.244.0.2:9"]
+    assert listed(c, "10.96.0.10 . sctp . 9") == ["10.244.0.2:9"]
 
 
 def test_ipv6_slice_and_address_form() -> None:
     svc = service("web", ("10.96.0.10", "fd00:96::10"))
     slices = [slice_("web", endpoint("10.244.0.2")), slice_("web", endpoint("fd00:244::2"), family=6)]
     c = compile([svc], slices, node_name=NODE)
-    assert c.elements["svc-ips6"] == {"fd00:96::10 . tcp . 80": f"goto {svc_chain(family=6)}"}
-    assert chains(c)[svc_chain(family=6)] == ("meta l4proto tcp dnat ip6 to [fd00:244::2]:8080",)
+    assert c.elements["svc-ips6"] == {"fd00:96::10 . tcp . 80": "goto services-6-cluster-1"}
+    assert listed(c, "fd00:96::10 . tcp . 80", family=6) == ["fd00:244::2:8080"]
+    assert chains(c)["services-6-eps-0"] == (
+        "meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @svc-eps6-0",)
     assert c.elements["svc-hairpin6"] == {"fd00:244::2 . fd00:244::2": None}
     assert c.elements["service-ips6"] == {"fd00:96::10": None}
 
@@ -120,7 +142,7 @@ def test_not_proxied_services() -> None:
     marked_headless = dataclasses.replace(service("h", "10.96.0.4"), headless=True)
     c = compile([headless, broken, external_name, marked_headless], [slice_("h", endpoint("10.244.0.2"))],
                 node_name=NODE)
-    assert not [ch for ch in c.chains if ch.name.startswith(("svc-", "ep-"))]
+    assert not [ch for ch in c.chains if re.match(r"svc-|ep-|services-\d-", ch.name)]
     assert all(not c.elements[f"svc-ips{f}"] and not c.elements[f"service-ips{f}"] for f in FAMILIES)
 
 
@@ -129,22 +151,22 @@ def test_not_proxied_services() -> None:
 def test_ready_endpoints_only_when_some_are_ready() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.0.3", ready=False, serving=True, terminating=True),
             endpoint("10.244.0.4", ready=False))
-    assert picks(chains(c)[svc_chain()]) == ["10.244.0.2:8080"]
+    assert listed(c) == ["10.244.0.2:8080"]
 
 
 def test_serving_terminating_when_none_ready() -> None:
     c = web(endpoint("10.244.0.3", ready=False, serving=True, terminating=True),
             endpoint("10.244.0.4", ready=False, serving=True, terminating=True),
             endpoint("10.244.0.5", ready=False, serving=False, terminating=True))
-    rule = chains(c)[svc_chain()][-1]
-    assert rule.startswith("meta l4proto tcp dnat ip to numgen random mod 2 map {")
-    assert picks((rule,)) == ["10.244.0.3:8080", "10.244.0.4:8080"]
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": "goto services-4-cluster-2"}
+    assert chains(c)["services-4-cluster-2"] == (pick_rule(2),)
+    assert listed(c) == ["10.244.0.3:8080", "10.244.0.4:8080"]
 
 
 def test_no_usable_endpoint_is_rejected() -> None:
     c = web(endpoint("10.244.0.4", ready=False), endpoint("10.244.0.5", ready=False, serving=False,
                                                             terminating=True))
-    assert svc_chain() not in chains(c)
+    assert not [n for n in chains(c) if n.startswith("services-4-")]
     assert c.elements["svc-ips4"] == {}
     assert c.elements["svc-no-endpoints4"] == {"10.96.0.10 . tcp . 80": "goto services-reject"}
     assert chains(c)["services-reject"] == ("meta l4proto tcp reject with tcp reset",
@@ -161,25 +183,25 @@ def test_endpoints_deduplicated_and_matched_by_port_name_and_protocol() -> None:
                      ports=(EndpointPort("http", 53, Protocol.UDP),)),
               slice_("other", endpoint("10.244.0.8"), name="e")]
     c = compile([svc], slices, node_name=NODE)
-    assert picks(chains(c)[svc_chain()]) == ["10.244.0.2:8080", "10.244.0.3:8080"]
-    assert chains(c)[svc_chain(protocol=Protocol.UDP)] == ("meta l4proto udp dnat ip to 10.244.0.7:53",)
+    assert listed(c) == ["10.244.0.2:8080", "10.244.0.3:8080"]
+    assert listed(c, "10.96.0.10 . udp . 80") == ["10.244.0.7:53"]
 
 
 def test_numgen_indexes_every_endpoint_once() -> None:
     c = web(*(endpoint(f"10.244.0.{i}") for i in range(2, 12)))
-    rule = chains(c)[svc_chain()][-1]
-    assert rule.startswith("meta l4proto tcp dnat ip to numgen random mod 10 map")
-    assert [int(i) for i in re.findall(r"(\d+) : 10\.", rule)] == list(range(10))
-    assert len(set(picks((rule,)))) == 10
+    (rule,) = chains(c)["services-4-cluster-10"]
+    assert rule == pick_rule(10)
+    assert [(int(a), int(b)) for a, b in re.findall(r"(\d+) : goto services-4-eps-(\d+)", rule)] == [
+        (i, i) for i in range(10)]
+    assert len(set(listed(c))) == 10
 
 
 # ---- traffic policies ----
 
 def test_internal_local_uses_only_this_nodes_endpoints() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), itp=TrafficPolicy.LOCAL)
-    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}-local"}
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.2:8080"]
-    assert svc_chain() not in chains(c)
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": "goto services-4-cluster-1"}
+    assert listed(c) == ["10.244.0.2:8080"]
 
 
 def test_internal_local_without_local_endpoints_drops() -> None:
@@ -191,42 +213,45 @@ def test_internal_local_without_local_endpoints_drops() -> None:
 def test_local_prefers_local_terminating_over_nothing() -> None:
     c = web(endpoint("10.244.1.2", "node-2"),
             endpoint("10.244.0.3", ready=False, serving=True, terminating=True), itp=TrafficPolicy.LOCAL)
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.3:8080"]
+    assert listed(c) == ["10.244.0.3:8080"]
 
 
 def test_external_cluster_masquerades_outside_pod_ranges() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), type=ServiceType.NODE_PORT,
             ports=(tcp("http", 80, 30080),), external_ips=("192.0.2.10",),
             pod_cidrs=(ip_network("10.244.0.0/16"),))
-    ext = f"{svc_chain()}-ext"
-    assert c.elements["svc-ips4"]["192.0.2.10 . tcp . 80"] == f"goto {ext}"
-    assert chains(c)[ext] == ("ip saddr != @svc-pod-cidrs4 jump services-mark-masq", f"goto {svc_chain()}")
+    assert c.elements["svc-ips4"]["192.0.2.10 . tcp . 80"] == "goto services-4-external-2"
+    masq = "ip saddr != @svc-pod-cidrs4 jump services-mark-masq"
+    assert chains(c)["services-4-external-2"] == (masq, pick_rule(2))
+    assert chains(c)["services-4-nodeport-2"] == (masq, pick_rule(2, kind="np-eps"))
+    assert listed(c, "192.0.2.10 . tcp . 80") == listed(c) == ["10.244.0.2:8080", "10.244.1.2:8080"]
     assert c.elements["svc-pod-cidrs4"] == {"10.244.0.0/16": None}
     # ClusterIP from outside the pod ranges (the node itself) is masqueraded too.
-    assert chains(c)[svc_chain()][0] == (
-        "ip daddr 10.96.0.10 ip saddr != @svc-pod-cidrs4 jump services-mark-masq")
+    assert chains(c)["services-4-cluster-2"] == (masq, pick_rule(2))
 
 
 def test_no_cluster_ip_masquerade_without_pod_ranges() -> None:
     c = web(endpoint("10.244.0.2"))
-    assert not any("saddr != @svc-pod-cidrs4" in r for r in chains(c)[svc_chain()])
+    assert chains(c)["services-4-cluster-1"] == (pick_rule(1),)
 
 
 def test_external_local_keeps_client_address() -> None:
     c = web(endpoint("10.244.0.2"), endpoint("10.244.1.2", "node-2"), type=ServiceType.NODE_PORT,
             ports=(tcp("http", 80, 30080),), etp=TrafficPolicy.LOCAL)
-    ext = chains(c)[f"{svc_chain()}-ext"]
-    assert ext == (f"ip saddr @svc-pod-cidrs4 goto {svc_chain()}",
-                   "fib saddr type local jump services-mark-masq",
-                   f"fib saddr type local goto {svc_chain()}", f"goto {svc_chain()}-local")
-    assert picks(chains(c)[f"{svc_chain()}-local"]) == ["10.244.0.2:8080"]
-    assert len(picks(chains(c)[svc_chain()])) == 2  # ClusterIP still uses every endpoint
+    assert c.elements["svc-nodeports4"] == {"tcp . 30080": "goto services-4-nodeport-2-local-1"}
+    cluster = pick_rule(2, kind="np-eps")
+    assert chains(c)["services-4-nodeport-2-local-1"] == (
+        f"ip saddr @svc-pod-cidrs4 {cluster}", "fib saddr type local jump services-mark-masq",
+        f"fib saddr type local {cluster}", "goto services-4-np-eps-local-0")
+    assert listed(c, "tcp . 30080", nodeport=True, local=True) == ["10.244.0.2:8080"]
+    assert len(listed(c, "tcp . 30080", nodeport=True)) == 2
+    assert len(listed(c)) == 2  # ClusterIP still uses every endpoint
 
 
 def test_external_local_without_local_endpoints_drops_external_keys_only() -> None:
     c = web(endpoint("10.244.1.2", "node-2"), type=ServiceType.LOAD_BALANCER, ports=(tcp("http", 80, 30080),),
             external_ips=("192.0.2.10",), etp=TrafficPolicy.LOCAL)
-    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": f"goto {svc_chain()}"}
+    assert c.elements["svc-ips4"] == {"10.96.0.10 . tcp . 80": "goto services-4-cluster-1"}
     assert c.elements["svc-no-endpoints4"] == {"192.0.2.10 . tcp . 80": "drop"}
     assert c.elements["svc-no-endpoint-nodeports4"] == {"tcp . 30080": "drop"}
 
@@ -253,20 +278,14 @@ def test_no_affinity_sets_without_affinity() -> None:
 
 # ---- scale and names ----
 
-def fixed_part(c: Contribution) -> dict[str, tuple[str, ...]]:
-    return {n: r for n, r in chains(c).items() if not n.startswith(("svc-", "ep-"))}
-
-
 def test_rules_do_not_grow_with_services() -> None:
     small, large = compile(*many(100), node_name=NODE), compile(*many(5000), node_name=NODE)
-    # The hooks and the chains every packet goes through are the same; only elements and
-    # per-service / per-endpoint chains (a bounded number of rules each) grow.
-    assert fixed_part(small) == fixed_part(large)
+    # Chains, rules and sets are the same: they depend on endpoint counts, not on services; only
+    # elements grow.
+    assert chains(small) == chains(large)
     assert {s.name for s in small.sets} == {s.name for s in large.sets}
     assert len(large.elements["svc-ips4"]) == 5000 and len(small.elements["svc-ips4"]) == 100
-    per_service = [len(r) for n, r in chains(large).items() if n.startswith("svc-")]
-    assert len(per_service) == 5000 and max(per_service) == 1
-    assert not [n for n in chains(large) if n.startswith("ep-")]
+    assert all(len(large.elements[f"svc-eps4-{i}"]) == 5000 for i in range(5))
     assert len(large.elements["svc-hairpin4"]) == 5000  # the one endpoint of each on this node
 
 
@@ -307,7 +326,8 @@ def test_service_compiler_recompiles_only_what_changed() -> None:
         fresh = compile(present, slices, node_name=NODE, pod_cidrs=(ip_network("10.244.0.0/14"),))
         assert same(compiler.compile(present, slices), fresh)
     compiler.compile(services, slices)
-    assert compiler.endpoints() == programmed_endpoints(services, slices, node_name=NODE)
+    assert compiler.endpoints() == {EndpointKey(t.address, t.port, t.protocol)
+                                    for t in programmed_endpoints(services, slices, node_name=NODE)}
     last = compiler._parts[services[-1].key][2]
     compiler.compile(services, [*slices[:-1], dataclasses.replace(slices[-1])])  # equal, not identical
     assert compiler._parts[services[-1].key][2] is last

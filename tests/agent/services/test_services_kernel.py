@@ -258,6 +258,9 @@ def test_sctp_rules_load_without_the_sctp_module(netns: NetnsFactory) -> None:
         assert writer.commit().full
         listed = node.run(["nft", "list", "table", "inet", "podnet"]).stdout
         assert "10.96.0.20 . sctp . 9" in listed and "sctp . 30009" in listed
-        assert "meta l4proto sctp dnat ip to numgen random mod 2 map" in listed
+        # Both endpoints under the ClusterIP's and the NodePort's keys, in the slot maps.
+        assert "10.96.0.20 . sctp . 9 : 10.244.0.3 . 9" in listed
+        assert "sctp . 30009 : 10.244.0.3 . 9" in listed
+        assert "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map" in listed
     finally:
         close_backend(nft)

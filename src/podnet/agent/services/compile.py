@@ -8,15 +8,23 @@ Design (kube-proxy's nftables mode in spirit; rules are static, the changing dat
   maps: ``ip daddr . meta l4proto . th dport vmap @svc-ips4`` (ClusterIPs and ExternalIPs; ``ip6``
   and ``svc-ips6`` alike) and ``meta l4proto . th dport vmap @svc-nodeports4/6`` on the node's
   addresses (``fib daddr type local``, loopback excluded; only ``svc-node-ips4/6`` when node
-  addresses are given). The map values are ``goto`` a service port's chain (see
-  :mod:`~podnet.agent.services.plan`), so the per-packet cost is a few lookups however many
-  services there are; only NAT chains see a connection's first packet at all.
-* A policy chain picks an endpoint and DNATs in one rule: ``meta l4proto tcp dnat ip to numgen
-  random mod N map { 0 : 10.244.0.2 . 8080, ... }`` (``meta l4proto``/``th dport`` forms only, so
-  SCTP rules load without the SCTP module). So rules grow by one or two per service port, and
-  there is no chain per endpoint, except with ``ClientIP`` affinity: then the policy chain first
-  looks the client up in each endpoint's dynamic set (``ip saddr @ep-HASH-aff goto ep-HASH``), and
-  ``ep-HASH`` refreshes the client there (per-element timeout) before it DNATs.
+  addresses are given). The map values are ``goto`` a chain shared by every service address of
+  one kind with the same number of endpoints (``services-4-cluster-5``, ``-external-``,
+  ``-nodeport-``, see :func:`~podnet.agent.services.names.entry_chain`), so the per-packet cost is
+  a few lookups however many services there are; only NAT chains see a connection's first packet.
+* Picking: that chain decides masquerade, then ``numgen random mod N vmap`` sends the packet to
+  slot chain I (``services-4-eps-I``), which DNATs with one lookup of the packet's own key in slot
+  map I: ``dnat ip to ip daddr . meta l4proto . th dport map @svc-eps4-I``, whose elements are
+  ``10.96.0.10 . tcp . 80 : 10.244.0.2 . 8080`` (NodePorts: ``tcp . 30080 : ...`` in
+  ``svc-np-eps4-I``; ``-local`` maps for a Local external policy). Rules and chains depend on
+  endpoint counts only, never on how many services there are, and an endpoint change is a
+  change of elements: no rule is rewritten, no anonymous set per service is made (the kernel
+  creates those, and named sets, at a cost that grows with how many the table has). Every rule
+  uses ``meta l4proto``/``th dport`` forms, so SCTP rules load without the SCTP module.
+* ClientIP affinity: a service with it keeps chains of its own (``svc-HASH``, see
+  :mod:`~podnet.agent.services.plan`). Its policy chain first looks the client up in each
+  endpoint's dynamic set (``ip saddr @ep-HASH-aff goto ep-HASH``) and otherwise picks an endpoint
+  chain at random; ``ep-HASH`` refreshes the client there (per-element timeout) before it DNATs.
 * Masquerade: a mark bit set by ``services-mark-masq``, acted on (and cleared) in
   ``services-postrouting`` (nat, postrouting, srcnat). Marked: hairpin (a DNATed packet whose
   source and destination pair is in ``svc-hairpin4/6``: the pod is its own client, and its reply
@@ -37,7 +45,8 @@ Design (kube-proxy's nftables mode in spirit; rules are static, the changing dat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import functools
+from collections.abc import Collection, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 
 from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Service
@@ -56,6 +65,7 @@ from podnet.agent.services.names import (
     PREROUTING,
     REJECT,
     endpoint_chain,
+    entry_chain,
     hairpin,
     no_endpoint_map,
     no_endpoint_nodeport_map,
@@ -65,71 +75,35 @@ from podnet.agent.services.names import (
     proto,
     service_ips,
     service_ips_set,
+    slot_chain,
+    slot_map,
+    slot_map_decl,
     vip_map,
 )
-from podnet.agent.services.parts import FIXED_PART, Assembly, Part
+from podnet.agent.services.parts import Part
 from podnet.agent.services.plan import PortPlan, plans, service_plans
-from podnet.dataplane.contribution import Chain, Contribution, Set
+from podnet.dataplane.contribution import Chain, Set
 
 NAT_PRIORITY = {"dstnat": -100, "srcnat": 100}
 FILTER_PRIORITY = -110  # before DNAT: a key is in a no-endpoint map only when nothing DNATs it
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1"}
 
 
-def compile(services: Iterable[Service], slices: Iterable[EndpointSlice], *, node_name: str,
-            node_ips: Sequence[IPAddress] = (), pod_cidrs: Sequence[IPNetwork] = ()) -> Contribution:
-    compiler = ServiceCompiler(node_name=node_name, node_ips=node_ips, pod_cidrs=pod_cidrs)
-    return compiler.compile(services, slices)
+def fixed_part(node_ips: Sequence[IPAddress], pod_cidrs: Sequence[IPNetwork]) -> Part:
+    out = Part()
+    _fixed(out, node_ips, pod_cidrs)
+    return out
 
 
-class ServiceCompiler:
-    """:func:`compile` that keeps each service's compiled part: a sync recompiles only the services
-    whose Service or EndpointSlices changed (the agent's store hands unchanged objects over as the
-    same values, so most are recognized by identity), and joins the parts."""
-
-    def __init__(self, *, node_name: str, node_ips: Sequence[IPAddress] = (),
-                 pod_cidrs: Sequence[IPNetwork] = ()) -> None:
-        self.node_name = node_name
-        self._fixed = Part()
-        _fixed(self._fixed, node_ips, pod_cidrs)
-        self._pod_families = {f for f in FAMILIES if any(c.version == f for c in pod_cidrs)}
-        self._parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], Part]] = {}
-        self._assembly = Assembly()
-
-    def compile(self, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> Contribution:
-        by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
-        for s in slices:
-            by_service.setdefault((s.namespace, s.service), []).append(s)
-        parts: dict[tuple[str, str], tuple[Service, tuple[EndpointSlice, ...], Part]] = {}
-        for service in services:
-            found = by_service.get(service.key, ())
-            mine = tuple(sorted(found, key=lambda s: s.key)) if len(found) > 1 else tuple(found)
-            known = self._parts.get(service.key)
-            # Tuples compare their items by identity first: unchanged slices cost next to nothing.
-            if known is not None and (known[0] is service or known[0] == service) and known[1] == mine:
-                parts[service.key] = known
-            else:
-                parts[service.key] = (service, mine, self._service(service, mine))
-        self._parts = parts
-        return self._assembly.update({FIXED_PART: self._fixed, **{k: v[2] for k, v in parts.items()}})
-
-    def _service(self, service: Service, slices: tuple[EndpointSlice, ...]) -> Part:
-        out = Part()
-        plans = service_plans(service, index_slices(slices), self.node_name)
-        for p in plans:
-            _port(out, p, p.family in self._pod_families)
-        out.targets = frozenset(t for p in plans for t in p.targets())
-        return out
-
-    def targets_of(self, key: tuple[str, str]) -> frozenset[Target]:
-        """The endpoints one service's part DNATs to (empty: unknown or none)."""
-        known = self._parts.get(key)
-        return known[2].targets if known is not None else frozenset()
-
-    def endpoints(self) -> frozenset[Target]:
-        """Every endpoint the last compiled contribution DNATs to (as :func:`programmed_endpoints`,
-        from the kept parts): hand the previous and the current to :func:`affected_endpoints`."""
-        return frozenset().union(*(part.targets for _, _, part in self._parts.values()))
+def service_part(service: Service, slices: Sequence[EndpointSlice], node_name: str,
+                 pod_families: Collection[int]) -> Part:
+    """One service's part: its elements, and the chains and sets it needs (shared ones included)."""
+    out = Part()
+    plans = service_plans(service, index_slices(slices), node_name)
+    for p in plans:
+        _port(out, p, p.family in pod_families)
+    out.targets = frozenset(t for p in plans for t in p.targets())
+    return out
 
 
 def _fixed(out: Part, addresses: Sequence[IPAddress], cidrs: Sequence[IPNetwork]) -> None:
@@ -187,14 +161,117 @@ def _port(out: Part, p: PortPlan, with_pod_cidrs: bool) -> None:
     shared = out.put(service_ips(f))
     shared[str(p.cluster_ip)] = None
     shared.update((str(ip), None) for ip in p.service.external_ips if ip.version == f)
-    out.put(vip_map(f)).update((k, f"goto {c}") for k, c in p.vips.items())
-    out.put(nodeport_map(f)).update((k, f"goto {c}") for k, c in p.nodeports.items())
     verdicts = {"reject": f"goto {REJECT}", "drop": "drop"}
     out.put(no_endpoint_map(f)).update((k, verdicts[v]) for k, v in p.no_endpoint.items())
     out.put(no_endpoint_nodeport_map(f)).update((k, verdicts[v]) for k, v in p.no_endpoint_nodeports.items())
     # Hairpin: an endpoint that may be on this node is its own client through the service.
-    out.put(hairpin(f)).update((f"{t.address} . {t.address}", None) for t in p.targets()
+    out.put(hairpin(f)).update((f"{_text(t.address)} . {_text(t.address)}", None) for t in p.targets()
                                if t.local or not t.node_name)
+    if p.service.session_affinity_seconds:
+        _affinity_port(out, p, with_pod_cidrs)
+    else:
+        _picked_port(out, p, with_pod_cidrs)
+
+
+def _picked_port(out: Part, p: PortPlan, with_pod_cidrs: bool) -> None:
+    """No affinity: each address goes to the shared chain for its kind and endpoint counts, and
+    the endpoints themselves are elements of the endpoint maps under that address's key."""
+    f = p.family
+    cluster = p.policy_chains.get(p.base, ())
+    local = p.policy_chains.get(f"{p.base}-local", ())
+    for key, chain in p.vips.items():
+        if chain == p.external_chain:
+            _entry(out, f, key, "external", cluster, local if p.external_local else None, with_pod_cidrs)
+        else:
+            _entry(out, f, key, "cluster", p.policy_chains[chain], None, with_pod_cidrs)
+    for key in p.nodeports:
+        _entry(out, f, key, "nodeport", cluster, local if p.external_local else None, with_pod_cidrs)
+
+
+def _entry(out: Part, f: int, key: str, kind: str, targets: tuple[Target, ...],
+           local: tuple[Target, ...] | None, with_pod_cidrs: bool) -> None:
+    nodeport = kind == "nodeport"
+    chain = entry_chain(f, kind, len(targets), None if local is None else len(local))
+    out.put(nodeport_map(f) if nodeport else vip_map(f))[key] = f"goto {chain}"
+    _number(out, f, key, targets, nodeport, False)
+    if local is not None:
+        _number(out, f, key, local, nodeport, True)
+    if chain not in out.chains:
+        local_count = None if local is None else len(local)
+        out.add_chain(_entry_chain(chain, f, kind, len(targets), local_count, with_pod_cidrs))
+
+
+def _number(out: Part, f: int, key: str, targets: tuple[Target, ...], nodeport: bool, local: bool) -> None:
+    """Endpoint I under ``key`` in slot map I, and the slot's map and chain declared."""
+    for i, t in enumerate(targets):
+        decl, chain = _slot(f, i, nodeport, local)
+        if decl.name not in out.elements:
+            out.add_set(decl)
+            out.add_chain(chain)
+        out.elements[decl.name][key] = f"{_text(t.address)} . {t.port}"
+
+
+@functools.cache
+def _slot(f: int, slot: int, nodeport: bool, local: bool) -> tuple[Set, Chain]:
+    """A slot's map and chain (made once: every service with that many endpoints shares them)."""
+    name = slot_chain(f, slot, nodeport=nodeport, local=local)
+    chain = Chain(name, rules=(_slot_rule(f, slot, nodeport, local),))
+    return slot_map_decl(f, slot, nodeport=nodeport, local=local), chain
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _text(address: IPAddress) -> str:
+    """An address as nft text (the same endpoints and VIPs come back at every compile)."""
+    return str(address)
+
+
+def _slot_rule(f: int, slot: int, nodeport: bool, local: bool) -> str:
+    """DNAT by the packet's own key in the slot's map. ``th dport`` and a protocol set keep one rule
+    valid for TCP, UDP and SCTP alike (SCTP without its module loaded)."""
+    a = ADDR[f][0]
+    key = "meta l4proto . th dport" if nodeport else f"{a} daddr . meta l4proto . th dport"
+    return (f"meta l4proto {{ tcp, udp, sctp }} dnat {a} to {key} "
+            f"map @{slot_map(f, slot, nodeport=nodeport, local=local)}")
+
+
+def _pick(f: int, count: int, nodeport: bool, local: bool) -> str:
+    """Go to one of the first ``count`` slots at random."""
+    chains = [slot_chain(f, i, nodeport=nodeport, local=local) for i in range(count)]
+    if count == 1:
+        return f"goto {chains[0]}"
+    picks = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
+    return f"numgen random mod {count} vmap {{ {picks} }}"
+
+
+@functools.cache
+def _entry_chain(name: str, f: int, kind: str, count: int, local: int | None, with_pod_cidrs: bool) -> Chain:
+    return Chain(name, rules=_entry_rules(f, kind, count, local, with_pod_cidrs))
+
+
+def _entry_rules(f: int, kind: str, count: int, local: int | None, with_pod_cidrs: bool) -> tuple[str, ...]:
+    a = ADDR[f][0]
+    pods = f"@{pod_cidrs(f)}"
+    nodeport = kind == "nodeport"
+    pick = _pick(f, count, nodeport, False)
+    if kind == "cluster":
+        # ClusterIP traffic from outside the pod ranges (only when they are known) is masqueraded.
+        return ((f"{a} saddr != {pods} jump {MARK_MASQ}",) if with_pod_cidrs else ()) + (pick,)
+    if local is None:
+        # An empty pod-range set masquerades every external client (kube-proxy's default).
+        return (f"{a} saddr != {pods} jump {MARK_MASQ}", pick)
+    return (f"{a} saddr {pods} {pick}",
+            # The node's own address is the source here, and also the destination's owner.
+            f"fib saddr type local jump {MARK_MASQ}",
+            f"fib saddr type local {pick}",
+            _pick(f, local, nodeport, True))
+
+
+def _affinity_port(out: Part, p: PortPlan, with_pod_cidrs: bool) -> None:
+    """ClientIP affinity: chains of the service's own (a client's endpoint is remembered per
+    endpoint, in that endpoint's set)."""
+    f = p.family
+    out.put(vip_map(f)).update((k, f"goto {c}") for k, c in p.vips.items())
+    out.put(nodeport_map(f)).update((k, f"goto {c}") for k, c in p.nodeports.items())
     if p.external_chain is not None:
         out.add_chain(Chain(p.external_chain, rules=_external_rules(p)))
     for name, targets in p.policy_chains.items():
@@ -216,29 +293,20 @@ def _external_rules(p: PortPlan) -> tuple[str, ...]:
 
 
 def _policy_rules(out: Part, p: PortPlan, targets: tuple[Target, ...], masq: bool) -> tuple[str, ...]:
+    """An affinity service port's policy chain: a client remembered by an endpoint goes back to it;
+    otherwise one endpoint is picked at random (its chain remembers the client)."""
     a = ADDR[p.family][0]
     rules: list[str] = []
     if masq:
         rules.append(f"{a} daddr {p.cluster_ip} {a} saddr != @{pod_cidrs(p.family)} jump {MARK_MASQ}")
-    l4 = f"meta l4proto {proto(p.port.protocol)}"
-    if p.service.session_affinity_seconds:
-        chains = [_affinity_endpoint(out, p, t) for t in targets]
-        rules += [f"{a} saddr @{c}-aff goto {c}" for c in chains]
-        rules.append(_choose([f"goto {c}" for c in chains], lambda picks: f"vmap {{ {picks} }}"))
-    elif len(targets) == 1:
-        rules.append(f"{l4} dnat {a} to {_host_port(targets[0])}")
+    chains = [_affinity_endpoint(out, p, t) for t in targets]
+    rules += [f"{a} saddr @{c}-aff goto {c}" for c in chains]
+    if len(chains) == 1:
+        rules.append(f"goto {chains[0]}")
     else:
-        # One rule picks and translates: no chain per endpoint.
-        pairs = [f"{t.address} . {t.port}" for t in targets]
-        rules.append(f"{l4} dnat {a} to " + _choose(pairs, lambda picks: f"map {{ {picks} }}"))
+        picks = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
+        rules.append(f"numgen random mod {len(chains)} vmap {{ {picks} }}")
     return tuple(rules)
-
-
-def _choose(values: list[str], form: Callable[[str], str]) -> str:
-    if len(values) == 1:
-        return values[0]
-    picks = ", ".join(f"{i} : {v}" for i, v in enumerate(values))
-    return f"numgen random mod {len(values)} {form(picks)}"
 
 
 def _host_port(t: Target) -> str:

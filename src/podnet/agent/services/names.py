@@ -63,6 +63,39 @@ def hairpin(family: int) -> str:
     return f"svc-hairpin{family}"
 
 
+def _list_name(nodeport: bool, local: bool) -> str:
+    return f"{'np-' if nodeport else ''}eps{'-local' if local else ''}"
+
+
+def slot_map(family: int, slot: int, *, nodeport: bool = False, local: bool = False) -> str:
+    """``svc-eps4-I``: the endpoint numbered I of each service address (``addr . proto . port``
+    key), or of each NodePort (``np-``, ``proto . port`` key), as ``addr . port``; ``-local``: the
+    list under a Local traffic policy."""
+    return f"svc-{_list_name(nodeport, local)}{family}-{slot}"
+
+
+def slot_map_decl(family: int, slot: int, *, nodeport: bool = False, local: bool = False) -> Set:
+    addr_type = ADDR[family][1]
+    key = ("inet_proto", "inet_service") if nodeport else (addr_type, "inet_proto", "inet_service")
+    return Set(slot_map(family, slot, nodeport=nodeport, local=local), key,
+               value_type=f"{addr_type} . inet_service")
+
+
+def slot_chain(family: int, slot: int, *, nodeport: bool = False, local: bool = False) -> str:
+    """``services-4-eps-I``: DNAT to endpoint I of the packet's own key (its slot map)."""
+    return f"services-{family}-{_list_name(nodeport, local)}-{slot}"
+
+
+def entry_chain(family: int, kind: str, count: int, local_count: int | None = None) -> str:
+    """``services-F-KIND-N[-local-M]``: where a service address of ``kind`` (``cluster``: a
+    ClusterIP; ``external``: an ExternalIP; ``nodeport``) goes when it has N endpoints (and M
+    under its Local policy): it picks a slot at random. Shared by every service with those
+    counts: which endpoints they are is in the slot maps, so an endpoint change is a change of
+    elements."""
+    tail = "" if local_count is None else f"-local-{local_count}"
+    return f"services-{family}-{kind}-{count}{tail}"
+
+
 def service_ips(family: int) -> str:
     """The shared set of service VIPs (ClusterIPs and ExternalIPs); other controllers may add to it."""
     return f"service-ips{family}"

@@ -3,6 +3,8 @@ contribution the writer takes, and kept joined between syncs so a change costs w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from podnet.agent.services.endpoints import Target
 from podnet.dataplane.contribution import Chain, Contribution, Set
 
@@ -42,26 +44,39 @@ class Assembly:
         self.parts: dict[PartKey, Part] = {}
         self.chains: dict[str, Chain] = {}
         self.sets: dict[str, Set] = {}
+        # Chains and sets many parts declare alike (the shared pick chains) stay while any does.
+        self.declared_by: dict[str, set[PartKey]] = {}  # chain or set name -> parts declaring it
         self.elements: dict[str, dict[str, str | None]] = {}
         self.givers: dict[str, dict[str, dict[PartKey, str | None]]] = {}  # set -> key -> part -> value
         self.result = Contribution()
 
-    def update(self, parts: dict[PartKey, Part]) -> Contribution:
-        changed = sorted(k for k in self.parts.keys() | parts.keys() if self.parts.get(k) is not parts.get(k))
+    def replace(self, changes: Mapping[PartKey, Part | None]) -> Contribution:
+        """The contribution with these parts replaced (None: the part is gone); the others stay."""
+        changed = sorted(k for k, part in changes.items() if self.parts.get(k) is not part)
         if not changed:
             return self.result
         touched: dict[str, dict[str, str | None]] = {}
         for key in changed:
             if key in self.parts:
-                self._remove(key, self.parts[key], touched)
+                self._remove(key, self.parts.pop(key), touched)
         for key in changed:
-            if key in parts:
-                self._add(key, parts[key], touched)
-        self.parts = dict(parts)
+            part = changes[key]
+            if part is not None:
+                self.parts[key] = part
+                self._add(key, part, touched)
         elements = {**self.elements, **touched}
         self.elements = {n: e for n, e in elements.items() if e or n in self.sets}  # a set gone goes
         self.result = Contribution(tuple(self.chains.values()), tuple(self.sets.values()), self.elements)
         return self.result
+
+    def _undeclare(self, name: str, key: PartKey) -> bool:
+        """Whether the last part declaring ``name`` has just let it go."""
+        parts = self.declared_by.get(name, set())
+        parts.discard(key)
+        if parts:
+            return False
+        self.declared_by.pop(name, None)
+        return True
 
     def _table(self, name: str, touched: dict[str, dict[str, str | None]]) -> dict[str, str | None]:
         if name not in touched:
@@ -70,9 +85,11 @@ class Assembly:
 
     def _remove(self, key: PartKey, part: Part, touched: dict[str, dict[str, str | None]]) -> None:
         for name in part.chains:
-            self.chains.pop(name, None)
+            if self._undeclare(name, key):
+                self.chains.pop(name, None)
         for decl in part.sets:
-            self.sets.pop(decl.name, None)
+            if self._undeclare(decl.name, key):
+                self.sets.pop(decl.name, None)
         for set_name, items in part.elements.items():
             table, givers = self._table(set_name, touched), self.givers[set_name]
             for element in items:
@@ -86,6 +103,8 @@ class Assembly:
     def _add(self, key: PartKey, part: Part, touched: dict[str, dict[str, str | None]]) -> None:
         self.chains.update(part.chains)
         self.sets.update((d.name, d) for d in part.sets)
+        for name in (*part.chains, *(d.name for d in part.sets)):
+            self.declared_by.setdefault(name, set()).add(key)
         for set_name, items in part.elements.items():
             table, givers = self._table(set_name, touched), self.givers.setdefault(set_name, {})
             for element, value in items.items():
