@@ -188,3 +188,27 @@ def test_the_tables_first_rebuild_waits_for_every_controller() -> None:
         wait_until(lambda: w.sync.stats.syncs >= 1)
     finally:
         w.sync.stop()
+
+
+@pytest.mark.parametrize("pod_ranges", [[RANGE], []])
+def test_a_node_without_pods_or_policies_still_gets_its_table(pod_ranges: list[object]) -> None:
+    """A fresh node: no pod, no NetworkPolicy (and, without --pod-cidr, no admission rule either), so
+    those controllers' parts are empty. An empty part is a part: the first rebuild must not wait for
+    it forever (it did: services were never programmed on such a node)."""
+    from podnet.agent.service_sync import ServiceSync
+    from podnet.agent.sync import POLICY_OWNER
+
+    w = World()
+    w.sync = PolicySync(w.store, w.writer, pod_ranges=pod_ranges, retry_seconds=0.05)  # type: ignore[arg-type]
+    w.writer.require(POLICY_OWNER, admission_rules.OWNER, "services")
+    services = ServiceSync(w.store, w.writer, retry_seconds=0.05)
+    w.list_all()
+    w.sync.start()
+    services.start()
+    try:
+        wait_until(lambda: w.sync.stats.syncs >= 1 and services.stats.syncs >= 1)
+        table = w.nft.list_table("inet", "podnet")
+        assert table is not None and "services-dispatch" in table.chains
+    finally:
+        services.stop()
+        w.sync.stop()

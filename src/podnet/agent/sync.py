@@ -24,6 +24,7 @@ from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompil
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.store import Change, Store
 from podnet.dataplane.backends import NftError
+from podnet.dataplane.contribution import EMPTY
 from podnet.dataplane.writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ class PolicySync(SyncLoop):
         withdraw the policy owners the writer still holds that no longer have one."""
         changes = self._compiler.update(inputs)
         if self._resend:
-            changes = dict(self._compiler.parts)
+            # The shared part too when there is nothing in it (no pod, no policy): said once, so
+            # the table's first rebuild knows policy has spoken.
+            changes = {SHARED_OWNER: EMPTY, **self._compiler.parts}
             for owner in self.writer.owners():
                 if (owner == SHARED_OWNER or owner.startswith(OWNER_PREFIX)) and owner not in changes:
                     self.writer.withdraw(owner)

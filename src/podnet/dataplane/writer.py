@@ -78,6 +78,7 @@ class TableWriter:
         self._handles: dict[str, list[int]] = {}  # chain -> handles of the rules the writer added
         self._needs_resync = True  # nothing applied yet: the first commit adopts the table
         self._required: set[str] = set()
+        self._heard: set[str] = set()  # owners that have contributed, an empty part included
         self._next_verify = 0.0
         self._unrepairable: set[str] = set()
         self._generation = 0  # transactions applied (verify's listings are matched against it)
@@ -88,6 +89,7 @@ class TableWriter:
         """Replace the owner's contribution (ContributionConflict: refused, the previous one stays)."""
         with self._lock:
             self._union.replace(owner, c)
+            self._heard.add(owner)
 
     def withdraw(self, owner: str) -> None:
         with self._lock:
@@ -106,8 +108,9 @@ class TableWriter:
 
     def require(self, *owners: str) -> None:
         """No rebuild of the table (the first commit: adopting what a previous process left) until
-        each of these owners has contributed: a rebuild from part of the union would drop, for a
-        moment, what the others keep in force (an isolated pod's drop rules)."""
+        each of these owners has contributed (an empty part counts: a node without pods or
+        policies has nothing to say, and has said it): a rebuild from part of the union would
+        drop, for a moment, what the others keep in force (an isolated pod's drop rules)."""
         with self._lock:
             self._required.update(owners)
 
@@ -117,7 +120,7 @@ class TableWriter:
         A rebuild waits for the required owners: ``deferred`` says it was not applied yet."""
         with self._lock:
             if self._needs_resync:
-                if not self._required <= self._union.contributions.keys():
+                if not self._required <= self._heard:
                     return CommitResult(False, False, 0, 0.0, deferred=True)
                 return self._resync()
             start = time.monotonic()
