@@ -11,11 +11,21 @@ nothing is used before it exists:
 4. sets going away or being re-declared are deleted, then chains going away;
 5. re-declared sets come back with all their elements; new elements are added;
 6. the flushed chains that stay get their new rules.
+
+A chain is deleted only when no rule and no map element that stays jumps or goes to it: the kernel
+refuses to delete a chain in use (EBUSY, and the whole transaction with it). Within one owner's
+contribution a reference and the chain it names leave together, but across owners they need not: the
+policy controller hands over one part per policy and then the shared part whose isolation chains
+jump to the policy chains, and another controller's commit on the same writer can come in between.
+A chain that no owner declares any more but that something still refers to is flushed (the union
+gives it no rules) and kept; the commit that removes its last reference deletes it.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -59,6 +69,16 @@ def rebuild(family: Family, table: str, image: Image, comment: str | None) -> Tr
 
 def refers_to_set(rule: str, name: str) -> bool:
     return re.search(rf"@{re.escape(name)}(?![A-Za-z0-9_-])", rule) is not None
+
+
+_CHAIN_REF = re.compile(r"(?<![A-Za-z0-9_-])(?:jump|goto)[ \t]+([A-Za-z0-9_-]+)")
+
+
+def chain_refs(text: str | None) -> list[str]:
+    """The chains a rule or a map value (``goto NAME``) jumps or goes to."""
+    if not text or ("jump" not in text and "goto" not in text):
+        return []  # most rules and every plain set element: no regex
+    return _CHAIN_REF.findall(text)
 
 
 @dataclass
@@ -126,6 +146,7 @@ def incremental(family: Family, table: str, union: Union, image: Image, dirty: D
         if name not in patch.rules and any(refers_to_set(r, s) for r in rules for s in redeclared):
             patch.rules[name] = union.rules(name) if union.chain(name) is not None else None
     _element_changes(patch, union, image, dirty)
+    _keep_referenced(patch, union, image)
     _write(patch, image, union)
     return patch
 
@@ -140,6 +161,83 @@ def _element_changes(patch: Patch, union: Union, image: Image, dirty: Dirty) -> 
             have = (key in have_all, have_all.get(key))
             if want != have:
                 patch.elements.append((set_name, key, *want))
+
+
+def _keep_referenced(patch: Patch, union: Union, image: Image) -> None:
+    """Chains still referred to after the patch are emptied, not deleted; chains kept so earlier
+    that lose a reference in this patch are deleted when none is left."""
+    for name in _released(patch, image):
+        if name in image.chains and name not in patch.chains and union.chain(name) is None:
+            patch.chains[name] = None
+            patch.rules[name] = None
+    going = {name for name, chain in patch.chains.items() if chain is None}
+    if not going:
+        return
+    for name in _referenced(going, patch, union, image):
+        del patch.chains[name]
+        if image.rules.get(name):
+            patch.rules[name] = ()
+        else:
+            patch.rules.pop(name, None)
+
+
+def _released(patch: Patch, image: Image) -> set[str]:
+    """Chains that rules flushed or map elements deleted by the patch referred to."""
+    out: set[str] = set()
+    for name in patch.rules:
+        for rule in image.rules.get(name, ()):
+            out.update(chain_refs(rule))
+    for set_name, key, _, _ in patch.elements:
+        out.update(chain_refs(image.elements.get(set_name, {}).get(key)))
+    for name in patch.sets:  # deleted or re-declared: all its elements go
+        if name in image.sets and image.sets[name].value_type is not None:
+            for value in image.elements.get(name, {}).values():
+                out.update(chain_refs(value))
+    return out
+
+
+def _referenced(names: set[str], patch: Patch, union: Union, image: Image) -> set[str]:
+    """Those of ``names`` that a rule or a map element refers to once the patch is applied."""
+
+    def refs(texts: Iterable[str | None]) -> Counter[str]:
+        return count_refs(names, "\n".join(filter(None, texts)))
+
+    kept = (rules for name, rules in image.rules.items() if name not in patch.rules)
+    found = set(refs(itertools.chain.from_iterable(kept)))
+    found.update(refs(itertools.chain.from_iterable(rules or () for rules in patch.rules.values())))
+    changed: dict[str, dict[str, Value]] = {}  # set -> key -> its value after the patch (None: gone)
+    for set_name, key, present, value in patch.elements:
+        changed.setdefault(set_name, {})[key] = value if present else None
+    for name, decl in image.sets.items():
+        if decl.value_type is None or name in patch.sets or not image.elements.get(name):
+            continue
+        elements = image.elements[name]
+        counts = refs(elements.values())  # what the map refers to now, and how often
+        for key in changed.get(name, {}).keys() & elements.keys() if counts else ():
+            counts.subtract(refs([elements[key]]))  # less the elements the patch deletes or changes
+        found.update(n for n, times in counts.items() if times > 0)
+    for values in changed.values():
+        found.update(refs(values.values()))
+    for name in patch.whole_sets:
+        found.update(refs(union.elements(name).values()))
+    return found
+
+
+_VERB_BEFORE = re.compile(r"(?:^|[^A-Za-z0-9_-])(?:jump|goto)[ \t]+$")
+
+
+def count_refs(names: Iterable[str], text: str) -> Counter[str]:
+    """How often ``text`` (rules or map values, one a line) jumps or goes to each of ``names``. A
+    search for the name itself, then a look at the word before it: a large table's text is
+    scanned in C, once per name (a pattern starting with ``jump|goto`` is tried at every offset)."""
+    counts: Counter[str] = Counter()
+    for name in names:
+        if name not in text:
+            continue
+        for found in re.finditer(rf"{re.escape(name)}(?![A-Za-z0-9_-])", text):
+            if _VERB_BEFORE.search(text[max(0, found.start() - 24):found.start()]):
+                counts[name] += 1
+    return counts
 
 
 def _write(patch: Patch, image: Image, union: Union) -> None:
