@@ -9,31 +9,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import ipaddress
-import json
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from podnet.cni.errors import CNIError
 from podnet.cni.jsonio import load_json
 from podnet.daemon.protocol import SOCKET_KEY, SUN_PATH_MAX
+from podnet.runtime import netconf_write
+from podnet.runtime.netconf_write import CONF_NAME, check_overlaps, write_if_changed
 
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
-CONF_NAME = "10-podnet.conflist"
 # Clear of what other software on a node uses by default: podman and containerd's bridge 10.88/16
 # (Debian's 87-podman-bridge.conflist) and netavark's 10.89/16 pool, CRI-O's 10.85/16, Kubernetes
 # services 10.96/12, flannel and kind 10.244/16, k3s 10.42/16 and 10.43/16, weave 10.32/12, docker
 # 172.17/16 and its 172.16/12 and 192.168/16 pools, Calico 192.168/16.
 DEFAULT_SUBNET = "10.212.0.0/16"
-# The files libcni loads from a conf dir.
-CONF_EXTENSIONS = (".conf", ".conflist", ".json")
-_MAX_CONF = 1 << 20
 SHEBANG_MAX = 255  # the kernel reads this much of a "#!" line (BINPRM_BUF_SIZE - 1)
 
 HELP = """\
@@ -182,45 +176,10 @@ def check_socket(path: str) -> str:
 
 def generated_conflist(ns: argparse.Namespace) -> dict[str, Any]:
     subnet = ipaddress.ip_network(ns.subnet, strict=True)
-    default = "0.0.0.0/0" if subnet.version == 4 else "::/0"
-    ipam: dict[str, Any] = {"type": "podnet-host-local", "ranges": [[{"subnet": str(subnet)}]],
-                            "routes": [{"dst": default}]}
-    if ns.data_dir:
-        ipam["dataDir"] = ns.data_dir
-    bridge: dict[str, Any] = {"type": "podnet-bridge", "bridge": ns.bridge, "isGateway": True, "ipam": ipam}
-    if getattr(ns, "socket", None):
-        bridge[SOCKET_KEY] = check_socket(ns.socket)
-    return {"cniVersion": ns.cni_version, "name": ns.network, "plugins": [bridge]}
-
-
-def write_if_changed(path: str, data: bytes, mode: int) -> str:
-    """``unchanged`` / ``installed`` / ``updated``; atomic (temp file + rename)."""
-    try:
-        # A symlink (a plugin that was a link to the native shim) is replaced, never written through.
-        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
-            current: bytes | None = f.read()
-    except FileNotFoundError:
-        current = None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        current = b""
-    if current == data and (os.stat(path).st_mode & 0o7777) == mode:
-        return "unchanged"
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".podnet-install-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return "installed" if current is None else "updated"
+    extra = {SOCKET_KEY: check_socket(ns.socket)} if getattr(ns, "socket", None) else {}
+    return netconf_write.conflist(netconf_write.PodNetwork(
+        subnets=[subnet], name=ns.network, bridge=ns.bridge,
+        cni_version=ns.cni_version, data_dir=ns.data_dir, extra=extra))
 
 
 def _plugins(ns: argparse.Namespace) -> list[str]:
@@ -245,59 +204,7 @@ def _conflist_bytes(ns: argparse.Namespace) -> bytes:
                 body.get("plugins"), list):
             raise ValueError(f"{ns.conflist}: not a conflist (needs 'name' and 'plugins')")
         return raw
-    return (json.dumps(generated_conflist(ns), indent=2) + "\n").encode()
-
-
-Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def subnets_of(node: object) -> Iterator[Subnet]:
-    """Every ``subnet`` in a network config: host-local's ranges, the legacy ``ipam.subnet``, other
-    IPAM plugins' keys of that name. Routes are not looked at: a 0.0.0.0/0 route overlaps all."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "subnet" and isinstance(value, str):
-                try:
-                    yield ipaddress.ip_network(value, strict=False)
-                except ValueError:
-                    continue
-            else:
-                yield from subnets_of(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from subnets_of(item)
-
-
-def other_networks(conf_dir: str, own_path: str) -> Iterator[tuple[str, object]]:
-    """(path, parsed config) of every network config in the conf dir but podnet's own file. A file
-    that cannot be read or parsed is skipped: libcni cannot load it either, it is no network."""
-    try:
-        names = sorted(os.listdir(conf_dir))
-    except FileNotFoundError:
-        return
-    own = os.path.realpath(own_path)
-    for name in names:
-        path = os.path.join(conf_dir, name)
-        if name.startswith(".") or not name.endswith(CONF_EXTENSIONS) or os.path.realpath(path) == own:
-            continue
-        try:
-            with open(path, "rb") as f:
-                yield path, load_json(f.read(_MAX_CONF + 1), path)
-        except (OSError, CNIError):
-            continue
-
-
-def check_overlaps(conflist: bytes, conf_dir: str, own_path: str) -> None:
-    """Refuse pod subnets that overlap another network's: two bridges routing the same addresses
-    break both (the node's route to each goes to whichever was set up last)."""
-    mine = list(subnets_of(load_json(conflist, "the network config to install")))
-    for path, body in other_networks(conf_dir, own_path):
-        for theirs in subnets_of(body):
-            for subnet in mine:
-                if subnet.version == theirs.version and subnet.overlaps(theirs):
-                    name = body.get("name") if isinstance(body, dict) else None
-                    raise ValueError(f"subnet {subnet} overlaps {theirs} of network {name!r} in {path}; "
-                                     "choose another --subnet")
+    return netconf_write.encode(generated_conflist(ns))
 
 
 def run(ns: argparse.Namespace) -> int:
