@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from podnet.agent import admission_rules, tables
 from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.model import IPNetwork
+from podnet.agent.nodeconf import NodeConfig, NodeConfigOptions
 from podnet.agent.policy.explain import ExplainError, explain, parse_port
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
@@ -55,6 +56,7 @@ class AgentConfig:
     socket_path: str = DEFAULT_SOCKET
     verify_period: float = 60.0
     admit_timeout: float = 1.5
+    cni_config: NodeConfigOptions | None = None  # write this node's CNI config (off: None)
     sources: list[Source] = field(default_factory=list)  # made by build_sources unless given
 
 
@@ -70,6 +72,7 @@ class Agent:
         self.sync = PolicySync(self.store, self.writer, pod_ranges=config.pod_ranges)
         self.services = ServiceSync(self.store, self.writer, pod_ranges=config.pod_ranges,
                                     clean=conntrack_cleaner() if nft is None else None)
+        self.nodeconf = NodeConfig(self.store, config.cni_config) if config.cni_config else None
         self.started_at = time.time()
         self.server = AdmissionServer(config.socket_path, {
             "admit": self._admit, "release": self._release, "status": self._status,
@@ -86,6 +89,8 @@ class Agent:
         try:
             self.sync.start()
             self.services.start()
+            if self.nodeconf is not None:
+                self.nodeconf.start()
             for source in self.sources:
                 source.start()
             self.server.start()
@@ -100,6 +105,8 @@ class Agent:
             source.stop()
         self.sync.stop()
         self.services.stop()
+        if self.nodeconf is not None:
+            self.nodeconf.stop()
         self._stopped.set()
 
     # ---- socket handlers ----
@@ -162,6 +169,7 @@ class Agent:
                          **(self._service_rows() if service_rows else {})},
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
             "bridge_filtering": self.bridge_filtering,
+            "cni_config": self.nodeconf.status() if self.nodeconf is not None else None,
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

@@ -8,12 +8,16 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podnet.cli.daemon_cmd import parse_addr, seconds
 
+if TYPE_CHECKING:
+    from podnet.agent.nodeconf import NodeConfigOptions
+
 AGENT_SOCKET = "/run/podnet/agent.sock"
 DAEMON_SOCKET = "/run/podnet/podnet.sock"
+CNI_CONF_DIR = "/etc/cni/net.d"
 
 SERVICE_ROWS = 50
 
@@ -42,6 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR", type=_network,
                    help="this node's pod range; repeat for more (enables isolation from the first packet)")
     p.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's unix socket (default {AGENT_SOCKET})")
+    _cni_config_arguments(p)
     p.add_argument("--verify-period", type=seconds, default=60.0,
                    help="seconds between checks of the kernel's table against the agent's (default 60)")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)")
@@ -70,6 +75,42 @@ def register(sub: Any) -> None:
     pol.set_defaults(func=lambda ns: (pol.print_help(), 2)[1])
 
 
+def _cni_config_arguments(p: argparse.ArgumentParser) -> None:
+    # Off unless asked for: an agent started by hand on a dev box must not write into the machine's
+    # /etc/cni/net.d (its runtime would start using podnet's network), so the default directory
+    # needs --write-cni-config and any other directory is asked for by naming it.
+    g = p.add_argument_group("this node's CNI config (off by default)")
+    g.add_argument("--write-cni-config", action="store_true",
+                   help=f"write the node's network config into {CNI_CONF_DIR} once its Node has a pod CIDR")
+    g.add_argument("--cni-conf-dir", metavar="DIR",
+                   help=f"write it into DIR instead (implies --write-cni-config; default {CNI_CONF_DIR})")
+    g.add_argument("--cni-network", choices=["bridge", "routed"],
+                   help="podnet-bridge (a bridge per node) or podnet-routed (a veth per pod; default bridge)")
+    g.add_argument("--cni-bridge", metavar="NAME", help="the bridge's name (default podnet0)")
+    g.add_argument("--cni-data-dir", metavar="DIR", type=_absolute,
+                   help="host-local's dataDir in the config (default its own, /var/lib/cni/networks)")
+
+
+def _cni_config(ns: argparse.Namespace) -> NodeConfigOptions | None:
+    """The NodeConfig options, None when off; ValueError for a CNI option given while off."""
+    from podnet.agent.nodeconf import NodeConfigOptions
+
+    if not (ns.write_cni_config or ns.cni_conf_dir):
+        given = [f"--{k.replace('_', '-')}" for k in ("cni_network", "cni_bridge", "cni_data_dir")
+                 if getattr(ns, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} without --write-cni-config or --cni-conf-dir does nothing")
+        return None
+    return NodeConfigOptions(conf_dir=ns.cni_conf_dir or CNI_CONF_DIR, mode=ns.cni_network or "bridge",
+                             bridge=ns.cni_bridge or "podnet0", data_dir=ns.cni_data_dir)
+
+
+def _absolute(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an absolute path")
+    return text
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=True)
@@ -92,10 +133,10 @@ def run_agent(ns: argparse.Namespace) -> int:
     from podnet.daemon.logs import JsonLog, route_stdlib_logging
 
     route_stdlib_logging(JsonLog(sys.stderr, ns.log_level))  # JSON lines, like the daemon's
-    config = AgentConfig(node_name=ns.node_name, manifests=ns.manifests, kubeconfig=ns.kubeconfig,
-                         in_cluster=ns.in_cluster, pod_ranges=tuple(ns.pod_cidr), socket_path=ns.socket,
-                         verify_period=ns.verify_period)
     try:
+        config = AgentConfig(node_name=ns.node_name, manifests=ns.manifests, kubeconfig=ns.kubeconfig,
+                             in_cluster=ns.in_cluster, pod_ranges=tuple(ns.pod_cidr), socket_path=ns.socket,
+                             verify_period=ns.verify_period, cni_config=_cni_config(ns))
         agent = Agent(config)
     except Exception as exc:  # a bad source or config: said in one line, never a traceback
         print(f"podnet agent: {exc}", file=sys.stderr)
