@@ -33,7 +33,7 @@ CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 PLUGIN_TYPES = {"bridge": "podnet-bridge", "routed": "podnet-routed"}
 IPAM_TYPE = "podnet-host-local"
 TEMP_PREFIX = ".podnet-tmp-"
-_MAX_CONF = 1 << 20
+MAX_CONF = 1 << 20
 _DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
 
 Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -158,7 +158,7 @@ def other_networks(conf_dir: str, own_path: str) -> Iterator[tuple[str, object]]
             continue
         try:
             with open(path, "rb") as f:
-                yield path, load_json(f.read(_MAX_CONF + 1), path)
+                yield path, load_json(f.read(MAX_CONF + 1), path)
         except (OSError, CNIError):
             continue
 
