@@ -377,3 +377,15 @@ def test_agent_writes_the_config_when_its_node_gets_a_pod_cidr(node: Netns, tmp_
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_status_text_names_the_cni_config() -> None:
+    from podnet.cli.agent_cmd import _cni_config_lines
+
+    assert _cni_config_lines(None) == []
+    line, = _cni_config_lines({"path": "/etc/cni/net.d/10-podnet.conflist", "state": "current",
+                               "pod_cidrs": ["10.244.3.0/24", "fd00:3::/64"], "error": None})
+    assert line == ("  cni config /etc/cni/net.d/10-podnet.conflist: current, ranges 10.244.3.0/24, "
+                    "fd00:3::/64; last error: none")
+    line, = _cni_config_lines({"path": "p", "state": "refused", "pod_cidrs": [], "error": "in use"})
+    assert line == "  cni config p: refused, ranges none yet; last error: in use"

@@ -248,9 +248,18 @@ def _status_text(out: dict[str, Any], service_rows: int = SERVICE_ROWS) -> str:
               f"{a['services']['syncs']} syncs ({a['services']['failed']} failed); last error: "
               f"{a['services']['last_error'] or 'none'}"]
     lines += _service_lines(a["services"], service_rows)
+    lines += _cni_config_lines(a.get("cni_config"))
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
+
+
+def _cni_config_lines(conf: dict[str, Any] | None) -> list[str]:
+    if not conf:
+        return []
+    ranges = ", ".join(conf.get("pod_cidrs") or []) or "none yet"
+    return [f"  cni config {conf['path']}: {conf['state']}, ranges {ranges}; last error: "
+            f"{conf.get('error') or 'none'}"]
 
 
 def _service_lines(services: dict[str, Any], limit: int) -> list[str]:
