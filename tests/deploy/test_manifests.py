@@ -145,7 +145,7 @@ def test_the_host_paths_are_exactly_the_ones_podnet_uses() -> None:
 def test_it_runs_on_every_node_in_the_node_network() -> None:
     spec = pod_spec()
     assert spec["tolerations"] == [{"operator": "Exists"}]  # every taint, every effect
-    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "Default"
     assert spec["hostPID"] is True  # the daemon reads its callers' /proc/<pid>
     assert spec["priorityClassName"] == "system-node-critical"
     assert one("DaemonSet")["spec"]["updateStrategy"] == {
@@ -177,6 +177,7 @@ def test_podnet_accepts_every_container_s_arguments() -> None:
     assert install.bin_dir == install_cmd.DEFAULT_BIN_DIR and install.no_conflist
     assert daemon.func is daemon_cmd.run
     assert daemon.socket == protocol.DEFAULT_SOCKET  # where every shim looks without a config
+    assert daemon.plugin_dirs == [install_cmd.DEFAULT_BIN_DIR]  # the node's plugins, not the image's
     assert agent.func is agent_cmd.run_agent
     assert agent.in_cluster and agent.manifests is None and agent.kubeconfig is None
     assert agent.node_name == "node-1"  # the downward API's spec.nodeName
