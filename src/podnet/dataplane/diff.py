@@ -213,8 +213,9 @@ def _referenced(names: set[str], patch: Patch, union: Union, image: Image) -> se
             continue
         elements = image.elements[name]
         counts = refs(elements.values())  # what the map refers to now, and how often
-        for key in changed.get(name, {}).keys() & elements.keys() if counts else ():
-            counts.subtract(refs([elements[key]]))  # less the elements the patch deletes or changes
+        if counts:  # less what the elements the patch deletes or changes referred to
+            for key in changed.get(name, {}).keys() & elements.keys():
+                counts.subtract(refs([elements[key]]))
         found.update(n for n, times in counts.items() if times > 0)
     for values in changed.values():
         found.update(refs(values.values()))
