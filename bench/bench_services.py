@@ -18,7 +18,7 @@ There is no Go reference to run here: kube-proxy needs a cluster. For scale, kub
 mode took 141 ms to add one service next to 10,000 (kubernetes PR 126013).
 
 Targets (reported, not asserted): full sync <= 2 s, one change p50 <= 20 ms, latency ratio <= 1.1.
-Raw numbers go to bench/out/bench_services.json.
+Raw numbers go to bench/out/bench_services.json, a plot to bench/out/bench_services.png.
 
     python -m bench.bench_services [--services N] [--endpoints N] [--changes N] [--rounds N]
                                    [--connects N]
@@ -308,6 +308,47 @@ def report(out: dict[str, Any], services: int) -> None:
           f"{verdict(lat['ratio'] <= TARGETS['latency_ratio'])}")
 
 
+def plot(out: dict[str, Any], path: Path) -> str:
+    """Three panels: the full sync's steps against the nft -f anchor, each one-endpoint change's
+    steps, and the first-packet latency with 10 and with N services."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no PNG (the JSON has every sample)"
+    fig, (full, change, lat) = plt.subplots(1, 3, figsize=(14, 4))
+    steps = ("compile", "contribute", "commit")
+    left = 0.0
+    for name in steps:
+        full.barh(["podnet"], [out["full"][name]], left=[left], label=name)
+        left += out["full"][name]
+    full.barh(["nft -f"], [out["anchor"]["nft_f_full"]], color="grey", label="nft -f (anchor)")
+    full.axvline(TARGETS["full_sync_s"], color="red", linestyle="--", label="target")
+    full.set_xlabel("seconds")
+    full.set_title(f"full sync, {out['services']} services x {out['endpoints']} endpoints")
+    full.legend(fontsize=7)
+    bottom = [0.0] * len(out["change"]["total"])
+    for name in steps:
+        values = [v * 1e3 for v in out["change"][name]]
+        change.bar(range(len(values)), values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    change.axhline(TARGETS["change_p50_ms"], color="red", linestyle="--", label="target (p50)")
+    change.set_xlabel("change #")
+    change.set_ylabel("ms")
+    change.set_title("one-endpoint change")
+    change.legend(fontsize=7)
+    p50 = out["latency"]["p50_us"]
+    lat.bar(["10 services", f"{out['services']} services"], [p50["small"], p50["large"]])
+    lat.set_ylabel("TCP connect p50, us")
+    lat.set_title(f"first packet to a ClusterIP: ratio {out['latency']['ratio']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_services")
     parser.add_argument("--services", type=int, default=5000)
@@ -333,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     report(out, args.services)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_services.json").write_text(json.dumps(out, indent=1))
+    print(plot(out, OUT / "bench_services.png"))
     return 0
 
 
