@@ -42,19 +42,13 @@ class Chain:
 class Set:
     """A set, or a map when ``value_type`` is given (``verdict`` for a verdict map). ``type`` may be
     a concatenation (``("ipv4_addr", "inet_service")``), and so may ``value_type``
-    (``"ipv4_addr . inet_service"``).
-
-    ``typeof`` declares the set by the expressions that look it up instead (nft's ``typeof KEY`` or
-    ``typeof KEY : VALUE``): needed when a key part has no type name, as ``numgen``'s number. ``type``
-    and ``value_type`` then still name what the kernel stores, for encoding and comparing elements
-    (``integer``: a 32-bit number in host byte order, as numgen leaves it)."""
+    (``"ipv4_addr . inet_service"``)."""
 
     name: str
     type: tuple[str, ...]
     flags: tuple[str, ...] = ()
     value_type: str | None = None
     comment: str | None = None
-    typeof: str | None = None
 
 
 # Element keys and values are nft syntax (``10.0.0.1``, ``10.0.0.0/24``, ``tcp . 80``,

@@ -41,10 +41,9 @@ def add_chain(tx: Transaction, chain: Chain) -> None:
 
 def add_set(tx: Transaction, decl: Set) -> None:
     if decl.value_type is None:
-        tx.add_set(decl.name, decl.type, flags=decl.flags, comment=decl.comment, typeof=decl.typeof)
+        tx.add_set(decl.name, decl.type, flags=decl.flags, comment=decl.comment)
     else:
-        tx.add_map(decl.name, decl.type, decl.value_type, flags=decl.flags, comment=decl.comment,
-                   typeof=decl.typeof)
+        tx.add_map(decl.name, decl.type, decl.value_type, flags=decl.flags, comment=decl.comment)
 
 
 def add_elements(tx: Transaction, set_name: str, elements: Iterable[tuple[str, Value]]) -> None:

@@ -267,7 +267,5 @@ def _check_parts(c: Contribution, old: Contribution) -> None:
         values = () if decl.value_type is None else tuple(decl.value_type.split(" . "))
         for part in (*decl.type, *decl.flags, *values):
             check_name(part, "set type or flag")
-        if decl.typeof is not None and (not decl.typeof.strip() or set(decl.typeof) & set('{};#"\n\r\0')):
-            raise ValueError(f"set {decl.name}: typeof {decl.typeof!r} is not a list of expressions")
         if decl.comment is not None:
             check_comment(decl.comment)

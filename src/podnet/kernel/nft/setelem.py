@@ -76,8 +76,6 @@ def _field(kind: str, text: str) -> bytes | None:
             return bytes((number,)) if 0 <= number <= 255 else None
         if kind == "inet_service" and text.isdigit() and int(text) <= 65535:
             return struct.pack("!H", int(text))
-        if kind == "integer" and text.isdigit() and int(text) < 1 << 32:
-            return struct.pack("=I", int(text))  # a register value (numgen's), host byte order
     except (ValueError, KeyError):
         return None
     return None

@@ -24,7 +24,6 @@ _COMMENT_BAD = re.compile(r'["\n\r\\\x00]')
 # Element keys are values such as 10.1.0.5, fd00::/64, "10.1.0.5 . 10.1.0.0/24", ifname strings.
 _KEY_BAD = re.compile(r"[{};#\n\r\x00]")
 _RULE_BAD = re.compile(r"[\n\r;#\x00]")
-_TYPEOF_BAD = re.compile(r"[{}\n\r;#\x00\"]")
 
 Verb = Literal["add-table", "delete-table", "add-chain", "create-chain", "delete-chain", "flush-chain",
                "add-rule", "delete-rule", "add-set", "add-map", "delete-set", "flush-set",
@@ -77,14 +76,6 @@ class Op:
     spec: tuple[tuple[str, str], ...] = ()  # chain base spec / set type, value type and flags
     data: str | None = None  # a map element's value
     items: tuple[tuple[str, str | None], ...] = ()  # add-elements: (key, map value or None)
-
-
-def _typeof(typeof: str | None) -> tuple[tuple[str, str], ...]:
-    if typeof is None:
-        return ()
-    if not typeof.strip() or _TYPEOF_BAD.search(typeof):
-        raise InvalidArgument(f"nftables typeof {typeof!r}: expressions only (no braces, ';', '#', newlines)")
-    return (("typeof", " ".join(typeof.split())),)
 
 
 def _types(type: str | Sequence[str]) -> str:
@@ -151,20 +142,17 @@ class Transaction:
         return self._push(Op("delete-rule", check_name(chain, "chain name"), str(handle)))
 
     def add_set(self, name: str, type: str | Sequence[str], *, flags: Sequence[str] = (),
-                comment: str | None = None, typeof: str | None = None) -> Transaction:
-        """A set of ``type``, or declared ``typeof`` expressions (then ``type`` is only recorded)."""
-        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), *_typeof(typeof))
+                comment: str | None = None) -> Transaction:
+        spec: tuple[tuple[str, str], ...] = (("type", _types(type)),)
         if flags:
             spec += (("flags", ", ".join(check_name(f, "set flag") for f in flags)),)
         return self._push(Op("add-set", check_name(name, "set name"), comment=comment, spec=spec))
 
     def add_map(self, name: str, type: str | Sequence[str], value_type: str | Sequence[str], *,
-                flags: Sequence[str] = (), comment: str | None = None,
-                typeof: str | None = None) -> Transaction:
-        """A map from ``type`` to ``value_type`` (``verdict`` for a verdict map), or declared
-        ``typeof KEY : VALUE`` expressions (then the types are only recorded)."""
-        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), ("value", _types(value_type)),
-                                             *_typeof(typeof))
+                flags: Sequence[str] = (), comment: str | None = None) -> Transaction:
+        """A map from ``type`` to ``value_type`` (``verdict`` for a verdict map; a concatenation,
+        ``"ipv4_addr . inet_service"``, for a DNAT target)."""
+        spec: tuple[tuple[str, str], ...] = (("type", _types(type)), ("value", _types(value_type)))
         if flags:
             spec += (("flags", ", ".join(check_name(f, "set flag") for f in flags)),)
         return self._push(Op("add-map", check_name(name, "map name"), comment=comment, spec=spec))
@@ -302,7 +290,7 @@ def render_op(family: str, table: str, op: Op) -> str:
 def _set_body(op: Op) -> str:
     spec = dict(op.spec)
     kind = spec["type"] if "value" not in spec else f"{spec['type']} : {spec['value']}"
-    lines = [f"typeof {spec['typeof']};" if "typeof" in spec else f"type {kind};"]
+    lines = [f"type {kind};"]
     if "flags" in spec:
         lines.append(f"flags {spec['flags']};")
     if op.comment is not None:
