@@ -40,6 +40,7 @@ NOT_KERNEL = {
     "COMMENT_MAX",  # nftables: nft's comment length limit (userspace, libnftnl)
     "_DUPLICATE_RETRIES",  # conntrack: dumps repeated when one names an entry twice
     "_MAX_BATCH",  # setelem: the largest element batch sent in one write
+    "RTPROT_PODNET",  # model: the route protocol podnet's agent marks its routes with
     # conntrack_wire: CTA_FILTER flag bits, defined by the kernel in nf_conntrack_netlink.c, not uapi
     "FILTER_IP_SRC", "FILTER_IP_DST", "FILTER_PROTO_NUM", "FILTER_PROTO_SRC_PORT", "FILTER_PROTO_DST_PORT",
 }

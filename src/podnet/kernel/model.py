@@ -423,11 +423,92 @@ def rule_request(family: int = socket.AF_UNSPEC) -> bytes:
     return FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
+# -- VXLAN links and bridge forwarding (FDB) entries, for the agent's overlay ---------------------
+
+# The route protocol podnet's agent marks its routes with: not a kernel value and not one iproute2,
+# BIRD, Calico or the routing daemons name, so "ip route show proto 157" lists podnet's routes and
+# reconciling reads (and deletes) only those.
+RTPROT_PODNET = 157
+AF_BRIDGE = 7
+NTF_SELF = 0x2
+IFLA_VXLAN_ID = 1
+IFLA_VXLAN_LOCAL = 4
+IFLA_VXLAN_LEARNING = 7
+IFLA_VXLAN_PORT = 15  # big-endian u16
+IFLA_VXLAN_LOCAL6 = 17
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """One forwarding entry of a bridge or VXLAN device (an AF_BRIDGE neighbour): frames for
+    ``mac`` go to port ``index``, and for a VXLAN device to the remote ``dst`` (NDA_DST)."""
+
+    index: int
+    mac: str
+    dst: str | None
+    state: int  # NUD_*
+    flags: int  # NTF_*
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.state & NUD_PERMANENT)
+
+
+def parse_fdb(buf: bytes, start: int, end: int) -> FdbEntry | None:
+    family, index, state, flags, _type = NDMSG.unpack_from(buf, start)
+    if family != AF_BRIDGE:
+        return None
+    a = attrs(buf, start + NDMSG.size, end)
+    mac = a.get(NDA_LLADDR)
+    if not mac:
+        return None
+    dst = a.get(NDA_DST)
+    dst_family = _AF_INET if dst is not None and len(dst) == 4 else _AF_INET6
+    return FdbEntry(index=index, mac=mac.hex(":"), dst=_ip(dst_family, dst), state=state, flags=flags)
+
+
+@dataclass(frozen=True, slots=True)
+class Vxlan:
+    """A VXLAN device's settings (IFLA_INFO_DATA of kind "vxlan"), for checking one podnet made."""
+
+    index: int
+    name: str
+    mac: str | None
+    up: bool
+    vni: int | None
+    local: str | None
+    port: int | None
+    learning: bool | None
+
+
+def parse_vxlan(buf: bytes, start: int, end: int) -> Vxlan | None:
+    """A link message read as a VXLAN device (None for any other kind)."""
+    link = parse_link(buf, start, end)
+    if link.kind != "vxlan":
+        return None
+    info = attrs(buf, start + IFINFOMSG.size, end)[IFLA_LINKINFO]
+    nested = attrs(info, 0, len(info)).get(IFLA_INFO_DATA, b"")
+    data = attrs(nested, 0, len(nested))
+    vni, port, learning = data.get(IFLA_VXLAN_ID), data.get(IFLA_VXLAN_PORT), data.get(IFLA_VXLAN_LEARNING)
+    local = _ip(_AF_INET, data.get(IFLA_VXLAN_LOCAL)) or _ip(_AF_INET6, data.get(IFLA_VXLAN_LOCAL6))
+    return Vxlan(index=link.index, name=link.name, mac=link.mac, up=link.up,
+                 vni=_u32(vni) if vni else None, local=local,
+                 port=int.from_bytes(port[:2], "big") if port else None,
+                 learning=bool(learning[0]) if learning else None)
+
+
+def fdb_request(index: int = 0) -> bytes:
+    """The forwarding entries of every bridge/VXLAN port, or of port ``index`` (NDA_IFINDEX)."""
+    return neighbour_request(AF_BRIDGE, index)
+
+
 __all__ = [
     "Address",
+    "FdbEntry",
     "Link",
     "Neighbour",
     "NextHop",
     "Route",
     "Rule",
+    "Vxlan",
 ]

@@ -205,3 +205,48 @@ def neighbour(index: int, ip: str, mac: str | None = None) -> Request:
         return Request(RTM_DELNEIGH, SET, body)
     lladdr = attr(model.NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
     return Request(model.RTM_NEWNEIGH, REPLACE, body + lladdr)
+
+
+# -- the agent's routing: routes it owns, VXLAN devices and their forwarding entries -------------------
+
+
+def owned_route(family: int, dst: str, dst_len: int, *, protocol: int, gateway: str | None = None,
+                oif: int | None = None, onlink: bool = False, mode: str = "add") -> Request:
+    """A main-table unicast route marked with ``protocol`` (``mode``: add, replace or delete). A
+    delete carries the protocol too, so the kernel removes the route only if it has that mark:
+    another program's route to the same destination is never taken for podnet's."""
+    header = model.RTMSG.pack(family, dst_len, 0, 0, model.RT_TABLE_MAIN, protocol,
+                              model.RT_SCOPE_UNIVERSE, RTN_UNICAST, model.RTNH_F_ONLINK if onlink else 0)
+    body = header + (attr(model.RTA_DST, _ip(dst)[1]) if dst_len else b"")
+    if gateway is not None:
+        body += attr(model.RTA_GATEWAY, _ip(gateway)[1])
+    if oif is not None:
+        body += attr(model.RTA_OIF, _u32(oif))
+    if mode == "delete":
+        return Request(RTM_DELROUTE, SET, body)
+    return Request(model.RTM_NEWROUTE, {"add": CREATE, "replace": REPLACE}[mode], body)
+
+
+def add_vxlan(name: str, *, vni: int, local: str, port: int, mac: str, mtu: int | None = None) -> Request:
+    """A VXLAN device with learning off and no group or default remote: it sends only to the
+    remotes its forwarding entries name, so nothing is flooded or multicast."""
+    family, packed = _ip(local)
+    data = attr(model.IFLA_VXLAN_ID, _u32(vni))
+    data += attr(model.IFLA_VXLAN_LOCAL if family == socket.AF_INET else model.IFLA_VXLAN_LOCAL6, packed)
+    data += attr(model.IFLA_VXLAN_PORT, port.to_bytes(2, "big"))
+    data += attr(model.IFLA_VXLAN_LEARNING, b"\0")
+    body = _ifinfo() + _ifname(name) + _mac(mac)
+    if mtu is not None:
+        body += attr(model.IFLA_MTU, _u32(mtu))
+    return Request(model.RTM_NEWLINK, CREATE, body + _linkinfo("vxlan", data))
+
+
+def fdb(index: int, mac: str, dst: str, *, delete: bool = False) -> Request:
+    """A permanent forwarding entry of VXLAN device ``index``: frames for ``mac`` go to the
+    remote ``dst`` (added or replaced; or deleted)."""
+    flags = model.NTF_SELF
+    body = model.NDMSG.pack(model.AF_BRIDGE, index, model.NUD_PERMANENT, flags, 0)
+    body += attr(model.NDA_LLADDR, bytes.fromhex(mac.replace(":", ""))) + attr(model.NDA_DST, _ip(dst)[1])
+    if delete:
+        return Request(RTM_DELNEIGH, SET, body)
+    return Request(model.RTM_NEWNEIGH, REPLACE, body)
