@@ -3,9 +3,15 @@ test/e2e/network/netpol/network_policy.go), one scenario per upstream case, enfo
 ``podnet agent`` (one process for the module, in the node namespace): each scenario's Namespaces,
 Pods and NetworkPolicies are written to its manifest directory, the agent commits them through the
 table writer (policy updates and deletes, pod and namespace relabels are incremental commits), and
-the matrix is probed pod to pod once the agent says the kernel is current. The result is compared
-cell by cell with agent.policy.semantics (and, for the upstream cases, with upstream's own
-hand-written expectation). Every truth table is printed (``pytest -s`` shows them).
+the matrix is probed once the agent says the kernel is current. The result is compared cell by cell
+with agent.policy.semantics (and, for the upstream cases, with upstream's own hand-written
+expectation). Every truth table is printed (``pytest -s`` shows them).
+
+Every pod also has a dual-stack ClusterIP Service of its own, proxied by the same agent, and every
+matrix is probed twice: at the pod addresses and at ``ClusterIP:port`` (all of one policy state's
+matrices, both ways, at once: ``checks``). Policy judges a connection after DNAT, on the real
+destination pod, so both must give the semantics' table; a pod reaching itself through its own
+Service (hairpin) is left out, as upstream leaves it out.
 
 x and y pods share one bridge (podnet-bridge), z pods are routed (podnet-routed): the matrix covers
 bridged, routed and mixed paths. Upstream's SCTP cases cannot send SCTP here (the kernel has no SCTP
@@ -23,7 +29,7 @@ import pytest
 from nsutil import namespaces
 from podnet.agent.model import NetworkPolicy
 
-from .cluster import Cluster, Reach, build, check
+from .cluster import Cluster, Expect, Reach, build, check, checks
 from .world import EGR, ING, SCTP, TCP, UDP, block, peer, policy, port, rule, sel
 
 pytestmark = pytest.mark.root
@@ -34,7 +40,7 @@ NAME = "kubernetes.io/metadata.name"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with namespaces() as factory:
-        cluster = build(factory, tmp_path_factory.mktemp("netpol"))
+        cluster = build(factory, tmp_path_factory.mktemp("netpol"), services=True)
         try:
             yield cluster
         finally:
@@ -63,15 +69,14 @@ def ns_is(name: str) -> dict[str, str]:
 # -- upstream: NetworkPolicy between server and client (TCP) -----------------------------------------
 
 def test_no_policy_everything_reachable(cluster: Cluster) -> None:
-    check(cluster, 80, TCP, reach(cluster))
-    check(cluster, 81, UDP, reach(cluster))
-    check(cluster, 80, TCP, reach(cluster), family=6)
+    checks(cluster, Expect(80, TCP, reach(cluster)), Expect(81, UDP, reach(cluster)),
+           Expect(80, TCP, reach(cluster), family=6))
 
 
 def test_default_deny_ingress(cluster: Cluster) -> None:
     cluster.apply([policy("x", "deny-ingress", sel(), types=[ING])])
-    check(cluster, 80, TCP, reach(cluster).peer(to="x/*"))
-    check(cluster, 80, TCP, reach(cluster).peer(to="x/*"), family=6)
+    checks(cluster, Expect(80, TCP, reach(cluster).peer(to="x/*")),
+           Expect(80, TCP, reach(cluster).peer(to="x/*"), family=6))
 
 
 def test_default_deny_all(cluster: Cluster) -> None:
@@ -151,8 +156,8 @@ def test_only_from_a_pod_in_a_different_namespace(cluster: Cluster) -> None:
 def test_ports(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-client-a-via-ns-selector", sel(pod_is("a")),
                           ingress=[rule(peer(nss=sel(ns_is("y"))), ports=[port(81, TCP)])])])
-    check(cluster, 81, TCP, reach(cluster).peer("x/*", "x/a").peer("y/*", "x/a", True).peer("z/*", "x/a"))
-    check(cluster, 80, TCP, reach(cluster).ingress("x/a", False))
+    from_y = reach(cluster).peer("x/*", "x/a").peer("y/*", "x/a", True).peer("z/*", "x/a")
+    checks(cluster, Expect(81, TCP, from_y), Expect(80, TCP, reach(cluster).ingress("x/a", False)))
 
 
 def test_multiple_stacked_policies_with_overlapping_pod_selectors(cluster: Cluster) -> None:
@@ -161,38 +166,34 @@ def test_multiple_stacked_policies_with_overlapping_pod_selectors(cluster: Clust
                       ingress=[rule(peer(nss=sel(ns_is("y"))), ports=[port(number, TCP)])])
     allowed_from_y = reach(cluster).peer("x/*", "x/a").peer("y/*", "x/a", True).peer("z/*", "x/a")
     cluster.apply([allow("allow-client-a-via-ns-selector", 81)])
-    check(cluster, 81, TCP, allowed_from_y)
-    check(cluster, 80, TCP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(81, TCP, allowed_from_y), Expect(80, TCP, reach(cluster).ingress("x/a", False)))
     cluster.apply([*cluster.policies, allow("allow-client-a-via-ns-selector-80", 80)])
     check(cluster, 80, TCP, allowed_from_y)
 
 
 def test_allow_all_policy(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-all", sel(), ingress=[rule()])])
-    check(cluster, 80, TCP, reach(cluster))
-    check(cluster, 81, TCP, reach(cluster))
+    checks(cluster, Expect(80, TCP, reach(cluster)), Expect(81, TCP, reach(cluster)))
 
 
 def test_allow_ingress_on_one_named_port(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-all", sel(), ingress=[rule(ports=[port("serve-81-tcp")])])])
-    check(cluster, 81, TCP, reach(cluster))
-    check(cluster, 80, TCP, reach(cluster).peer(to="x/*"))
-    check(cluster, 81, UDP, reach(cluster).peer(to="x/*"))
+    checks(cluster, Expect(81, TCP, reach(cluster)), Expect(80, TCP, reach(cluster).peer(to="x/*")),
+           Expect(81, UDP, reach(cluster).peer(to="x/*")))
 
 
 def test_allow_ingress_from_namespace_on_one_named_port(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-client-a-via-ns-selector-80", sel(pod_is("a")),
                           ingress=[rule(peer(nss=sel(ns_is("y"))), ports=[port("serve-80-tcp", TCP)])])])
-    check(cluster, 80, TCP, reach(cluster).peer("x/*", "x/a").peer("z/*", "x/a"))
-    check(cluster, 81, TCP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(80, TCP, reach(cluster).peer("x/*", "x/a").peer("z/*", "x/a")),
+           Expect(81, TCP, reach(cluster).ingress("x/a", False)))
 
 
 def test_allow_egress_on_one_named_port(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-egress", sel(), egress=[rule(ports=[port("serve-80-tcp")])],
                           types=[EGR])])
-    check(cluster, 80, TCP, reach(cluster))
-    check(cluster, 81, TCP, reach(cluster).peer(frm="x/*"))
-    check(cluster, 80, UDP, reach(cluster).peer(frm="x/*"))
+    checks(cluster, Expect(80, TCP, reach(cluster)), Expect(81, TCP, reach(cluster).peer(frm="x/*")),
+           Expect(80, UDP, reach(cluster).peer(frm="x/*")))
 
 
 def test_updated_policy(cluster: Cluster) -> None:
@@ -241,17 +242,17 @@ def test_deny_egress_by_pod_selector(cluster: Cluster) -> None:
 
 def test_deny_egress_from_all_pods_in_a_namespace(cluster: Cluster) -> None:
     cluster.apply([policy("x", "deny-egress-ns-x", sel(), types=[EGR])])
-    check(cluster, 80, TCP, reach(cluster).peer(frm="x/*"))
-    check(cluster, 80, UDP, reach(cluster).peer(frm="x/*"), family=6)
+    checks(cluster, Expect(80, TCP, reach(cluster).peer(frm="x/*")),
+           Expect(80, UDP, reach(cluster).peer(frm="x/*"), family=6))
 
 
 def test_ingress_and_egress_together(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-client-a-via-pod-selector", sel(pod_is("a")),
                           ingress=[rule(peer(sel(pod_is("b"))))], egress=[rule(ports=[port(80)])],
                           types=[EGR, ING])])
-    check(cluster, 80, TCP, reach(cluster).ingress("x/a", False).peer("x/b", "x/a", True))
-    check(cluster, 81, TCP,
-          reach(cluster).ingress("x/a", False).egress("x/a", False).peer("x/b", "x/a", True))
+    from_xb = reach(cluster).ingress("x/a", False).peer("x/b", "x/a", True)
+    and_no_egress = reach(cluster).ingress("x/a", False).egress("x/a", False).peer("x/b", "x/a", True)
+    checks(cluster, Expect(80, TCP, from_xb), Expect(81, TCP, and_no_egress))
 
 
 def test_egress_denied_on_the_client_even_if_the_server_allows_it(cluster: Cluster) -> None:
@@ -275,8 +276,7 @@ def test_egress_to_a_server_in_another_namespace_by_pod_and_namespace_selector(c
 def test_ingress_any_port_on_a_specific_protocol(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-ingress-by-proto", sel(pod_is("a")),
                           ingress=[rule(ports=[port(None, TCP)])])])
-    check(cluster, 80, TCP, reach(cluster))
-    check(cluster, 80, UDP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(80, TCP, reach(cluster)), Expect(80, UDP, reach(cluster).ingress("x/a", False)))
 
 
 def test_multiple_ingress_policies_allow_all_takes_precedence(cluster: Cluster) -> None:
@@ -340,22 +340,21 @@ def test_sctp_is_not_mistaken_for_tcp(cluster: Cluster) -> None:
     cluster.apply([policy("x", "deny-ingress", sel(), types=[ING]),
                    policy("x", "allow-only-sctp-ingress-on-port-81", sel(pod_is("a")),
                           ingress=[rule(ports=[port(81, SCTP)])])])
-    check(cluster, 81, TCP, reach(cluster).peer(to="x/*"))
-    check(cluster, 81, UDP, reach(cluster).peer(to="x/*"))
+    checks(cluster, Expect(81, TCP, reach(cluster).peer(to="x/*")),
+           Expect(81, UDP, reach(cluster).peer(to="x/*")))
 
 
 def test_pods_selected_by_an_sctp_policy_are_isolated(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-only-sctp-ingress-on-port-80", sel(pod_is("a")),
                           ingress=[rule(ports=[port(80, SCTP)])])])
-    check(cluster, 81, TCP, reach(cluster).ingress("x/a", False))
-    check(cluster, 80, TCP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(81, TCP, reach(cluster).ingress("x/a", False)),
+           Expect(80, TCP, reach(cluster).ingress("x/a", False)))
 
 
 def test_udp_only_policy_does_not_allow_tcp(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-only-udp-ingress-on-port-81", sel(pod_is("a")),
                           ingress=[rule(ports=[port(81, UDP)])])])
-    check(cluster, 81, TCP, reach(cluster).ingress("x/a", False))
-    check(cluster, 81, UDP, reach(cluster))
+    checks(cluster, Expect(81, TCP, reach(cluster).ingress("x/a", False)), Expect(81, UDP, reach(cluster)))
 
 
 def test_namespace_selector_match_labels_default_namespace_label(cluster: Cluster) -> None:
@@ -380,8 +379,8 @@ def test_udp_default_deny_ingress(cluster: Cluster) -> None:
 def test_udp_ports(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-ingress-on-port-81-ns-x", sel(pod_is("a")),
                           ingress=[rule(peer(nss=sel(ns_is("y"))), ports=[port(81, UDP)])])])
-    check(cluster, 81, UDP, reach(cluster).peer("x/*", "x/a").peer("z/*", "x/a"))
-    check(cluster, 81, TCP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(81, UDP, reach(cluster).peer("x/*", "x/a").peer("z/*", "x/a")),
+           Expect(81, TCP, reach(cluster).ingress("x/a", False)))
 
 
 def test_udp_only_from_a_pod_in_a_different_namespace(cluster: Cluster) -> None:
@@ -400,8 +399,8 @@ def test_sctp_default_deny_ingress(cluster: Cluster) -> None:
 def test_sctp_ports_open_no_other_protocol(cluster: Cluster) -> None:
     cluster.apply([policy("x", "allow-ingress-on-port-81-ns-x", sel(pod_is("a")),
                           ingress=[rule(peer(nss=sel(ns_is("y"))), ports=[port(81, SCTP)])])])
-    check(cluster, 81, TCP, reach(cluster).ingress("x/a", False))
-    check(cluster, 81, UDP, reach(cluster).ingress("x/a", False))
+    checks(cluster, Expect(81, TCP, reach(cluster).ingress("x/a", False)),
+           Expect(81, UDP, reach(cluster).ingress("x/a", False)))
 
 
 def test_sctp_only_from_a_pod_in_a_different_namespace(cluster: Cluster) -> None:
@@ -434,9 +433,9 @@ def test_ipv6_ip_block_with_except(cluster: Cluster) -> None:
     yb = cluster.pods["y/b"].ip6
     cluster.apply([policy("x", "v6-only", sel(pod_is("a")),
                           egress=[rule(block("fd00:100::/64", f"{yb}/128"))], types=[EGR])])
-    check(cluster, 80, TCP, reach(cluster).egress("x/a", False).peer("x/a", "x/*", True)
-          .peer("x/a", "y/*", True).peer("x/a", "y/b", False), family=6)
-    check(cluster, 80, TCP, reach(cluster).egress("x/a", False), family=4)
+    v6 = reach(cluster).egress("x/a", False).peer("x/a", "x/*", True).peer("x/a", "y/*", True)
+    checks(cluster, Expect(80, TCP, v6.peer("x/a", "y/b", False), family=6),
+           Expect(80, TCP, reach(cluster).egress("x/a", False), family=4))
 
 
 def test_end_port_range_and_named_udp_egress(cluster: Cluster) -> None:
@@ -444,9 +443,9 @@ def test_end_port_range_and_named_udp_egress(cluster: Cluster) -> None:
     cluster.apply([policy("x", "range", sel(), ingress=[rule(from_y, ports=[port(80, TCP, 81)])]),
                    policy("y", "udp-out", sel(), egress=[rule(ports=[port("serve-81-udp", UDP)])],
                           types=[EGR])])
-    check(cluster, 81, TCP, reach(cluster).peer(to="x/*").peer(frm="y/*"))
-    check(cluster, 81, UDP, reach(cluster).peer(to="x/*"))
-    check(cluster, 80, UDP, reach(cluster).peer(to="x/*").peer(frm="y/*"), family=6)
+    checks(cluster, Expect(81, TCP, reach(cluster).peer(to="x/*").peer(frm="y/*")),
+           Expect(81, UDP, reach(cluster).peer(to="x/*")),
+           Expect(80, UDP, reach(cluster).peer(to="x/*").peer(frm="y/*"), family=6))
 
 
 def test_changes_were_incremental_commits(world: Cluster) -> None:
@@ -456,6 +455,7 @@ def test_changes_were_incremental_commits(world: Cluster) -> None:
     sync, table = status["policy_sync"], status["table"]
     print(f"\nagent after the scenarios: {sync}, {table}")
     assert sync["failed"] == 0 and table["failed_commits"] == 0, status
+    assert status["services"]["failed"] == 0 and status["services"]["proxied"] == len(world.vips), status
     # One full commit in all: the first, made by whichever sync sharing the table commits first
     # (the service proxy's may be first).
     assert sync["full"] <= 1 and table["full_resyncs"] == 1, status
