@@ -6,18 +6,25 @@ IPv6; deletion, repair and ownership."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nsutil import NetnsFactory
 from podnet.agent.routes_plan import vxlan_mac
 from podnet.kernel import Netlink
+from podnet.plugins.agent_notify import ask
 
 from .routes_cluster import NAMES, PERIOD, Cluster, cluster, node_ip, pod_ip, wait_until
 
 pytestmark = pytest.mark.root
+PODNET = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "podnet")
 PROTO = "proto 157"
 
 
@@ -147,3 +154,47 @@ def test_routes_are_marked_podnet_in_the_kernel(nodes: Cluster) -> None:
     with Netlink(nodes.nodes["n2"].path) as nl:
         ours = [r for r in nl.routes(socket.AF_INET, table=254) if r.protocol == 157]
     assert sorted(r.destination for r in ours) == ["10.90.1.0/24", "10.90.3.0/24", "10.90.4.0/24"]
+
+
+# ---- through the real agent process -------------------------------------------------------------
+
+NODE_YAML = """\
+apiVersion: v1
+kind: Node
+metadata: {{name: n{i}}}
+spec: {{podCIDR: 10.90.{i}.0/24, podCIDRs: [10.90.{i}.0/24, "fd90:{i}::/64"]}}
+status:
+  addresses: [{{type: InternalIP, address: {v4}}}, {{type: InternalIP, address: "{v6}"}}]
+"""
+
+
+def test_the_agent_routes_with_routing_auto(netns: NetnsFactory, tmp_path: Path) -> None:
+    manifests, sock = tmp_path / "manifests", str(tmp_path / "agent.sock")
+    manifests.mkdir()
+    for i in range(1, 5):
+        (manifests / f"n{i}.yaml").write_text(NODE_YAML.format(i=i, v4=node_ip(i), v6=node_ip(i, 6)))
+    argv = [PODNET, "agent", "--manifests", str(manifests), "--node-name", "n1", "--socket", sock,
+            "--routing", "auto", "--route-check-period", "0.5"]
+    with cluster(netns) as c, open(tmp_path / "agent.log", "wb") as log:
+        c.start(("n2", "n3", "n4"))
+        proc = c.nodes["n1"].popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+        def routing() -> dict[str, Any]:
+            assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+            try:
+                found: dict[str, Any] = ask(sock, {"op": "status"}, 2)["status"]["routing"]
+            except (OSError, ValueError):
+                return {}
+            return found
+
+        wait_until(lambda: routing().get("syncs", 0) > 0 and routing()["routes"] == 6, 30)
+        modes = {p["name"]: (p["mode"], p["state"]) for p in routing()["peers"]}
+        assert modes == {"n2": ("host-gw", "ok"), "n3": ("host-gw", "ok"), "n4": ("vxlan", "ok")}
+        assert ping_matrix(c, 4) == [] and ping_matrix(c, 6) == []
+        status = [PODNET, "status", "--socket", sock, "--daemon-socket", str(tmp_path / "none")]
+        text = c.nodes["n1"].run(status, check=False).stdout
+        assert "routing: 3 peer(s), 6 route(s)" in text and "peer n4: vxlan" in text, text
+        (manifests / "n4.yaml").unlink()
+        assert wait_until(lambda: "10.90.4.0/24" not in routes(c, "n1") and not fdb(c, "n1"), 1.0) < 1.0
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(15) == 0

@@ -21,6 +21,7 @@ from podnet.agent.model import IPNetwork
 from podnet.agent.nodeconf import NodeConfig, NodeConfigOptions
 from podnet.agent.policy.explain import ExplainError, explain, parse_port
 from podnet.agent.policy.inputs import PolicyInputs
+from podnet.agent.routes import RouteSync, RoutingOptions
 from podnet.agent.service_sync import ServiceSync, conntrack_cleaner
 from podnet.agent.services import OWNER as SERVICES_OWNER
 from podnet.agent.services.explain import explain_service
@@ -57,6 +58,7 @@ class AgentConfig:
     verify_period: float = 60.0
     admit_timeout: float = 1.5
     cni_config: NodeConfigOptions | None = None  # write this node's CNI config (off: None)
+    routing: RoutingOptions | None = None  # route other nodes' pod CIDRs (off: None)
     sources: list[Source] = field(default_factory=list)  # made by build_sources unless given
 
 
@@ -73,6 +75,7 @@ class Agent:
         self.services = ServiceSync(self.store, self.writer, pod_ranges=config.pod_ranges,
                                     clean=conntrack_cleaner() if nft is None else None)
         self.nodeconf = NodeConfig(self.store, config.cni_config) if config.cni_config else None
+        self.routes = RouteSync(self.store, config.routing) if config.routing else None
         self.started_at = time.time()
         self.server = AdmissionServer(config.socket_path, {
             "admit": self._admit, "release": self._release, "status": self._status,
@@ -91,6 +94,8 @@ class Agent:
             self.services.start()
             if self.nodeconf is not None:
                 self.nodeconf.start()
+            if self.routes is not None:
+                self.routes.start()
             for source in self.sources:
                 source.start()
             self.server.start()
@@ -107,6 +112,8 @@ class Agent:
         self.services.stop()
         if self.nodeconf is not None:
             self.nodeconf.stop()
+        if self.routes is not None:
+            self.routes.stop()
         self._stopped.set()
 
     # ---- socket handlers ----
@@ -170,6 +177,7 @@ class Agent:
             "pod_ranges": [str(r) for r in self.config.pod_ranges],
             "bridge_filtering": self.bridge_filtering,
             "cni_config": self.nodeconf.status() if self.nodeconf is not None else None,
+            "routing": self.routes.status() if self.routes is not None else None,
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

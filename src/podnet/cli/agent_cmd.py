@@ -14,6 +14,7 @@ from podnet.cli.daemon_cmd import parse_addr, seconds
 
 if TYPE_CHECKING:
     from podnet.agent.nodeconf import NodeConfigOptions
+    from podnet.agent.routes import RoutingOptions
 
 AGENT_SOCKET = "/run/podnet/agent.sock"
 DAEMON_SOCKET = "/run/podnet/podnet.sock"
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
                    help="this node's pod range; repeat for more (enables isolation from the first packet)")
     p.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's unix socket (default {AGENT_SOCKET})")
     _cni_config_arguments(p)
+    _routing_arguments(p)
     p.add_argument("--verify-period", type=seconds, default=60.0,
                    help="seconds between checks of the kernel's table against the agent's (default 60)")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)")
@@ -105,6 +107,30 @@ def _cni_config(ns: argparse.Namespace) -> NodeConfigOptions | None:
                              bridge=ns.cni_bridge or "podnet0", data_dir=ns.cni_data_dir)
 
 
+def _routing_arguments(p: argparse.ArgumentParser) -> None:
+    # Off unless asked for, like the CNI config: an agent started by hand must not add routes and a
+    # VXLAN device to the machine it runs on. The DaemonSet's settings turn it on.
+    g = p.add_argument_group("routes to other nodes' pods (off by default)")
+    g.add_argument("--routing", choices=["off", "auto"], default="off",
+                   help="auto: route each other node's pod CIDR to it, directly when its InternalIP is "
+                        "on-link, else over VXLAN (podnet.vx4/podnet.vx6, UDP 8472); default off")
+    g.add_argument("--route-check-period", type=seconds, metavar="SECONDS",
+                   help="seconds between checks of podnet's routes, neighbours and forwarding entries "
+                        "against the Nodes (default 10)")
+
+
+def _routing(ns: argparse.Namespace) -> RoutingOptions | None:
+    """The routing options, None when off; ValueError for a routing option given while off."""
+    from podnet.agent.routes import DEFAULT_CHECK_PERIOD, RoutingOptions
+
+    if ns.routing == "off":
+        if ns.route_check_period is not None:
+            raise ValueError("--route-check-period without --routing auto does nothing")
+        return None
+    return RoutingOptions(check_period=DEFAULT_CHECK_PERIOD if ns.route_check_period is None
+                          else ns.route_check_period)
+
+
 def _absolute(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r}: must be an absolute path")
@@ -136,7 +162,8 @@ def run_agent(ns: argparse.Namespace) -> int:
     try:
         config = AgentConfig(node_name=ns.node_name, manifests=ns.manifests, kubeconfig=ns.kubeconfig,
                              in_cluster=ns.in_cluster, pod_ranges=tuple(ns.pod_cidr), socket_path=ns.socket,
-                             verify_period=ns.verify_period, cni_config=_cni_config(ns))
+                             verify_period=ns.verify_period, cni_config=_cni_config(ns),
+                             routing=_routing(ns))
         agent = Agent(config)
     except Exception as exc:  # a bad source or config: said in one line, never a traceback
         print(f"podnet agent: {exc}", file=sys.stderr)
@@ -249,6 +276,7 @@ def _status_text(out: dict[str, Any], service_rows: int = SERVICE_ROWS) -> str:
               f"{a['services']['last_error'] or 'none'}"]
     lines += _service_lines(a["services"], service_rows)
     lines += _cni_config_lines(a.get("cni_config"))
+    lines += _routing_lines(a.get("routing"))
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
@@ -260,6 +288,19 @@ def _cni_config_lines(conf: dict[str, Any] | None) -> list[str]:
     ranges = ", ".join(conf.get("pod_cidrs") or []) or "none yet"
     return [f"  cni config {conf['path']}: {conf['state']}, ranges {ranges}; last error: "
             f"{conf.get('error') or 'none'}"]
+
+
+def _routing_lines(routing: dict[str, Any] | None) -> list[str]:
+    if not routing:
+        return []
+    lines = [f"  routing: {len(routing['peers'])} peer(s), {routing['routes']} route(s), {routing['syncs']} "
+             f"syncs ({routing['failed']} failed), {routing['repairs']} repairs; last error: "
+             f"{routing['last_error'] or 'none'}"]
+    lines += [f"    device {d['name']}: local {d['local']}, VNI {d['vni']}, port {d['port']}, "
+              f"{d['peers']} peer(s)" for d in routing["devices"]]
+    lines += [f"    peer {p['name']}: {p['mode']}, {', '.join(p['pod_cidrs']) or 'no pod CIDR'}; {p['state']}"
+              for p in routing["peers"]]
+    return lines
 
 
 def _service_lines(services: dict[str, Any], limit: int) -> list[str]:
