@@ -101,31 +101,64 @@ def test_deleted_node_loses_its_routes_on_every_other_node(nodes: Cluster) -> No
 def test_entries_deleted_by_hand_come_back(nodes: Cluster) -> None:
     before = nodes.syncs["n1"].status()["repairs"]
     nodes.sh("n1", f"ip route del 10.90.2.0/24 {PROTO}; ip route del 10.90.4.0/24 {PROTO}; "
-                   "ip neigh del 10.90.4.0 dev podnet.vx4; "
+                   "ip neigh del 10.90.4.0 dev podnet.vx4; ip addr del 10.90.1.0/32 dev podnet.vx4; "
                    f"bridge fdb del {vxlan_mac('n4')} dev podnet.vx4 dst 10.81.0.4; "
                    f"ip -6 route del fd90:4::/64 {PROTO}")
-    assert "10.90.2.0/24" not in routes(nodes, "n1") and not fdb(nodes, "n1")
 
     def back() -> bool:
         return ({"10.90.2.0/24", "10.90.4.0/24"} <= routes(nodes, "n1").keys()
                 and "fd90:4::/64" in routes(nodes, "n1", 6)
                 and fdb(nodes, "n1") == {vxlan_mac("n4"): "10.81.0.4"}
-                and neighbours(nodes, "n1") == {"10.90.4.0": vxlan_mac("n4")})
+                and neighbours(nodes, "n1") == {"10.90.4.0": vxlan_mac("n4")}
+                and "10.90.1.0/32" in nodes.sh("n1", "ip -4 addr show dev podnet.vx4"))
 
     assert wait_until(back, PERIOD + 1.0) <= PERIOD + 1.0
-    assert nodes.syncs["n1"].status()["repairs"] >= before + 5
+    assert nodes.syncs["n1"].status()["repairs"] >= before + 6
     assert nodes.pods["n1"].ping(pod_ip(4), timeout=1) and nodes.pods["n1"].ping(pod_ip(2), timeout=1)
 
 
-def test_a_wrong_entry_is_replaced(nodes: Cluster) -> None:
+def test_a_wrong_entry_is_replaced_and_an_extra_one_removed(nodes: Cluster) -> None:
+    extra, before = "02:00:00:00:00:02", nodes.syncs["n1"].status()["repairs"]
     nodes.sh("n1", f"ip route replace 10.90.2.0/24 via 10.80.0.3 {PROTO}; "
-                   "ip neigh replace 10.90.4.0 lladdr 02:00:00:00:00:01 dev podnet.vx4 nud permanent")
+                   f"ip -6 route replace fd90:2::/64 via fd80::3 {PROTO}; "
+                   f"ip route add 10.90.77.0/24 via 10.80.0.3 {PROTO}; "
+                   "ip neigh replace 10.90.4.0 lladdr 02:00:00:00:00:01 dev podnet.vx4 nud permanent; "
+                   "ip neigh add 10.90.78.0 lladdr 02:00:00:00:00:01 dev podnet.vx4 nud permanent; "
+                   f"bridge fdb replace {vxlan_mac('n4')} dev podnet.vx4 dst 10.80.0.9 self permanent; "
+                   f"bridge fdb append {extra} dev podnet.vx4 dst 10.80.0.9 self permanent; "
+                   "ip addr add 10.90.79.0/32 dev podnet.vx4")
 
     def fixed() -> bool:
-        return (routes(nodes, "n1")["10.90.2.0/24"]["gateway"] == "10.80.0.2"
-                and neighbours(nodes, "n1") == {"10.90.4.0": vxlan_mac("n4")})
+        r4 = routes(nodes, "n1")
+        return (r4["10.90.2.0/24"]["gateway"] == "10.80.0.2" and "10.90.77.0/24" not in r4
+                and routes(nodes, "n1", 6)["fd90:2::/64"]["gateway"] == "fd80::2"
+                and neighbours(nodes, "n1") == {"10.90.4.0": vxlan_mac("n4")}
+                and fdb(nodes, "n1") == {vxlan_mac("n4"): "10.81.0.4"}
+                and "10.90.79.0" not in nodes.sh("n1", "ip -4 addr show dev podnet.vx4"))
 
     wait_until(fixed, PERIOD + 1.0)
+    # One write per entry changed above (the forwarding entry moved elsewhere: its deletion and the
+    # right one), so each change was there to repair (the reads above could not tell it from none).
+    assert nodes.syncs["n1"].status()["repairs"] >= before + 9
+    assert nodes.pods["n1"].ping(pod_ip(4), timeout=1) and nodes.pods["n1"].ping(pod_ip(2, 6), timeout=1)
+
+
+def test_a_device_deleted_by_hand_is_made_again(nodes: Cluster) -> None:
+    before = nodes.syncs["n4"].status()["repairs"]
+    nodes.sh("n4", "ip link del podnet.vx4; ip link del podnet.vx6")
+
+    def back() -> bool:
+        return (len(routes(nodes, "n4")) == 3 and len(routes(nodes, "n4", 6)) == 3
+                and len(fdb(nodes, "n4")) == 3 and len(neighbours(nodes, "n4", "podnet.vx6")) == 3)
+
+    wait_until(back, PERIOD + 1.0)
+    # Two devices, two addresses on each, and per device three routes, neighbours and entries
+    assert nodes.syncs["n4"].status()["repairs"] >= before + 2 * (1 + 2 + 3 * 3)
+    links = {link["ifname"]: link for link in json.loads(nodes.sh("n4", "ip -j addr show"))}
+    # The underlay's MTU less VXLAN's overhead (IPv4 50, IPv6 70 bytes); the VTEP address on each.
+    assert (links["podnet.vx4"]["mtu"], links["podnet.vx6"]["mtu"]) == (1450, 1430)
+    assert {"10.90.4.0", "fd90:4::"} <= {a["local"] for a in links["podnet.vx4"]["addr_info"]}
+    assert ping_matrix(nodes, 4) == [] and ping_matrix(nodes, 6) == []
 
 
 def test_routes_podnet_does_not_own_are_left_alone(netns: NetnsFactory) -> None:

@@ -98,6 +98,9 @@ class RouteSync(SyncLoop):
             desired, writes, errors = self._reconcile(self._kernel)
         except KernelError as exc:
             return self._failed(str(exc))
+        except Exception as exc:  # a bug must not end the thread: said, and retried
+            log.exception("cross-node routing: sync failed")
+            return self._failed(f"internal error: {exc!r}")
         with self._lock:
             self.plan = desired
             self.syncs += 1

@@ -112,13 +112,17 @@ def plan(me: str, nodes: Mapping[str, Node], onlink: OnLink) -> Plan:
         overlay = Overlay(device_name(version), str(local), vxlan_mac(me))
         overlay.addresses = {f"{vtep_address(c)}/{c.max_prefixlen}" for c in (mine.pod_cidrs if mine else ())}
         out.overlays[overlay.device] = overlay
+    claimed = {c: me for c in (mine.pod_cidrs if mine else ())}
     for name in sorted(nodes):
         if name != me:
-            out.peers.append(_peer(out, nodes[name], my_ips, onlink))
+            out.peers.append(_peer(out, nodes[name], my_ips, onlink, claimed))
     return out
 
 
-def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink) -> PeerState:
+def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink,
+          claimed: dict[IPNetwork, str]) -> PeerState:
+    """The peer's routes into ``out``; a pod CIDR that overlaps one this node or an earlier peer
+    (in name order) has gets none: a route there would take another node's pods."""
     cidrs = tuple(str(c) for c in peer.pod_cidrs)
     if not peer.pod_cidrs:
         return PeerState(peer.name, "none", "no pod CIDR", cidrs)
@@ -126,6 +130,11 @@ def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink
     modes: set[str] = set()
     problems: list[str] = []
     for cidr in peer.pod_cidrs:
+        holder = next((n for c, n in claimed.items() if c.version == cidr.version and c.overlaps(cidr)), None)
+        if holder is not None:
+            problems.append(f"{cidr}: overlaps the pod CIDR of node {holder}")
+            continue
+        claimed[cidr] = peer.name
         ip = ips.get(cidr.version)
         oif = onlink(ip) if ip is not None else None
         if ip is not None and oif is not None:
@@ -134,7 +143,8 @@ def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink
             continue
         underlay = next((v for v in (cidr.version, 10 - cidr.version) if v in ips and v in my_ips), None)
         if underlay is None:
-            problems.append(f"{cidr}: no InternalIP of a family both nodes have")
+            why = "this node has no InternalIP" if not my_ips else "no InternalIP of a family both nodes have"
+            problems.append(f"{cidr}: not on-link, and {why} for an overlay")
             continue
         overlay = out.overlays[device_name(underlay)]
         vtep, mac = vtep_address(cidr), vxlan_mac(peer.name)

@@ -298,7 +298,7 @@ def _routing_lines(routing: dict[str, Any] | None) -> list[str]:
              f"{routing['last_error'] or 'none'}"]
     lines += [f"    device {d['name']}: local {d['local']}, VNI {d['vni']}, port {d['port']}, "
               f"{d['peers']} peer(s)" for d in routing["devices"]]
-    lines += [f"    peer {p['name']}: {p['mode']}, {', '.join(p['pod_cidrs']) or 'no pod CIDR'}; {p['state']}"
+    lines += [f"    peer {p['name']}: {', '.join([p['mode'], *p['pod_cidrs']])}; {p['state']}"
               for p in routing["peers"]]
     return lines
 
