@@ -4,15 +4,17 @@ text (no root; the kernel side is tests/agent/test_routes_kernel.py)."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
 
 from podnet.agent.model import IPAddress, Node
+from podnet.agent.objects import Kind
 from podnet.agent.routes import RouteSync, RoutingOptions
 from podnet.agent.routes_plan import covering, plan, vxlan_mac
-from podnet.agent.store import Store
+from podnet.agent.store import Event, EventType, Store
 from podnet.cli.agent_cmd import _routing_lines
 
 PODNET = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "podnet")
@@ -122,3 +124,16 @@ def test_status_text_names_each_peer() -> None:
                      "    device podnet.vx4: local 10.80.0.1, VNI 1, port 8472, 0 peer(s)",
                      "    peer n2: host-gw, 10.90.2.0/24; ok",
                      "    peer n3: none; no pod CIDR"]
+
+
+def test_only_a_change_routes_depend_on_asks_for_a_sync() -> None:
+    store = Store("me")
+    sync = RouteSync(store)
+    store.register_source("t", [Kind.NODE])
+    store.replace(Kind.NODE, "t", [node("p", "10.244.2.0/24", "10.0.0.6")])
+    ticket = sync.request()
+    store.apply(Event(EventType.MODIFIED, replace(node("p", "10.244.2.0/24", "10.0.0.6"), ready=False)), "t")
+    assert sync.request() == ticket + 1  # readiness alone asked for nothing
+    store.apply(Event(EventType.MODIFIED, node("p", "10.244.2.0/24", "10.0.0.7")), "t")
+    assert sync.request() == ticket + 3
+    sync.stop()

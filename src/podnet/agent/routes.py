@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.agent.loop import SyncLoop
+from podnet.agent.model import Node
 from podnet.agent.objects import Kind
 from podnet.agent.routes_kernel import (
     RouteKernel,
@@ -67,7 +68,7 @@ class RouteSync(SyncLoop):
         store.on_synced(self._wake)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind is Kind.NODE:
+        if change.kind is Kind.NODE and _routing_fields(change.old) != _routing_fields(change.new):
             self.request()
 
     def _wake(self) -> None:
@@ -168,6 +169,11 @@ class RouteSync(SyncLoop):
                     "routes": len(desired.routes), "syncs": self.syncs, "failed": self.failed,
                     "writes": self.writes, "repairs": self.repairs, "last_sync_at": self.last_sync_at,
                     "last_error": self.last_error}
+
+
+def _routing_fields(obj: object) -> tuple[object, ...] | None:
+    """What of a Node the routes depend on (its readiness and labels change more often, and do not)."""
+    return (obj.name, obj.pod_cidrs, obj.internal_ips) if isinstance(obj, Node) else None
 
 
 def _peer_state(state: str, cidrs: tuple[str, ...], conflicts: dict[str, str]) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from podnet.agent.routes_plan import DEVICE_PREFIX, VXLAN_PORT, VXLAN_VNI, Overlay, RouteSpec
 from podnet.kernel import model, requests
 from podnet.kernel.dump import DumpRequest, RouteSocket, Snapshot, consistent_dump, get, send_request
-from podnet.kernel.errors import Exists, KernelError, LinkNotFound, NotFound, Subject
+from podnet.kernel.errors import Exists, LinkNotFound, NotFound, Subject
 from podnet.kernel.model import FdbEntry, Route, Vxlan
 from podnet.kernel.netlink import Netlink
 from podnet.kernel.netns import NetnsRef
@@ -254,5 +254,5 @@ def underlay_routes(routes: Iterable[Route],
     return out
 
 
-__all__ = ["KernelError", "RouteKernel", "remove_other_devices", "sync_addresses", "sync_device", "sync_fdb",
+__all__ = ["RouteKernel", "remove_other_devices", "sync_addresses", "sync_device", "sync_fdb",
            "sync_neighbours", "sync_routes", "underlay_routes"]
