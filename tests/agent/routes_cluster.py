@@ -65,10 +65,11 @@ class Cluster:
         for store in self.stores.values():
             store.apply(Event(EventType.DELETED, node_object(int(name[1]))), "t")
 
-    def settled(self, timeout: float = 5.0) -> None:
-        """Every controller has synced since now."""
+    def settled(self, names: tuple[str, ...] | None = None, timeout: float = 5.0) -> None:
+        """Every controller (of ``names``) has synced since now."""
         for name, sync in self.syncs.items():
-            assert sync.wait_for(sync.request(), timeout), f"{name}: no sync ({sync.last_error})"
+            if names is None or name in names:
+                assert sync.wait_for(sync.request(), timeout), f"{name}: no sync ({sync.last_error})"
 
     def sh(self, name: str, cmd: str) -> str:
         return self.nodes[name].sh(cmd)

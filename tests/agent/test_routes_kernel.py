@@ -231,3 +231,17 @@ def test_the_agent_routes_with_routing_auto(netns: NetnsFactory, tmp_path: Path)
         assert wait_until(lambda: "10.90.4.0/24" not in routes(c, "n1") and not fdb(c, "n1"), 1.0) < 1.0
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_a_link_of_another_kind_by_the_device_name_is_not_podnets(netns: NetnsFactory) -> None:
+    with cluster(netns) as c:
+        c.sh("n2", "ip link add podnet.vx4 type veth peer name other")
+        c.start()
+        c.settled(("n1", "n3", "n4"))
+        sync, taken = c.syncs["n2"], "podnet.vx4: link podnet.vx4: name taken"
+        wait_until(lambda: taken in (sync.status()["last_error"] or ""), 2)
+        # The bridged peers are routed, and IPv6 to n4 over podnet.vx6; only IPv4 to n4 waits.
+        assert set(routes(c, "n2")) == {"10.90.1.0/24", "10.90.3.0/24"}
+        assert set(routes(c, "n2", 6)) == {"fd90:1::/64", "fd90:3::/64", "fd90:4::/64"}
+        assert c.pods["n2"].ping(pod_ip(1), timeout=1) and c.pods["n2"].ping(pod_ip(4, 6), timeout=1)
+        assert "veth" in c.sh("n2", "ip -d link show podnet.vx4")

@@ -22,6 +22,7 @@ from podnet.agent.model import Node
 from podnet.agent.objects import Kind
 from podnet.agent.routes_kernel import (
     RouteKernel,
+    own_devices,
     remove_other_devices,
     sync_addresses,
     sync_device,
@@ -98,10 +99,10 @@ class RouteSync(SyncLoop):
                 self._kernel = RouteKernel(self.options.netns)
             desired, writes, errors = self._reconcile(self._kernel)
         except KernelError as exc:
-            return self._failed(str(exc))
+            return self._failed(str(exc), reopen=True)
         except Exception as exc:  # a bug must not end the thread: said, and retried
             log.exception("cross-node routing: sync failed")
-            return self._failed(f"internal error: {exc!r}")
+            return self._failed(f"internal error: {exc!r}", reopen=True)
         with self._lock:
             self.plan = desired
             self.syncs += 1
@@ -119,7 +120,12 @@ class RouteSync(SyncLoop):
         self.last_error = None
         return True
 
-    def _failed(self, message: str) -> bool:
+    def _failed(self, message: str, *, reopen: bool = False) -> bool:
+        """Count and say (once per distinct message) a failed pass; ``reopen``: the next pass
+        opens new netlink sockets, in case these are what failed."""
+        if reopen and self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
         if message != self.last_error:
             log.error("cross-node routing: %s", message)
         with self._lock:
@@ -131,8 +137,7 @@ class RouteSync(SyncLoop):
         """One pass over everything podnet owns; an error on one device or entry does not stop
         the others (they are said together, and the pass is retried)."""
         routes = k.main_routes()
-        own = [d.index for name in ("podnet.vx4", "podnet.vx6") if (d := k.vxlan(name)) is not None]
-        underlay = underlay_routes(routes, own)
+        underlay = underlay_routes(routes, own_devices(k))
         desired = plan(self.store.node_name, self.store.snapshot().nodes, lambda ip: covering(underlay, ip))
         writes, errors = 0, []
         devices: dict[str, int] = {}

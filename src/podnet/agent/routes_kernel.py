@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable
 
-from podnet.agent.routes_plan import DEVICE_PREFIX, VXLAN_PORT, VXLAN_VNI, Overlay, RouteSpec
+from podnet.agent.routes_plan import VXLAN_PORT, VXLAN_VNI, Overlay, RouteSpec, device_name
 from podnet.kernel import model, requests
 from podnet.kernel.dump import DumpRequest, RouteSocket, Snapshot, consistent_dump, get, send_request
 from podnet.kernel.errors import Exists, LinkNotFound, NotFound, Subject
@@ -118,15 +118,28 @@ def remove_other_devices(k: RouteKernel, keep: Iterable[str]) -> int:
     """podnet's VXLAN devices that the plan no longer has (their routes go with them)."""
     writes = 0
     for version in (4, 6):
-        name = f"{DEVICE_PREFIX}{version}"
+        name = device_name(version)
         if name in keep:
             continue
-        dev = k.vxlan(name)
+        try:
+            dev = k.vxlan(name)
+        except Exists:
+            continue  # a link of another kind by that name is not podnet's
         if dev is not None:
             with contextlib.suppress(LinkNotFound):
                 k.write("link", f"link {name}", requests.delete_link(dev.index))
                 writes += 1
     return writes
+
+
+def own_devices(k: RouteKernel) -> list[int]:
+    """The indexes of podnet's VXLAN devices that exist (a link of another kind by their name is not one)."""
+    found = []
+    for version in (4, 6):
+        with contextlib.suppress(Exists):
+            if (dev := k.vxlan(device_name(version))) is not None:
+                found.append(dev.index)
+    return found
 
 
 # ---- what is on a device ------------------------------------------------------------------------------
@@ -196,10 +209,10 @@ def sync_routes(k: RouteKernel, current: Iterable[Route], wanted: dict[ipaddress
             ours.setdefault(r.destination, []).append(r)
     writes = 0
     for dst, spec in sorted(wanted.items(), key=lambda kv: str(kv[0])):
+        have = ours.pop(str(dst), [])
         oif = devices.get(spec.device) if spec.device is not None else spec.oif
         if spec.device is not None and oif is None:
-            continue  # its device could not be made (said already)
-        have = ours.pop(str(dst), [])
+            continue  # its device failed this pass (said already): what is there stays until it works
         if len(have) == 1 and _route_matches(have[0], spec, oif):
             continue
         for extra in have[1:]:
@@ -254,5 +267,5 @@ def underlay_routes(routes: Iterable[Route],
     return out
 
 
-__all__ = ["RouteKernel", "remove_other_devices", "sync_addresses", "sync_device", "sync_fdb",
+__all__ = ["RouteKernel", "own_devices", "remove_other_devices", "sync_addresses", "sync_device", "sync_fdb",
            "sync_neighbours", "sync_routes", "underlay_routes"]
