@@ -26,9 +26,10 @@ from podnet.agent.model import IPAddress, IPNetwork, Node
 
 DEVICE_PREFIX = "podnet.vx"
 VXLAN_VNI = 1
-# The Linux kernel's default VXLAN port, the one flannel uses: 4789 (IANA's) would collide with an
-# overlay the node may already run on it (Cilium, OVN, a cloud's own), and a port podnet shares with
-# flannel means one of the two is in charge of a node, never both silently.
+# The Linux kernel's default VXLAN port, and flannel's: IANA's 4789 is where other overlays of the
+# node may already listen (Cilium, OVN, a cloud's own), which podnet must not receive for. With
+# flannel's VNI (1) as well, the kernel refuses a second device for the same local address, so a
+# node where flannel already runs gets an error in podnet's status, never two overlays at once.
 VXLAN_PORT = 8472
 # The underlay's 1500 less VXLAN's headers (outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14):
 # the larger IPv6 overhead for both, so one MTU fits either underlay.
