@@ -51,5 +51,8 @@ class AgentMetrics:
     def observe_services(self, full: bool, seconds: float) -> None:
         self.sync_seconds.labels("services", "full" if full else "incremental").observe(seconds)
 
+    def observe_egress(self, full: bool, seconds: float) -> None:
+        self.sync_seconds.labels("egress", "full" if full else "incremental").observe(seconds)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from podnet.agent import admission_rules, tables
 from podnet.agent.admission import AdmissionServer, parse_admit
+from podnet.agent.egress import OWNER as EGRESS_OWNER
+from podnet.agent.egress import EgressSync
 from podnet.agent.model import IPNetwork
 from podnet.agent.nodeconf import NodeConfig, NodeConfigOptions
 from podnet.agent.policy.explain import ExplainError, explain, parse_port
@@ -59,6 +61,8 @@ class AgentConfig:
     admit_timeout: float = 1.5
     cni_config: NodeConfigOptions | None = None  # write this node's CNI config (off: None)
     routing: RoutingOptions | None = None  # route other nodes' pod CIDRs (off: None)
+    masquerade: bool = True  # pod traffic leaving the cluster goes out with the node's address
+    cluster_cidrs: Sequence[IPNetwork] = ()  # inside the cluster besides the Nodes' pod CIDRs
     sources: list[Source] = field(default_factory=list)  # made by build_sources unless given
 
 
@@ -76,6 +80,10 @@ class Agent:
                                     clean=conntrack_cleaner() if nft is None else None)
         self.nodeconf = NodeConfig(self.store, config.cni_config) if config.cni_config else None
         self.routes = RouteSync(self.store, config.routing) if config.routing else None
+        self.egress = EgressSync(self.store, self.writer, pod_ranges=config.pod_ranges,
+                                 cluster_cidrs=config.cluster_cidrs) if config.masquerade else None
+        if self.egress is not None:
+            self.writer.require(EGRESS_OWNER)
         self.started_at = time.time()
         self.server = AdmissionServer(config.socket_path, {
             "admit": self._admit, "release": self._release, "status": self._status,
@@ -96,6 +104,8 @@ class Agent:
                 self.nodeconf.start()
             if self.routes is not None:
                 self.routes.start()
+            if self.egress is not None:
+                self.egress.start()
             for source in self.sources:
                 source.start()
             self.server.start()
@@ -114,6 +124,8 @@ class Agent:
             self.nodeconf.stop()
         if self.routes is not None:
             self.routes.stop()
+        if self.egress is not None:
+            self.egress.stop()
         self._stopped.set()
 
     # ---- socket handlers ----
@@ -178,6 +190,7 @@ class Agent:
             "bridge_filtering": self.bridge_filtering,
             "cni_config": self.nodeconf.status() if self.nodeconf is not None else None,
             "routing": self.routes.status() if self.routes is not None else None,
+            "egress_masquerade": self.egress.status() if self.egress is not None else None,
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

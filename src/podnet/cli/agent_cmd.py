@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
     p.add_argument("--socket", default=AGENT_SOCKET, help=f"the agent's unix socket (default {AGENT_SOCKET})")
     _cni_config_arguments(p)
     _routing_arguments(p)
+    _egress_arguments(p)
     p.add_argument("--verify-period", type=seconds, default=60.0,
                    help="seconds between checks of the kernel's table against the agent's (default 60)")
     p.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics here (default: off)")
@@ -119,6 +120,16 @@ def _routing_arguments(p: argparse.ArgumentParser) -> None:
                         "against the Nodes (default 10)")
 
 
+def _egress_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pod traffic leaving the cluster")
+    g.add_argument("--masquerade", choices=["on", "off"], default="on",
+                   help="on (default): traffic from this node's pods to addresses outside every Node's pod "
+                        "CIDR, the --cluster-cidr ranges and the Nodes' addresses leaves with the node's "
+                        "address; traffic inside the cluster keeps the pod's")
+    g.add_argument("--cluster-cidr", action="append", default=[], metavar="CIDR", type=_network,
+                   help="a range that is inside the cluster besides the Nodes' pod CIDRs (repeatable)")
+
+
 def _routing(ns: argparse.Namespace) -> RoutingOptions | None:
     """The routing options, None when off; ValueError for a routing option given while off."""
     from podnet.agent.routes import DEFAULT_CHECK_PERIOD, RoutingOptions
@@ -163,7 +174,8 @@ def run_agent(ns: argparse.Namespace) -> int:
         config = AgentConfig(node_name=ns.node_name, manifests=ns.manifests, kubeconfig=ns.kubeconfig,
                              in_cluster=ns.in_cluster, pod_ranges=tuple(ns.pod_cidr), socket_path=ns.socket,
                              verify_period=ns.verify_period, cni_config=_cni_config(ns),
-                             routing=_routing(ns))
+                             routing=_routing(ns), masquerade=ns.masquerade == "on",
+                             cluster_cidrs=tuple(ns.cluster_cidr))
         agent = Agent(config)
     except Exception as exc:  # a bad source or config: said in one line, never a traceback
         print(f"podnet agent: {exc}", file=sys.stderr)
@@ -178,6 +190,8 @@ def run_agent(ns: argparse.Namespace) -> int:
         metrics = AgentMetrics(agent.status)
         agent.sync.observe = metrics.observe
         agent.services.observe = metrics.observe_services
+        if agent.egress is not None:
+            agent.egress.observe = metrics.observe_egress
         from podnet.daemon.metrics_http import MetricsServer
 
         try:
