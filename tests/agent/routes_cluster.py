@@ -93,27 +93,48 @@ def _veth(a: Netns, a_name: str, b: Netns, b_name: str) -> None:
     a.run(["ip", "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.path])
 
 
-@contextmanager
-def cluster(netns: NetnsFactory) -> Iterator[Cluster]:
-    """The namespaces, wired; the controllers are started by :meth:`Cluster.start`. All of it is
-    removed when the block ends (the namespaces by the factory, however the test ends)."""
+@dataclass
+class Underlay:
+    """The node namespaces wired to the underlay (bridged ones and n4 behind the router), without pods."""
+
+    nodes: dict[str, Netns]
+    bridge: Netns  # the underlay bridge's namespace
+    router: Netns  # 10.80.0.254 / fd80::254 on the bridge, 10.81.0.254 / fd81::254 toward n4
+
+
+def wire_nodes(netns: NetnsFactory, names: tuple[str, ...] = NAMES) -> Underlay:
+    """Node namespaces ``names`` (each ``n<i>``; n4 is the one behind the router) on the underlay,
+    forwarding on; the namespaces are the factory's to remove."""
     underlay, router = netns("ul"), netns("rt")
     _wire(underlay, ["ip link add br0 type bridge", "ip link set br0 up"])
-    nodes = {name: netns(name) for name in NAMES}
-    pods = {name: netns(f"p{name}") for name in NAMES}
-    for ns in (underlay, router, *nodes.values(), *pods.values()):
-        # No duplicate address detection on the links to come: a link-local address still tentative
-        # holds up neighbour discovery, so first IPv6 pings would wait a second for nothing.
-        _wire(ns, ["sysctl -qw net.ipv6.conf.default.accept_dad=0",
-                   "sysctl -qw net.ipv6.conf.all.accept_dad=0"])
+    nodes = {name: netns(name) for name in names}
+    for ns in (underlay, router, *nodes.values()):
+        _no_dad(ns)
     _veth(router, "eth0", underlay, "u9")
     _wire(underlay, ["ip link set u9 master br0 up"])
     _wire(router, ["ip addr add 10.80.0.254/24 dev eth0", "ip addr add fd80::254/64 dev eth0 nodad",
                    "ip link set eth0 up"])
     _forwarding(router)
-    for i, name in enumerate(NAMES, 1):
-        _underlay(nodes[name], i, underlay, router)
+    for name in names:
+        _underlay(nodes[name], int(name[1:]), underlay, router)
         _forwarding(nodes[name])
+    return Underlay(nodes, underlay, router)
+
+
+def _no_dad(ns: Netns) -> None:
+    # No duplicate address detection on the links to come: a link-local address still tentative
+    # holds up neighbour discovery, so first IPv6 pings would wait a second for nothing.
+    _wire(ns, ["sysctl -qw net.ipv6.conf.default.accept_dad=0", "sysctl -qw net.ipv6.conf.all.accept_dad=0"])
+
+
+@contextmanager
+def cluster(netns: NetnsFactory) -> Iterator[Cluster]:
+    """The namespaces, wired; the controllers are started by :meth:`Cluster.start`. All of it is
+    removed when the block ends (the namespaces by the factory, however the test ends)."""
+    nodes = wire_nodes(netns).nodes
+    pods = {name: netns(f"p{name}") for name in NAMES}
+    for i, name in enumerate(NAMES, 1):
+        _no_dad(pods[name])
         _pod(nodes[name], pods[name], i)
     c = Cluster(nodes, pods)
     try:
