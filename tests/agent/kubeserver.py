@@ -58,9 +58,11 @@ class Change:
 
 
 class KubeServer:
-    def __init__(self, tls_dir: Path | None = None) -> None:
+    def __init__(self, tls_dir: Path | None = None, host: str = "127.0.0.1") -> None:
         """Plain HTTP, or HTTPS with a fresh self-signed certificate for 127.0.0.1 made in
-        ``tls_dir`` (``ca_file`` is then the certificate to trust)."""
+        ``tls_dir`` (``ca_file`` is then the certificate to trust). ``host``: the address to listen
+        on (another than loopback for clients in other network namespaces)."""
+        self.host = host
         self.cond = threading.Condition()
         self.rv = 100
         self.floor = 0  # watches and continue tokens from an rv below this get 410 (history ends here)
@@ -78,7 +80,7 @@ class KubeServer:
         self.active_watches = 0
         self._sockets: set[socket.socket] = set()
         handler = type("Handler", (_Handler,), {"server_ref": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer((host, 0), handler)
         self.httpd.daemon_threads = True
         self.ca_file: Path | None = None
         if tls_dir is not None:
@@ -101,7 +103,7 @@ class KubeServer:
     @property
     def url(self) -> str:
         scheme = "https" if self.ca_file is not None else "http"
-        return f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{scheme}://{self.host}:{self.httpd.server_address[1]}"
 
     def kubeconfig(self, path: Path, *, ca_file: Path | None = None) -> Path:
         """A kubeconfig pointing lightkube at this server (trusting ``ca_file``, by default the

@@ -1,0 +1,125 @@
+"""podnet on three nodes in namespaces (see ``cluster.py``): pods on every node reach each other
+over host-gw routes and the VXLAN overlay, Services and NetworkPolicy work across nodes, and a Node
+deleted from the cluster takes its routes with it everywhere. One cluster for the module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.routes_cluster import node_ip, wait_until
+from podnet.agent.routes_plan import vxlan_mac
+
+from .cluster import NODES, PERIOD, MultiCluster, node_object, pod_cidrs, running_cluster
+
+pytestmark = pytest.mark.root
+PROTO = "proto 157"  # podnet's routes
+
+
+@pytest.fixture(scope="module")
+def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiCluster]:
+    with running_cluster(tmp_path_factory.mktemp("multinode")) as c:
+        yield c
+
+
+def ping_failures(c: MultiCluster, family: int, attempts: int = 2) -> list[str]:
+    """Every pod pings every other pod's address of ``family`` (each pod's pings at once, every pod
+    at once); the pairs that got no answer, each tried ``attempts`` times."""
+    todo = {key: [p.address(family) for k, p in c.pods.items() if k != key] for key in c.pods}
+    for _ in range(attempts):
+        procs = {}
+        for key, targets in todo.items():
+            script = " ".join(f"(ping -n -q -c1 -W2 {t} >/dev/null 2>&1 || echo {t}) &" for t in targets)
+            argv = c.pods[key].netns.exec_argv(["sh", "-c", script + " wait"])
+            procs[key] = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        todo = {key: out.split() for key, proc in procs.items() if (out := proc.communicate(timeout=30)[0])}
+        if not todo:
+            return []
+    return [f"{key} -> {t}" for key, targets in todo.items() for t in targets]
+
+
+def routes(c: MultiCluster, node: str, family: int = 4) -> dict[str, dict[str, object]]:
+    out = c.nodes[node].sh(f"ip -{family} -j route show {PROTO}")
+    return {r["dst"]: r for r in json.loads(out or "[]")}
+
+
+def test_every_pod_pings_every_other_pod(mc: MultiCluster) -> None:
+    modes = {n: {p["name"]: (p["mode"], p["state"]) for p in mc.routing(n)["peers"]} for n in NODES}
+    assert modes == {"n1": {"n2": ("host-gw", "ok"), "n4": ("vxlan", "ok")},
+                     "n2": {"n1": ("host-gw", "ok"), "n4": ("vxlan", "ok")},
+                     "n4": {"n1": ("vxlan", "ok"), "n2": ("vxlan", "ok")}}
+    # Each node's pods got addresses from its own Node's pod CIDRs (the agent's conflist).
+    for pod in mc.pods.values():
+        v4, v6 = pod_cidrs(pod.node)
+        assert pod.address(4).startswith(v4.split(".0/")[0] + "."), pod
+        assert pod.address(6).startswith(v6.split("::/")[0] + "::"), pod
+    assert ping_failures(mc, 4) == []
+    assert ping_failures(mc, 6) == []
+
+
+def fdb(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
+    # No device (no VXLAN peer left): no entries.
+    out = json.loads(c.nodes[node].sh(f"bridge -j fdb show dev {device} 2>/dev/null", check=False) or "[]")
+    return {e["mac"]: e["dst"] for e in out if "dst" in e}
+
+
+def neighbours(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
+    out = json.loads(c.nodes[node].sh(f"ip -j neigh show dev {device} nud permanent 2>/dev/null",
+                                      check=False) or "[]")
+    return {e["dst"]: e["lladdr"] for e in out}
+
+
+def all_routed(c: MultiCluster) -> bool:
+    return all(c.routing(n)["routes"] == 2 * (len(NODES) - 1) for n in NODES)
+
+
+def test_a_deleted_node_loses_its_routes_on_every_other_node(mc: MultiCluster) -> None:
+    # n2 (n1's host-gw peer, n4's VXLAN peer) and n4 (everyone's VXLAN peer) go from the cluster:
+    # n1 and n2 read it from the manifest directory, n4 from the list/watch server's watch.
+    mc.source.write("nodes", [node_object("n1")])
+    cidr4 = {n: pod_cidrs(n)[0] for n in NODES}
+    cidr6 = {n: pod_cidrs(n)[1] for n in NODES}
+
+    def gone() -> bool:
+        return (not ({cidr4["n2"], cidr4["n4"]} & routes(mc, "n1").keys())
+                and not ({cidr6["n2"], cidr6["n4"]} & routes(mc, "n1", 6).keys())
+                and not fdb(mc, "n1") and not neighbours(mc, "n1")
+                and cidr4["n4"] not in routes(mc, "n2") and not fdb(mc, "n2")
+                and cidr4["n2"] not in routes(mc, "n4") and cidr6["n2"] not in routes(mc, "n4", 6)
+                and vxlan_mac("n2") not in fdb(mc, "n4"))
+
+    try:
+        took = wait_until(gone, 1.0)
+        assert took < 1.0
+        assert cidr4["n1"] in routes(mc, "n2")  # the peer that stays keeps its route
+    finally:
+        mc.source.write("nodes", [node_object(n) for n in NODES])
+        wait_until(lambda: all_routed(mc), 5.0)
+    assert ping_failures(mc, 4) == []
+
+
+def test_routes_neighbours_and_fdb_entries_deleted_by_hand_come_back(mc: MultiCluster) -> None:
+    before = {n: mc.routing(n)["repairs"] for n in ("n1", "n4")}
+    n1 = mc.nodes["n1"]
+    n1.sh(f"ip route del {pod_cidrs('n2')[0]} {PROTO}; ip route del {pod_cidrs('n4')[0]} {PROTO}; "
+          f"ip -6 route del {pod_cidrs('n4')[1]} {PROTO}; ip neigh del 10.244.4.0 dev podnet.vx4; "
+          f"bridge fdb del {vxlan_mac('n4')} dev podnet.vx4 dst {node_ip(4)}")
+    mc.nodes["n4"].sh(f"ip route del {pod_cidrs('n1')[0]} {PROTO}; "
+                      f"bridge fdb del {vxlan_mac('n2')} dev podnet.vx4 dst {node_ip(2)}")
+
+    def back() -> bool:
+        return ({pod_cidrs("n2")[0], pod_cidrs("n4")[0]} <= routes(mc, "n1").keys()
+                and pod_cidrs("n4")[1] in routes(mc, "n1", 6)
+                and neighbours(mc, "n1") == {"10.244.4.0": vxlan_mac("n4")}
+                and fdb(mc, "n1") == {vxlan_mac("n4"): node_ip(4)}
+                and pod_cidrs("n1")[0] in routes(mc, "n4")
+                and fdb(mc, "n4") == {vxlan_mac("n1"): node_ip(1), vxlan_mac("n2"): node_ip(2)})
+
+    wait_until(back, PERIOD + 1.0)
+    # Each entry deleted above was there to be repaired (the reads above cannot tell it from none).
+    assert mc.routing("n1")["repairs"] >= before["n1"] + 5 and mc.routing("n4")["repairs"] >= before["n4"] + 2
+    assert ping_failures(mc, 4) == []
