@@ -41,11 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.multinode_agent import node_json
 from bench.multinode_topology import (
     Cluster,
     KernelWatch,
     Member,
     add,
+    agents_of,
+    broadcast,
     delete,
     run,
     settle,
@@ -53,7 +56,6 @@ from bench.multinode_topology import (
     sim_peers,
 )
 from podnet.agent.objects import Kind
-from podnet.agent.routes import RouteSync
 
 OUT = Path(__file__).resolve().parent / "out"
 SIM_SIZES = (10, 100)
@@ -73,10 +75,6 @@ def ms(values: list[float]) -> dict[str, Any]:
             "samples_ms": [v * 1e3 for v in values]}
 
 
-def syncs_of(members: list[Member]) -> list[RouteSync]:
-    return [m.sync for m in members if m.sync is not None]
-
-
 # ---- simulated peers ------------------------------------------------------------------------------
 
 
@@ -90,6 +88,7 @@ def sim_case(member: Member, watch: KernelWatch, size: int, vxlan: bool, adds: i
     settle([sync])
     last, added = peers[-1], []
     for _ in range(adds):
+        watch.arm()
         t0 = time.monotonic()
         add(store, last)
         added.append(watch.wait(lambda: watch.present([last], vxlan)) - t0)
@@ -100,6 +99,7 @@ def sim_case(member: Member, watch: KernelWatch, size: int, vxlan: bool, adds: i
     for _ in range(full_runs):
         store.replace(Kind.NODE, "bench", [member.node])
         settle([sync])
+        watch.arm()
         t0 = time.monotonic()
         store.replace(Kind.NODE, "bench", [member.node, *peers])
         full.append(watch.wait(lambda: watch.present(peers, vxlan)) - t0)
@@ -160,21 +160,23 @@ def anchor(member: Member, vxlan: bool, runs: int) -> list[float]:
 
 def join_round(cluster: Cluster, peers: list[Member], joiner: Member, watch: KernelWatch) -> dict[str, Any]:
     """One join: pingers already sending from every peer's pod, then the Node object appears."""
-    assert joiner.store is not None
+    assert joiner.agent is not None
     target = joiner.pod_ip()
     # ping with a count or a deadline ends at the first "unreachable" from its node: these run
     # until told to stop (SIGINT, by PID), then say every reply with its time of arrival.
     pingers = [cluster.popen(p.pods[0], ["ping", "-n", "-D", "-i", str(PING_INTERVAL), target])
                for p in peers]
     time.sleep(0.2)  # every pinger sending (and hearing "unreachable" from its node) before the join
+    others = agents_of(peers)
+    watch.arm()
     wall0, t0 = time.time(), time.monotonic()
-    joiner.store.replace(Kind.NODE, "bench", [joiner.node, *(p.node for p in peers)])
-    for p in peers:
-        assert p.store is not None
-        add(p.store, joiner.node)
-    vxlan = joiner.name == "nv"
-    kernel = watch.wait(lambda: watch.present([joiner.node], vxlan)) - t0
-    settle(syncs_of([*peers, joiner]))
+    joiner.agent.send("replace", [node_json(n) for n in (joiner.node, *(p.node for p in peers))])
+    for agent in others:
+        agent.send("add", node_json(joiner.node))
+    for agent in (joiner.agent, *others):
+        agent.answer()
+    kernel = watch.wait(lambda: watch.present([joiner.node], joiner.name == "nv")) - t0
+    broadcast([joiner.agent, *others], "synced")  # asks for nothing: every node's pass is done
     time.sleep(REPLY_GRACE)
     reach = []
     for proc in pingers:
@@ -184,11 +186,9 @@ def join_round(cluster: Cluster, peers: list[Member], joiner: Member, watch: Ker
         if found is None:
             raise RuntimeError(f"{target} did not answer ping within {REPLY_GRACE} s of the routes' sync")
         reach.append(float(found.group(1)) - wall0)
-    joiner.store.replace(Kind.NODE, "bench", [joiner.node])
-    for p in peers:
-        assert p.store is not None
-        delete(p.store, joiner.node)
-    settle(syncs_of([*peers, joiner]))
+    joiner.agent.call("replace", [node_json(joiner.node)])
+    broadcast(others, "delete", node_json(joiner.node))
+    broadcast([joiner.agent, *others], "settle")
     return {"kernel": kernel, "reach_first": reach[0], "reach_all": max(reach)}
 
 
@@ -244,11 +244,9 @@ def build_cluster(cluster: Cluster, nodes: int) -> tuple[list[Member], dict[str,
     cluster.build_underlay()
     peers = [cluster.add_node(f"n{i}", i, pods=2 if i == 1 else 1) for i in range(1, nodes + 1)]
     joiners = {"host-gw": cluster.add_node("nh", 100), "vxlan": cluster.add_node("nv", 200, offlink=True)}
-    for p in peers:
-        cluster.start(p, [q.node for q in peers])
-    for j in joiners.values():
-        cluster.start(j, [])
-    settle(syncs_of([*peers, *joiners.values()]), timeout=30)
+    cluster.start_agents(peers, [q.node for q in peers])
+    cluster.start_agents(list(joiners.values()), [])
+    broadcast(agents_of([*peers, *joiners.values()]), "settle")
     return peers, joiners
 
 
@@ -263,12 +261,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         print("   joins done", flush=True)
         if args.iperf_rounds:
             vx = joiners["vxlan"]
-            assert vx.store is not None
-            vx.store.replace(Kind.NODE, "bench", [vx.node, *(p.node for p in peers)])
-            for p in peers:
-                assert p.store is not None
-                add(p.store, vx.node)
-            settle(syncs_of([*peers, vx]))
+            assert vx.agent is not None
+            vx.agent.call("replace", [node_json(n) for n in (vx.node, *(p.node for p in peers))])
+            broadcast(agents_of(peers), "add", node_json(vx.node))
+            broadcast(agents_of([*peers, vx]), "settle")
             out["iperf"] = measure_iperf(cluster, peers, vx, args.iperf_seconds, args.iperf_rounds)
     finally:
         cluster.close()

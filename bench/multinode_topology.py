@@ -1,6 +1,7 @@
 """Namespaces and controllers for bench_multinode: a small cluster of node namespaces, each with a
-:class:`RouteSync` fed by its own :class:`Store`, and a watcher that says when a node's kernel holds
-what podnet should have written for a peer.
+:class:`RouteSync` fed by its own :class:`Store` (in a process of its own per node,
+:mod:`bench.multinode_agent`; in this process for simulated peers), and a watcher that says when a
+node's kernel holds what podnet should have written for a peer.
 
 The cluster (IPv4 only): an underlay bridge namespace; nodes ``n1``..``nN`` on it (10.80.0.i/24);
 a router namespace on it (10.80.0.254) with a second subnet 10.81.0.0/24 behind it, where off-link
@@ -15,16 +16,21 @@ a veth pair (10.82.0.1/16): peers at 10.82.1.x are on-link (host-gw), peers at 1
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
 
+from bench.multinode_agent import node_json
 from podnet.agent.model import Node
 from podnet.agent.objects import Kind
 from podnet.agent.routes import RouteSync, RoutingOptions
@@ -40,6 +46,7 @@ from podnet.kernel.wire import SOL_NETLINK
 SOURCE = "bench"
 CHECK_PERIOD = 10.0  # the agent's default: no periodic check runs inside a measurement
 ROUTER_UNDERLAY, ROUTER_OFFLINK = "10.80.0.254", "10.81.0.254"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -61,6 +68,28 @@ class Ns:
         return run(self.argv(["sh", "-ec", script])).stdout
 
 
+class AgentProc:
+    """A node's controller process (:mod:`bench.multinode_agent`), spoken to in JSON lines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def send(self, *cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(list(cmd)) + "\n")
+        self.proc.stdin.flush()
+
+    def answer(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line not in ("ok", "ready"):
+            raise RuntimeError(f"node controller (pid {self.proc.pid}): {line or 'ended'}")
+
+    def call(self, *cmd: Any) -> None:
+        self.send(*cmd)
+        self.answer()
+
+
 @dataclass
 class Member:
     """One node of the cluster: its namespace, Node object, pods, and its own store and RouteSync."""
@@ -68,8 +97,9 @@ class Member:
     ns: Ns
     node: Node
     pods: list[Ns] = field(default_factory=list)
-    store: Store | None = None
+    store: Store | None = None  # simulated nodes: the controller runs in this process
     sync: RouteSync | None = None
+    agent: AgentProc | None = None  # cluster nodes: the controller runs in a process of its own
 
     @property
     def name(self) -> str:
@@ -116,6 +146,12 @@ class Cluster:
         for member in self.members.values():
             if member.sync is not None:
                 member.sync.stop()
+            if member.agent is not None and member.agent.proc.stdin is not None:
+                member.agent.proc.stdin.close()  # its loop ends and it stops its controller
+        for member in self.members.values():
+            if member.agent is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    member.agent.proc.wait(timeout=5)
         for proc in self.procs:
             self.end(proc)
         for ns in reversed(self.made):
@@ -171,6 +207,32 @@ class Cluster:
         member.sync = RouteSync(member.store, RoutingOptions(check_period=CHECK_PERIOD, netns=member.ns.path))
         member.sync.start()
         member.store.replace(Kind.NODE, SOURCE, list({n.name: n for n in (*known, member.node)}.values()))
+
+    def start_agents(self, members: Sequence[Member], known: Sequence[Node]) -> None:
+        """Each member's controller process, its store listing ``known`` (and the member itself);
+        started together, then each waited for."""
+        for member in members:
+            argv = [sys.executable, "-m", "bench.multinode_agent", member.name, member.ns.path]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+            self.procs.append(proc)
+            member.agent = AgentProc(proc)
+        for member in members:
+            assert member.agent is not None
+            member.agent.answer()
+            nodes = {n.name: n for n in (*known, member.node)}
+            member.agent.call("replace", [node_json(n) for n in nodes.values()])
+
+
+def agents_of(members: Sequence[Member]) -> list[AgentProc]:
+    return [m.agent for m in members if m.agent is not None]
+
+
+def broadcast(agents: Sequence[AgentProc], *cmd: Any) -> None:
+    """Send to every agent first, then read every answer: the agents work at the same time."""
+    for agent in agents:
+        agent.send(*cmd)
+    for agent in agents:
+        agent.answer()
 
 
 def add(store: Store, node: Node) -> None:
@@ -235,18 +297,23 @@ class KernelWatch:
             except OSError:  # ENOBUFS: notifications were lost, which only means something changed
                 continue
 
+    def arm(self) -> None:
+        """Forget what was heard so far: called just before the change to be timed."""
+        self.drain()
+
     def wait(self, check: Callable[[], bool], timeout: float = 10.0) -> float:
-        """The monotonic time of the notification after which ``check()`` first held."""
+        """The monotonic time of the notification (since :meth:`arm`) after which ``check()`` first
+        held. The kernel is read only after a notification, so the reads do not compete with the
+        controller before it has written anything."""
         deadline = time.monotonic() + timeout
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise RuntimeError(f"kernel entries not there after {timeout}s")
             heard = time.monotonic()
             self.drain()
             if check():
                 return heard
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"kernel entries not there after {timeout}s")
-            select.select([self.sock], [], [], left)
 
     def present(self, peers: Sequence[Node], vxlan: bool) -> bool:
         """Whether the kernel has every peer's route (host-gw: via its InternalIP; VXLAN: via its
