@@ -148,7 +148,8 @@ class NodeAgent(AgentProcess):
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AgentError(f"{self.node_name}: agent exited with {self.proc.returncode}\n{self.log_text()}")
+                raise AgentError(f"{self.node_name}: agent exited with {self.proc.returncode}\n"
+                                 f"{self.log_text()}")
             status = self.try_status()
             if status is not None and check(status):
                 return status
@@ -158,7 +159,7 @@ class NodeAgent(AgentProcess):
 
 
 @dataclass
-class TestPod:
+class PodProc:
     key: str  # namespace/name
     node: str
     netns: Netns
@@ -204,7 +205,7 @@ class MultiCluster:
     server: KubeServer
     daemons: dict[str, NodeDaemon] = field(default_factory=dict)
     agents: dict[str, NodeAgent] = field(default_factory=dict)
-    pods: dict[str, TestPod] = field(default_factory=dict)
+    pods: dict[str, PodProc] = field(default_factory=dict)
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     policies: tuple[NetworkPolicy, ...] = ()
 
@@ -246,7 +247,7 @@ class MultiCluster:
         routing: dict[str, Any] = self.agents[name].status()["routing"]
         return routing
 
-    def cni(self, pod: TestPod, command: str) -> subprocess.CompletedProcess[str]:
+    def cni(self, pod: PodProc, command: str) -> subprocess.CompletedProcess[str]:
         """``podnet cni`` on the pod's node with the conflist its agent wrote, through its daemon."""
         agent, daemon = self.agents[pod.node], self.daemons[pod.node]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
@@ -324,7 +325,7 @@ def build(stack: ExitStack, workdir: Path) -> MultiCluster:
     mark("agents routing")
     pods = {f"{s}/{b}-{n}": (n, s, b) for n in NODES for s, b in PODS}
     for key, (n, _, b) in pods.items():
-        c.pods[key] = TestPod(key, n, factory(key.replace("/", "")), {"pod": b})
+        c.pods[key] = PodProc(key, n, factory(key.replace("/", "")), {"pod": b})
     c.write_pods()  # Pending: kubelet's Pod objects exist before their sandboxes
     mark("pods pending")
     parallel(lambda key: _pod_up(c, c.pods[key]), c.pods)
@@ -342,7 +343,7 @@ def _routing_everything(status: dict[str, Any]) -> bool:
             and status["routing"]["routes"] == 2 * (len(NODES) - 1))
 
 
-def _pod_up(c: MultiCluster, pod: TestPod) -> None:
+def _pod_up(c: MultiCluster, pod: PodProc) -> None:
     pod.proc = pod.netns.popen([sys.executable, str(PODPROC), pod.key], stdin=subprocess.PIPE,  # type: ignore[assignment]
                                stdout=subprocess.PIPE, text=True, bufsize=1)
     result = json.loads(c.cni(pod, "add").stdout)

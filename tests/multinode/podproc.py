@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -30,10 +31,8 @@ def _accept(srv: socket.socket, name: str) -> None:
     while True:
         conn, peer = srv.accept()
         client = peer[0].removeprefix("::ffff:")  # an IPv4 client on the dual-stack socket
-        try:
+        with contextlib.suppress(OSError):
             conn.sendall(f"{name} {client}\n".encode())
-        except OSError:
-            pass
         conn.close()
 
 

@@ -6,15 +6,33 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.policy.agentproc import AgentError, current
+from agent.policy.world import ING, peer, policy, rule, sel
 from agent.routes_cluster import node_ip, wait_until
+from podnet.agent.model import Protocol
+from podnet.agent.policy import PolicyInputs, allowed
 from podnet.agent.routes_plan import vxlan_mac
 
-from .cluster import NODES, PERIOD, MultiCluster, node_object, pod_cidrs, running_cluster
+from .cluster import (
+    NETWORK,
+    NODES,
+    NS_LABEL,
+    PERIOD,
+    PORT,
+    MultiCluster,
+    PodProc,
+    node_object,
+    parallel,
+    pod_cidrs,
+    running_cluster,
+)
 
 pytestmark = pytest.mark.root
 PROTO = "proto 157"  # podnet's routes
@@ -52,7 +70,12 @@ def test_every_pod_pings_every_other_pod(mc: MultiCluster) -> None:
     assert modes == {"n1": {"n2": ("host-gw", "ok"), "n4": ("vxlan", "ok")},
                      "n2": {"n1": ("host-gw", "ok"), "n4": ("vxlan", "ok")},
                      "n4": {"n1": ("vxlan", "ok"), "n2": ("vxlan", "ok")}}
-    # Each node's pods got addresses from its own Node's pod CIDRs (the agent's conflist).
+    # Each node's pods got addresses from its own Node's pod CIDRs (the agent's conflist), from the
+    # plugin its agent was told to write: podnet-bridge on n1 and n4 (their bridge), routed on n2.
+    for name in NODES:
+        conf = json.loads(Path(mc.agents[name].status()["cni_config"]["path"]).read_text())
+        assert conf["plugins"][0]["type"] == f"podnet-{NETWORK[name]}"
+        assert ("podnet0" in mc.nodes[name].links()) == (NETWORK[name] == "bridge")
     for pod in mc.pods.values():
         v4, v6 = pod_cidrs(pod.node)
         assert pod.address(4).startswith(v4.split(".0/")[0] + "."), pod
@@ -75,6 +98,22 @@ def neighbours(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[s
 
 def all_routed(c: MultiCluster) -> bool:
     return all(c.routing(n)["routes"] == 2 * (len(NODES) - 1) for n in NODES)
+
+
+@pytest.mark.xfail(strict=True, raises=AgentError,
+                   reason="agent/sync.py: generation_applied follows only Namespace, Pod and NetworkPolicy "
+                          "changes, so after a Node or Service change the status never says current until "
+                          "the next policy change")
+def test_the_agent_is_current_after_a_node_change(mc: MultiCluster) -> None:
+    agent = mc.agents["n1"]
+    since = agent.generation()
+    labelled = node_object("n2")
+    labelled["metadata"]["labels"] = {"topology.kubernetes.io/zone": "b"}
+    mc.source.write("nodes", [labelled if n == "n2" else node_object(n) for n in NODES])
+    try:
+        agent.wait(lambda s: s["generation"] > since and current(s), 1.5, "not current after a Node change")
+    finally:
+        mc.source.write("nodes", [node_object(n) for n in NODES])
 
 
 def test_a_deleted_node_loses_its_routes_on_every_other_node(mc: MultiCluster) -> None:
@@ -123,3 +162,99 @@ def test_routes_neighbours_and_fdb_entries_deleted_by_hand_come_back(mc: MultiCl
     # Each entry deleted above was there to be repaired (the reads above cannot tell it from none).
     assert mc.routing("n1")["repairs"] >= before["n1"] + 5 and mc.routing("n4")["repairs"] >= before["n4"] + 2
     assert ping_failures(mc, 4) == []
+
+
+# ---- a Service across nodes -----------------------------------------------------------------------
+
+SERVICE = ("10.96.0.10", "fd96::10")
+
+
+def service_objects(name: str, endpoints: list[PodProc]) -> list[dict[str, Any]]:
+    """A dual-stack ClusterIP Service on port 80 and its slices, the endpoints on their nodes."""
+    ports = [{"name": "http", "port": PORT, "protocol": "TCP"}]
+    out: list[dict[str, Any]] = [{
+        "apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "x", "name": name},
+        "spec": {"type": "ClusterIP", "clusterIP": SERVICE[0], "clusterIPs": list(SERVICE),
+                 "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                 "ports": [{**ports[0], "targetPort": PORT}]}}]
+    for family in (4, 6):
+        out.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "addressType": f"IPv{family}",
+                    "metadata": {"namespace": "x", "name": f"{name}-ipv{family}",
+                                 "labels": {"kubernetes.io/service-name": name}},
+                    "endpoints": [{"addresses": [p.address(family)], "conditions": {"ready": True},
+                                   "nodeName": p.node} for p in endpoints],
+                    "ports": ports})
+    return out
+
+
+def test_a_cluster_ip_reaches_endpoints_on_other_nodes(mc: MultiCluster) -> None:
+    endpoints = [mc.pods["x/a-n2"], mc.pods["x/a-n4"]]  # on a bridged and the routed-around node
+    mc.write("services", service_objects("web", endpoints))
+    try:
+        for agent in mc.agents.values():  # every node's proxy holds both endpoints of both families
+            agent.wait(lambda s: s["services"]["proxied"] == 1 and s["services"]["endpoints"] == 4, 10.0,
+                       "did not proxy the Service")
+        # From a bridged node and from the one behind the router (whose agent reads the API server).
+        for client in (mc.pods["y/c-n1"], mc.pods["y/c-n4"]):
+            for family in (4, 6):
+                answers = [a for a in client.probe([(SERVICE[family // 6], PORT)] * 24, 2.0) if a]
+                assert len(answers) == 24, f"{client.key} -> {SERVICE[family // 6]}: {answers}"
+                seen = Counter(a.split()[0] for a in answers)
+                # Each endpoint answered, and saw the client's own address: no SNAT on the way.
+                assert set(seen) == {p.key for p in endpoints}, seen
+                assert {a.split()[1] for a in answers} == {client.address(family)}, answers
+    finally:
+        mc.write("services", [])
+
+
+# ---- NetworkPolicy across nodes -------------------------------------------------------------------
+
+def pod_is(name: str) -> dict[str, str]:
+    return {"pod": name}
+
+
+CASES = {
+    "deny-all-ingress": [policy("x", "deny-ingress", sel(), types=[ING])],
+    "allow-from-pod-selector": [
+        policy("x", "a-allows-b", sel(pod_is("a")), ingress=[rule(peer(sel(pod_is("b"))))])],
+    "allow-from-namespace-selector": [
+        policy("x", "a-allows-ns-y", sel(pod_is("a")), ingress=[rule(peer(nss=sel({NS_LABEL: "y"})))])],
+}
+
+
+def probe_matrix(c: MultiCluster, cells: list[tuple[str, str]], family: int,
+                 timeout: float) -> dict[tuple[str, str], str | None]:
+    """Each cell's answer (the server's line) or None, every client's probes at once."""
+    by_src: dict[str, list[str]] = {}
+    for src, dst in cells:
+        by_src.setdefault(src, []).append(dst)
+
+    def run(src: str) -> list[str | None]:
+        return c.pods[src].probe([(c.pods[d].address(family), PORT) for d in by_src[src]], timeout)
+    got = parallel(run, by_src)
+    return {(src, dst): answer for src, dsts in by_src.items()
+            for dst, answer in zip(dsts, got[src], strict=True)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_network_policy_with_client_and_server_on_different_nodes(mc: MultiCluster, case: str) -> None:
+    keys = list(mc.pods)
+    cells = [(s, d) for s in keys for d in keys if mc.pods[s].node != mc.pods[d].node]
+    mc.apply_policies(CASES[case])
+    try:
+        inputs = PolicyInputs.of(mc.namespaces, [p.model() for p in mc.pods.values()], mc.policies)
+        for family in (4, 6):
+            want = {(s, d): allowed(inputs, mc.pods[s].model(), mc.pods[d].model(), PORT, Protocol.TCP,
+                                    family=family) for s, d in cells}
+            assert not all(want.values()) and any(want.values())  # the case has both outcomes
+            got = probe_matrix(mc, cells, family, 0.5)
+            again = [cell for cell in cells if got[cell] is None and want[cell]]  # a first packet may wait
+            got.update(probe_matrix(mc, again, family, 2.0))
+            wrong = {cell: (want[cell], got[cell]) for cell in cells if want[cell] != (got[cell] is not None)}
+            assert not wrong, f"{case} IPv{family}: (semantics, kernel's answer) differ:\n{wrong}"
+            # The far pod saw the client's own address (traffic inside the cluster is not masqueraded).
+            seen = {cell: answer.split()[1] for cell, answer in got.items() if answer is not None}
+            assert all(seen[(s, d)] == mc.pods[s].address(family) for s, d in seen), seen
+    finally:
+        mc.apply_policies([])
