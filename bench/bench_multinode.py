@@ -4,7 +4,7 @@ Measured in one run, in throw-away namespaces (IPv4), with podnet's :class:`Rout
 each node in this process, fed Node objects through the node's own store as its agent would be:
 
 * simulated peers (Node objects only, no pods): one node namespace whose RouteSync knows N-1 peers
-  (N = 10 and 100); the N-th peer's Node is added, and the time is taken until the node's kernel
+  (N = 10 and 100 by default, --sizes); the N-th peer's Node is added, and the time is taken until the node's kernel
   holds its route (host-gw: on-link InternalIP) or its route, neighbour and forwarding entry (VXLAN:
   off-link InternalIP); the kernel is read with podnet's consistent dumps after each route or
   neighbour notification. Also the full sync of N peers from none. p50 / p99 over repetitions;
@@ -23,7 +23,7 @@ The issue gives no targets: the figures and ratios are printed. The machine's lo
 (the figures move with other processes' load on a small shared machine).
 Raw numbers go to bench/out/bench_multinode.json, a plot to bench/out/bench_multinode.png.
 
-    python -m bench.bench_multinode [--nodes N] [--rounds N] [--adds N] [--full-runs N]
+    python -m bench.bench_multinode [--nodes N] [--rounds N] [--sizes N,N] [--adds N] [--full-runs N]
                                     [--anchor-runs N] [--iperf-rounds N] [--iperf-seconds N]
 """
 
@@ -58,7 +58,6 @@ from bench.multinode_topology import (
 from podnet.agent.objects import Kind
 
 OUT = Path(__file__).resolve().parent / "out"
-SIM_SIZES = (10, 100)
 MODES = ("host-gw", "vxlan")
 PING_INTERVAL = 0.002
 REPLY_GRACE = 0.3  # seconds the pingers run on after every node's sync is done
@@ -116,7 +115,7 @@ def measure_sim(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         watch = KernelWatch(member.ns.path)
         try:
             out[mode] = {str(n): sim_case(member, watch, n, mode == "vxlan", args.adds, args.full_runs)
-                         for n in SIM_SIZES}
+                         for n in args.sizes}
             out[mode]["anchor"] = ms(anchor(member, mode == "vxlan", args.anchor_runs))
         finally:
             watch.close()
@@ -272,33 +271,36 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cell(figures: dict[str, Any]) -> str:
+    return f"{figures['p50_ms']:10.2f} /{figures['p99_ms']:8.2f}"
+
+
 def report(out: dict[str, Any]) -> None:
+    sizes, big = out["args"]["sizes"], str(out["args"]["sizes"][-1])
     print(f"load average before / after ({os.cpu_count()} cores, shared): {out['loadavg_before'][0]:.2f} / "
           f"{out['loadavg_after'][0]:.2f}")
     sim = out["simulated"]
     print("simulated peers: Node added -> its entries in the kernel, p50 / p99 ms")
-    print(f"  {'':34}{'host-gw':>18}{'vxlan':>18}")
-    for n in SIM_SIZES:
+    print(f"  {'':34}{'host-gw':>20}{'vxlan':>20}")
+    for n in sizes:
         for key, what in (("add_one", f"peer {n} added next to {n - 1}"),
                           ("full_sync", f"all {n} from none")):
-            cells = "".join(f"{sim[m][str(n)][key]['p50_ms']:9.2f} /{sim[m][str(n)][key]['p99_ms']:7.2f}"
-                            for m in MODES)
+            cells = "".join(cell(sim[m][str(n)][key]) for m in MODES)
             print(f"  {what:34}{cells}")
-    cells = "".join(f"{sim[m]['anchor']['p50_ms']:9.2f} /{sim[m]['anchor']['p99_ms']:7.2f}" for m in MODES)
+    cells = "".join(cell(sim[m]["anchor"]) for m in MODES)
     print(f"  {'anchor: ip/bridge execs':34}{cells}")
     for m in MODES:
-        one, full = sim[m]["100"]["add_one"]["p50_ms"], sim[m]["100"]["full_sync"]["p50_ms"]
-        print(f"  {m}: one peer next to 99 / anchor {one / sim[m]['anchor']['p50_ms']:.2f}; "
-              f"100 from none / one next to 99 {full / one:.1f}")
+        one, full = sim[m][big]["add_one"]["p50_ms"], sim[m][big]["full_sync"]["p50_ms"]
+        print(f"  {m}: one peer next to {int(big) - 1} / anchor {one / sim[m]['anchor']['p50_ms']:.2f}; "
+              f"{big} from none / one next to {int(big) - 1} {full / one:.1f}")
     nodes = out["args"]["nodes"]
     print(f"a node joins a cluster of {nodes} (its pod pinged every {PING_INTERVAL * 1e3:.0f} ms), "
           "p50 / p99 ms")
-    print(f"  {'':34}{'host-gw':>18}{'vxlan':>18}")
+    print(f"  {'':34}{'host-gw':>20}{'vxlan':>20}")
     for key, what in (("kernel", "entries in node 1's kernel"),
                       ("reach_first", "pod reachable from node 1's pod"),
                       ("reach_all", f"... from all {nodes} nodes' pods")):
-        cells = "".join(f"{out['join'][m][key]['p50_ms']:9.2f} /{out['join'][m][key]['p99_ms']:7.2f}"
-                        for m in MODES)
+        cells = "".join(cell(out["join"][m][key]) for m in MODES)
         print(f"  {what:34}{cells}")
     if "iperf" in out:
         t = out["iperf"]
@@ -323,12 +325,13 @@ def plot(out: dict[str, Any], path: Path) -> str:
     except ImportError:
         return "matplotlib is not installed: no PNG (the JSON has every sample)"
     fig, (sim_ax, join_ax, tput) = plt.subplots(1, 3, figsize=(15, 4))
-    labels = [f"+1 next to {n - 1}" for n in SIM_SIZES] + [f"{n} from none" for n in SIM_SIZES] + ["anchor"]
+    sizes = out["args"]["sizes"]
+    labels = [f"+1 next to {n - 1}" for n in sizes] + [f"{n} from none" for n in sizes] + ["anchor"]
     width = 0.4
     for k, mode in enumerate(MODES):
         sim = out["simulated"][mode]
-        values = ([sim[str(n)]["add_one"]["p50_ms"] for n in SIM_SIZES]
-                  + [sim[str(n)]["full_sync"]["p50_ms"] for n in SIM_SIZES] + [sim["anchor"]["p50_ms"]])
+        values = ([sim[str(n)]["add_one"]["p50_ms"] for n in sizes]
+                  + [sim[str(n)]["full_sync"]["p50_ms"] for n in sizes] + [sim["anchor"]["p50_ms"]])
         sim_ax.bar([i + k * width for i in range(len(labels))], values, width, label=mode)
     sim_ax.set_xticks([i + width / 2 for i in range(len(labels))], labels, rotation=20, fontsize=7)
     sim_ax.set_yscale("log")
@@ -355,11 +358,23 @@ def plot(out: dict[str, Any], path: Path) -> str:
     return f"plot: {path}"
 
 
+def sizes_arg(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers") from None
+    if sizes[0] < 1 or sizes[-1] > 30000:
+        raise argparse.ArgumentTypeError(f"{text!r}: each size must be 1 to 30000")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_multinode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=10, help="nodes of the real cluster a node joins")
     parser.add_argument("--rounds", type=int, default=10, help="joins per mode, order alternating")
+    parser.add_argument("--sizes", type=sizes_arg, default=[10, 100],
+                        help="simulated peer counts, comma-separated (default 10,100; at most 30000)")
     parser.add_argument("--adds", type=int, default=30, help="one-peer additions per mode and size")
     parser.add_argument("--full-runs", type=int, default=5, help="syncs of all peers from none")
     parser.add_argument("--anchor-runs", type=int, default=20)

@@ -261,9 +261,10 @@ def sim_member(cluster: Cluster, role: str) -> Member:
 
 
 def sim_peers(count: int, vxlan: bool) -> list[Node]:
-    """``count`` peers with pod CIDRs 10.91.i.0/24: on-link InternalIPs, or off-link ones (VXLAN)."""
+    """``count`` peers with pod CIDRs the i-th /24 of 10.128.0.0/9: on-link InternalIPs (10.82.x.y,
+    host-gw), or off-link ones (10.83.x.y, VXLAN)."""
     net = "10.83" if vxlan else "10.82"
-    return [Node(f"peer{i:03d}", (ip_network(f"10.91.{i}.0/24"),),
+    return [Node(f"peer{i:04d}", (ip_network(f"{ip_address('10.128.0.0') + 256 * i}/24"),),
                  (ip_address(f"{net}.{1 + i // 250}.{i % 250}"),)) for i in range(1, count + 1)]
 
 
