@@ -3,11 +3,12 @@
 Measured in one run, in throw-away namespaces (IPv4), with podnet's :class:`RouteSync` running for
 each node in this process, fed Node objects through the node's own store as its agent would be:
 
-* simulated peers (Node objects only, no pods): one node namespace whose RouteSync knows N-1 peers
-  (N = 10 and 100 by default, --sizes); the N-th peer's Node is added, and the time is taken until the node's kernel
-  holds its route (host-gw: on-link InternalIP) or its route, neighbour and forwarding entry (VXLAN:
-  off-link InternalIP); the kernel is read with podnet's consistent dumps after each route or
-  neighbour notification. Also the full sync of N peers from none. p50 / p99 over repetitions;
+* simulated peers (Node objects only, no pods): one node namespace whose RouteSync knows N-1
+  peers (N = 10 and 100 by default, --sizes); the N-th peer's Node is added, and the time is taken
+  until the node's kernel holds its route (host-gw: on-link InternalIP) or its route, neighbour and
+  forwarding entry (VXLAN: off-link InternalIP); the kernel is read with podnet's consistent dumps
+  after each route or neighbour notification. Also the full sync of N peers from none. p50 / p99
+  over repetitions;
 * a real cluster: 10 node namespaces on an underlay bridge, each with a pod and its own RouteSync;
   a node joins (on the underlay: host-gw; behind a router: VXLAN): its Node is added to every
   store and its own store lists the cluster; time until the first node's kernel has the entries,
