@@ -1,7 +1,8 @@
 """Cross-node pod routing: how soon a new node's pods are reachable, and what each path carries.
 
 Measured in one run, in throw-away namespaces (IPv4), with podnet's :class:`RouteSync` running for
-each node in this process, fed Node objects through the node's own store as its agent would be:
+each node, fed Node objects through the node's own store as its agent would be (each node of the
+cluster in a process of its own, :mod:`bench.multinode_agent`; the simulated node in this one):
 
 * simulated peers (Node objects only, no pods): one node namespace whose RouteSync knows N-1
   peers (N = 10 and 100 by default, --sizes); the N-th peer's Node is added, and the time is taken
@@ -13,7 +14,9 @@ each node in this process, fed Node objects through the node's own store as its 
   a node joins (on the underlay: host-gw; behind a router: VXLAN): its Node is added to every
   store and its own store lists the cluster; time until the first node's kernel has the entries,
   and until the pod behind the new node answers ping (2 ms apart) from the first node's pod and
-  from every node's pod. Rounds alternate between the two modes;
+  from every node's pod. Rounds alternate between the two modes. Here the 12 nodes' controllers
+  share the machine's cores (on a cluster each node has its own), so "from every node" includes
+  their wait for a CPU; the underlay's ARP entries stay cached from one round to the next;
 * pod-to-pod TCP throughput (iperf3): two pods on one node's bridge, pods on two nodes routed
   host-gw, and pods on two nodes over VXLAN; rounds alternating, Gbit/s side by side and the
   ratios to the same-node figure.
