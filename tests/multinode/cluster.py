@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ NS_LABEL = "kubernetes.io/metadata.name"
 NAMESPACES = ("x", "y")
 PODS = (("x", "a"), ("x", "b"), ("y", "c"))  # on every node: x/a-n1, x/b-n1, y/c-n1, ...
 PORT = 80
+PROTO = "proto 157"  # podnet's routes
 POLICY_KINDS = frozenset({"Namespace", "Pod", "NetworkPolicy"})
 PORTS = (ContainerPort("http", PORT, Protocol.TCP),)
 PODPROC = Path(__file__).with_name("podproc.py")
@@ -180,8 +182,6 @@ class PodProc:
         return next(ip for ip in self.ips if (":" in ip) == (family == 6))
 
     def model(self) -> Pod:
-        from ipaddress import ip_address
-
         return Pod(self.namespace, self.name, labels=dict(self.labels),
                    ips=tuple(ip_address(ip) for ip in self.ips), node_name=self.node, ports=PORTS)
 
@@ -203,6 +203,7 @@ class MultiCluster:
     workdir: Path
     source: Source
     server: KubeServer
+    kube_sourced: frozenset[str]  # the nodes whose agents read the list/watch server
     daemons: dict[str, NodeDaemon] = field(default_factory=dict)
     agents: dict[str, NodeAgent] = field(default_factory=dict)
     pods: dict[str, PodProc] = field(default_factory=dict)
@@ -243,9 +244,30 @@ class MultiCluster:
     def write_pods(self) -> None:
         self.write("pods", [to_object(p.model()) for p in self.pods.values()])
 
+    def routing_everything(self, status: dict[str, Any]) -> bool:
+        """The agent has its conflist and a route per family to every other node."""
+        return (bool(status["synced"]) and current(status) and status["cni_config"]["state"] == "current"
+                and status["routing"]["routes"] == 2 * (len(self.nodes) - 1))
+
     def routing(self, name: str) -> dict[str, Any]:
         routing: dict[str, Any] = self.agents[name].status()["routing"]
         return routing
+
+    def ping_failures(self, family: int, attempts: int = 2) -> list[str]:
+        """Every pod pings every other pod's address of ``family`` (each pod's pings at once, every pod
+        at once); the pairs that got no answer, each tried ``attempts`` times."""
+        todo = {key: [p.address(family) for k, p in self.pods.items() if k != key] for key in self.pods}
+        for _ in range(attempts):
+            procs = {}
+            for key, targets in todo.items():
+                script = " ".join(f"(ping -n -q -c1 -W2 {t} >/dev/null 2>&1 || echo {t}) &" for t in targets)
+                argv = self.pods[key].netns.exec_argv(["sh", "-c", script + " wait"])
+                procs[key] = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            outs = {key: proc.communicate(timeout=30)[0].split() for key, proc in procs.items()}
+            todo = {key: failed for key, failed in outs.items() if failed}
+            if not todo:
+                return []
+        return [f"{key} -> {t}" for key, targets in todo.items() for t in targets]
 
     def cni(self, pod: PodProc, command: str) -> subprocess.CompletedProcess[str]:
         """``podnet cni`` on the pod's node with the conflist its agent wrote, through its daemon."""
@@ -260,6 +282,25 @@ class MultiCluster:
         assert done.returncode == 0 and "Traceback" not in done.stderr, \
             f"{pod.key}: cni {command} failed ({done.returncode}): {done.stdout} {done.stderr}"
         return done
+
+
+# ---- reading a node's kernel ---------------------------------------------------------------------
+
+def routes(c: MultiCluster, node: str, family: int = 4) -> dict[str, dict[str, object]]:
+    out = c.nodes[node].sh(f"ip -{family} -j route show {PROTO}")
+    return {r["dst"]: r for r in json.loads(out or "[]")}
+
+
+def fdb(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
+    # No device (no VXLAN peer left): no entries.
+    out = json.loads(c.nodes[node].sh(f"bridge -j fdb show dev {device} 2>/dev/null", check=False) or "[]")
+    return {e["mac"]: e["dst"] for e in out if "dst" in e}
+
+
+def neighbours(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
+    out = json.loads(c.nodes[node].sh(f"ip -j neigh show dev {device} nud permanent 2>/dev/null",
+                                      check=False) or "[]")
+    return {e["dst"]: e["lladdr"] for e in out}
 
 
 def _setns(path: str) -> None:
@@ -294,7 +335,7 @@ def _start_node(c: MultiCluster, name: str) -> None:
     node, work = c.nodes[name], c.workdir / name
     work.mkdir()
     c.daemons[name] = NodeDaemon(node, work / "podnet.sock", work / "daemon.log")
-    if name in KUBE_SOURCED:
+    if name in c.kube_sourced:
         source = ["--kubeconfig", str(c.server.kubeconfig(work / "kubeconfig"))]
     else:
         source = ["--manifests", str(c.source.manifests.path)]
@@ -303,27 +344,29 @@ def _start_node(c: MultiCluster, name: str) -> None:
     c.daemons[name].start()
 
 
-def build(stack: ExitStack, workdir: Path) -> MultiCluster:
-    """The cluster, running; every part is registered on ``stack`` to be undone."""
+def build(stack: ExitStack, workdir: Path, names: Sequence[str] = NODES,
+          kube_sourced: Iterable[str] = KUBE_SOURCED) -> MultiCluster:
+    """The cluster of nodes ``names``, running; every part is registered on ``stack`` to be undone."""
     t0 = time.monotonic()
 
     def mark(what: str) -> None:
         print(f"{time.monotonic() - t0:6.2f}s {what}", file=sys.stderr)
     factory = stack.enter_context(namespaces())
-    underlay = wire_nodes(factory, NODES)
+    underlay = wire_nodes(factory, tuple(names))
     mark("wired")
     server = serve_api(underlay.router, API_HOST)
     stack.callback(server.close)
-    c = MultiCluster(underlay, workdir, Source(ManifestDir(workdir / "manifests"), server), server)
+    c = MultiCluster(underlay, workdir, Source(ManifestDir(workdir / "manifests"), server), server,
+                     frozenset(kube_sourced))
     stack.callback(_stop, c)  # runs before the namespaces go (the stack unwinds in reverse)
     c.namespaces = {n: Namespace(n, {NS_LABEL: n}) for n in NAMESPACES}
-    c.source.write("nodes", [node_object(n) for n in NODES])
+    c.source.write("nodes", [node_object(n) for n in names])
     c.source.write("namespaces", [to_object(n) for n in c.namespaces.values()])
-    parallel(lambda n: _start_node(c, n), NODES)
+    parallel(lambda n: _start_node(c, n), names)
     mark("daemons up")
-    parallel(lambda n: c.agents[n].wait(_routing_everything, 30.0, "not routing every peer"), NODES)
+    parallel(lambda n: c.agents[n].wait(c.routing_everything, 30.0, "not routing every peer"), names)
     mark("agents routing")
-    pods = {f"{s}/{b}-{n}": (n, s, b) for n in NODES for s, b in PODS}
+    pods = {f"{s}/{b}-{n}": (n, s, b) for n in names for s, b in PODS}
     for key, (n, _, b) in pods.items():
         c.pods[key] = PodProc(key, n, factory(key.replace("/", "")), {"pod": b})
     c.write_pods()  # Pending: kubelet's Pod objects exist before their sandboxes
@@ -336,11 +379,6 @@ def build(stack: ExitStack, workdir: Path) -> MultiCluster:
         assert pod.proc is not None and pod.proc.stdout is not None
         assert pod.proc.stdout.readline().strip() == "ready", f"{pod.key}: server did not start"
     return c
-
-
-def _routing_everything(status: dict[str, Any]) -> bool:
-    return (bool(status["synced"]) and current(status) and status["cni_config"]["state"] == "current"
-            and status["routing"]["routes"] == 2 * (len(NODES) - 1))
 
 
 def _pod_up(c: MultiCluster, pod: PodProc) -> None:
@@ -366,6 +404,7 @@ def _stop(c: MultiCluster) -> None:
 
 
 @contextmanager
-def running_cluster(workdir: Path) -> Iterator[MultiCluster]:
+def running_cluster(workdir: Path, names: Sequence[str] = NODES,
+                    kube_sourced: Iterable[str] = KUBE_SOURCED) -> Iterator[MultiCluster]:
     with ExitStack() as stack:
-        yield build(stack, workdir)
+        yield build(stack, workdir, names, kube_sourced)

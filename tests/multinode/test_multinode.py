@@ -5,7 +5,6 @@ deleted from the cluster takes its routes with it everywhere. One cluster for th
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,43 +25,25 @@ from .cluster import (
     NS_LABEL,
     PERIOD,
     PORT,
+    PROTO,
     MultiCluster,
     PodProc,
+    fdb,
+    neighbours,
     node_object,
     parallel,
     pod_cidrs,
+    routes,
     running_cluster,
 )
 
 pytestmark = pytest.mark.root
-PROTO = "proto 157"  # podnet's routes
 
 
 @pytest.fixture(scope="module")
 def mc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiCluster]:
     with running_cluster(tmp_path_factory.mktemp("multinode")) as c:
         yield c
-
-
-def ping_failures(c: MultiCluster, family: int, attempts: int = 2) -> list[str]:
-    """Every pod pings every other pod's address of ``family`` (each pod's pings at once, every pod
-    at once); the pairs that got no answer, each tried ``attempts`` times."""
-    todo = {key: [p.address(family) for k, p in c.pods.items() if k != key] for key in c.pods}
-    for _ in range(attempts):
-        procs = {}
-        for key, targets in todo.items():
-            script = " ".join(f"(ping -n -q -c1 -W2 {t} >/dev/null 2>&1 || echo {t}) &" for t in targets)
-            argv = c.pods[key].netns.exec_argv(["sh", "-c", script + " wait"])
-            procs[key] = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        todo = {key: out.split() for key, proc in procs.items() if (out := proc.communicate(timeout=30)[0])}
-        if not todo:
-            return []
-    return [f"{key} -> {t}" for key, targets in todo.items() for t in targets]
-
-
-def routes(c: MultiCluster, node: str, family: int = 4) -> dict[str, dict[str, object]]:
-    out = c.nodes[node].sh(f"ip -{family} -j route show {PROTO}")
-    return {r["dst"]: r for r in json.loads(out or "[]")}
 
 
 def test_every_pod_pings_every_other_pod(mc: MultiCluster) -> None:
@@ -80,20 +61,8 @@ def test_every_pod_pings_every_other_pod(mc: MultiCluster) -> None:
         v4, v6 = pod_cidrs(pod.node)
         assert pod.address(4).startswith(v4.split(".0/")[0] + "."), pod
         assert pod.address(6).startswith(v6.split("::/")[0] + "::"), pod
-    assert ping_failures(mc, 4) == []
-    assert ping_failures(mc, 6) == []
-
-
-def fdb(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
-    # No device (no VXLAN peer left): no entries.
-    out = json.loads(c.nodes[node].sh(f"bridge -j fdb show dev {device} 2>/dev/null", check=False) or "[]")
-    return {e["mac"]: e["dst"] for e in out if "dst" in e}
-
-
-def neighbours(c: MultiCluster, node: str, device: str = "podnet.vx4") -> dict[str, str]:
-    out = json.loads(c.nodes[node].sh(f"ip -j neigh show dev {device} nud permanent 2>/dev/null",
-                                      check=False) or "[]")
-    return {e["dst"]: e["lladdr"] for e in out}
+    assert mc.ping_failures(4) == []
+    assert mc.ping_failures(6) == []
 
 
 def all_routed(c: MultiCluster) -> bool:
@@ -138,7 +107,7 @@ def test_a_deleted_node_loses_its_routes_on_every_other_node(mc: MultiCluster) -
     finally:
         mc.source.write("nodes", [node_object(n) for n in NODES])
         wait_until(lambda: all_routed(mc), 5.0)
-    assert ping_failures(mc, 4) == []
+    assert mc.ping_failures(4) == []
 
 
 def test_routes_neighbours_and_fdb_entries_deleted_by_hand_come_back(mc: MultiCluster) -> None:
@@ -161,7 +130,7 @@ def test_routes_neighbours_and_fdb_entries_deleted_by_hand_come_back(mc: MultiCl
     wait_until(back, PERIOD + 1.0)
     # Each entry deleted above was there to be repaired (the reads above cannot tell it from none).
     assert mc.routing("n1")["repairs"] >= before["n1"] + 5 and mc.routing("n4")["repairs"] >= before["n4"] + 2
-    assert ping_failures(mc, 4) == []
+    assert mc.ping_failures(4) == []
 
 
 # ---- a Service across nodes -----------------------------------------------------------------------
