@@ -50,6 +50,7 @@ from bench.multinode_topology import (
     Cluster,
     KernelWatch,
     Member,
+    Ns,
     add,
     agents_of,
     broadcast,
@@ -223,7 +224,8 @@ def measure_iperf(cluster: Cluster, peers: list[Member], vx: Member, seconds: in
     procs = [cluster.popen(ns, ["iperf3", "-s", "-p", "5201"]) for ns, _ in servers.values()]
     gbit: dict[str, list[float]] = {k: [] for k in servers}
     try:
-        time.sleep(0.5)
+        for ns, _ in servers.values():
+            wait_listening(ns, 5201)
         order = list(servers)
         for r in range(rounds):
             for name in (order if r % 2 == 0 else order[::-1]):
@@ -236,6 +238,14 @@ def measure_iperf(cluster: Cluster, peers: list[Member], vx: Member, seconds: in
     median = {k: statistics.median(v) for k, v in gbit.items()}
     return {"seconds": seconds, "gbit_s": gbit, "median": median,
             "ratio_to_same_node": {k: v / median["same-node"] for k, v in median.items()}}
+
+
+def wait_listening(ns: Ns, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not run(ns.argv(["ss", "-Hltn", f"sport = :{port}"])).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"iperf3 server in {ns.name} not listening on {port} after {timeout}s")
+        time.sleep(0.05)
 
 
 # ---- the run --------------------------------------------------------------------------------------
