@@ -2,7 +2,9 @@
 
 Controllers and plugins hand it their contribution under an owner key; it keeps the union
 (:mod:`podnet.dataplane.union`), and :meth:`TableWriter.commit` applies the difference between the
-union and what it last applied as one transaction. A full resync rebuilds the whole table from the
+union and what it last applied: one transaction, or up to three when a packet inside the table
+while one commits could meet half a change (make, switch, break: :mod:`podnet.dataplane.phases`;
+a refused step puts the table back as it was). A full resync rebuilds the whole table from the
 union in one transaction, and is what the first commit of a writer does (a restarting agent adopts
 the table the previous one left: the kernel swaps old for new in one step, so pods isolated by
 policy stay isolated throughout) and what the commit after any failed one does. A rebuild keeps
@@ -19,6 +21,7 @@ in the table, so the handles read right after the writer added a chain's rules i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from podnet.dataplane import carry
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.diff import Patch, incremental, rebuild
 from podnet.dataplane.image import Image
+from podnet.dataplane.phases import phases
 from podnet.dataplane.union import Union
 from podnet.dataplane.verify import drift
 from podnet.kernel.nft import Family, Nft, NftError, Transaction, check_family, check_name
@@ -115,7 +119,7 @@ class TableWriter:
             self._required.update(owners)
 
     def commit(self) -> CommitResult:
-        """Apply what changed since the last commit as one transaction (a full resync when one is
+        """Apply what changed since the last commit (make, switch, break; a full resync when one is
         due). An NftError is raised again after it is counted; the next commit is then a resync.
         A rebuild waits for the required owners: ``deferred`` says it was not applied yet."""
         with self._lock:
@@ -132,8 +136,7 @@ class TableWriter:
                 return self._resync()
             if not patch.tx:
                 return CommitResult(False, False, 0, time.monotonic() - start)
-            if not self._apply_elements(patch.tx):
-                self._apply(patch.tx)
+            self._apply_phases(patch.tx)
             self._unrepairable = set()
             patch.apply_to(self._image, self._union)
             self._record_handles(patch)
@@ -159,6 +162,24 @@ class TableWriter:
         result = self._done(start, full=True, ops=len(tx.ops))
         self.metrics.last_full_seconds = result.seconds
         return result
+
+    def _apply_phases(self, tx: Transaction) -> None:
+        """An incremental transaction as make, switch and break steps (:mod:`podnet.dataplane.phases`:
+        a packet inside the table while one commits stays on a whole path). When a later step is
+        refused, the table is put back as it was before the commit: a failed commit changes nothing."""
+        applied = 0
+        try:
+            for part in phases(tx, self._image.sets):
+                if not self._apply_elements(part):
+                    self._apply(part)
+                applied += 1
+        except NftError:
+            if applied:
+                before = rebuild(self.family, self.table, self._image, self.comment)
+                kept = carry.read(self.nft, self.family, self.table, self._image, self._image)
+                with contextlib.suppress(NftError):  # counted; the next commit rebuilds anyway
+                    self._apply_rebuild(before, kept)
+            raise
 
     def _apply_rebuild(self, tx: Transaction, kept: carry.Carried) -> None:
         """The rebuild with the packet path's dynamic set elements carried over. Without them when
