@@ -384,7 +384,11 @@ def build(stack: ExitStack, workdir: Path, names: Sequence[str] = NODES,
 def _pod_up(c: MultiCluster, pod: PodProc) -> None:
     pod.proc = pod.netns.popen([sys.executable, str(PODPROC), pod.key], stdin=subprocess.PIPE,  # type: ignore[assignment]
                                stdout=subprocess.PIPE, text=True, bufsize=1)
-    result = json.loads(c.cni(pod, "add").stdout)
+    done = c.cni(pod, "add")
+    # The ADD named the pod and asked its node's agent (its socket through the daemon's call), which
+    # listed the Pending pod already: confirmed at once.
+    assert "node agent" not in done.stderr, f"{pod.key}: {done.stderr}"
+    result = json.loads(done.stdout)
     pod.ips = tuple(ip["address"].split("/")[0] for ip in result["ips"])
     assert len(pod.ips) == 2, f"{pod.key}: expected an IPv4 and an IPv6 address: {result}"
 

@@ -164,8 +164,8 @@ def test_a_cluster_ip_reaches_endpoints_on_other_nodes(mc: MultiCluster) -> None
         for agent in mc.agents.values():  # every node's proxy holds both endpoints of both families
             agent.wait(lambda s: s["services"]["proxied"] == 1 and s["services"]["endpoints"] == 4, 10.0,
                        "did not proxy the Service")
-        # From a bridged node and from the one behind the router (whose agent reads the API server).
-        for client in (mc.pods["y/c-n1"], mc.pods["y/c-n4"]):
+        # From a bridged node, the routed one and the one behind the router (its agent reads the API).
+        for client in (mc.pods["y/c-n1"], mc.pods["y/c-n2"], mc.pods["y/c-n4"]):
             for family in (4, 6):
                 answers = [a for a in client.probe([(SERVICE[family // 6], PORT)] * 24, 2.0) if a]
                 assert len(answers) == 24, f"{client.key} -> {SERVICE[family // 6]}: {answers}"
@@ -227,3 +227,14 @@ def test_network_policy_with_client_and_server_on_different_nodes(mc: MultiClust
             assert all(seen[(s, d)] == mc.pods[s].address(family) for s, d in seen), seen
     finally:
         mc.apply_policies([])
+
+
+def test_no_agent_reports_an_error(mc: MultiCluster) -> None:
+    """Last: nothing above made any agent fail a sync, a route pass or a masquerade update."""
+    for name, agent in mc.agents.items():
+        s = agent.status()
+        errors = {"policy": s["policy_sync"]["failed"], "table": s["table"]["failed_commits"],
+                  "services": s["services"]["failed"], "routing": s["routing"]["failed"],
+                  "cni_config": s["cni_config"]["refusals"], "egress": s["egress_masquerade"]["last_error"],
+                  "invalid_policies": s["invalid_policies"]}
+        assert not any(errors.values()), f"{name}: {errors}"
