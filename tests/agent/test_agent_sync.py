@@ -212,3 +212,32 @@ def test_a_node_without_pods_or_policies_still_gets_its_table(pod_ranges: list[o
     finally:
         services.stop()
         w.sync.stop()
+
+
+def test_another_controllers_commit_never_applies_half_of_a_policy_sync() -> None:
+    """PolicySync hands over one part per policy and then the shared part. A commit by another
+    thread in between would apply the half state (the EBUSY of issue 11: a chain withdrawn while the
+    shared part still jumps to it). Here a commit is attempted from another thread right after the
+    first part is handed over: it must wait for the policy sync's own commit, and so find nothing
+    left to do."""
+    w = World()
+    w.list_all(Namespace("x"), pod("a", "10.60.0.5"), deny_all(),
+               NetworkPolicy("x", "allow", LabelSelector(), ingress=()))
+    seen: list[object] = []
+    real = w.writer.contribute
+
+    def contribute(owner: str, part: object) -> None:
+        real(owner, part)  # type: ignore[arg-type]
+        if not seen:
+            other = threading.Thread(target=lambda: seen.append(w.writer.commit()))
+            seen.append(other)
+            other.start()
+            other.join(0.3)  # without the hold it commits the half state now
+
+    w.writer.contribute = contribute  # type: ignore[method-assign]
+    assert w.sync.sync_once()
+    other = seen[0]
+    assert isinstance(other, threading.Thread)
+    other.join(5)
+    result = seen[1]
+    assert not result.changed, "another thread's commit applied part of a policy sync"  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompil
 from podnet.agent.policy.inputs import PolicyInputs
 from podnet.agent.store import Change, Store
 from podnet.dataplane.backends import NftError
-from podnet.dataplane.contribution import EMPTY
+from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.writer import TableWriter
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,15 @@ class PolicySync(SyncLoop):
         inputs = PolicyInputs.of(snap.namespaces, pods, snap.policies.values(), self.store.node_name)
         known = [ip for pod in inputs.live_pods() if pod.node_name == inputs.node_name for ip in pod.ips]
         try:
-            self._contribute(inputs)
+            changes = self._compiler.update(inputs)
             held_back = admission_rules.contribution(self.pod_ranges, known)
-            self.writer.contribute(admission_rules.OWNER, held_back)
-            result = self.writer.commit()
+            # All parts and the commit in one hold of the writer: another controller's commit
+            # never applies half of them (a policy's chain gone while the shared part still jumps
+            # to it, a pod isolated before its policy's rules are in).
+            with self.writer.holding():
+                self._contribute(changes)
+                self.writer.contribute(admission_rules.OWNER, held_back)
+                result = self.writer.commit()
             if result.deferred:  # the table's first rebuild waits for every controller's part
                 return False
         except (NftError, ValueError) as exc:
@@ -153,10 +158,9 @@ class PolicySync(SyncLoop):
             self.observe(result.full, seconds)
         return True
 
-    def _contribute(self, inputs: PolicyInputs) -> None:
+    def _contribute(self, changes: dict[str, Contribution]) -> None:
         """Hand the writer the parts that changed; after a start or a failure, every part, and
         withdraw the policy owners the writer still holds that no longer have one."""
-        changes = self._compiler.update(inputs)
         if self._resend:
             # The shared part too when there is nothing in it (no pod, no policy): said once, so
             # the table's first rebuild knows policy has spoken.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -94,6 +95,14 @@ class TableWriter:
         with self._lock:
             self._union.replace(owner, c)
             self._heard.add(owner)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """While in this block, no other thread contributes or commits: a controller handing over
+        several parts (one per policy, then the shared one) and committing them is never seen half
+        way by another controller's commit."""
+        with self._lock:
+            yield
 
     def withdraw(self, owner: str) -> None:
         with self._lock:
