@@ -269,6 +269,17 @@ class MultiCluster:
                 return []
         return [f"{key} -> {t}" for key, targets in todo.items() for t in targets]
 
+    def outside(self, targets: Sequence[tuple[str, int]], timeout: float) -> list[str | None]:
+        """Connect to each ``(address, port)`` at once from the router (a client outside the
+        cluster, off every pod range): the server's line, or None."""
+        script = ("import json, sys; from concurrent.futures import ThreadPoolExecutor; "
+                  f"sys.path.insert(0, {str(PODPROC.parent)!r}); from podproc import probe; "
+                  "t = json.loads(sys.stdin.read()); "
+                  "print(json.dumps(list(ThreadPoolExecutor(len(t)).map(lambda a: probe(*a), t))))")
+        done = self.underlay.router.run([sys.executable, "-c", script], timeout=timeout + 30,
+                                        input=json.dumps([[a, p, timeout] for a, p in targets]))
+        return [r[2:] if r.startswith("1 ") else None for r in json.loads(done.stdout)]
+
     def cni(self, pod: PodProc, command: str) -> subprocess.CompletedProcess[str]:
         """``podnet cni`` on the pod's node with the conflist its agent wrote, through its daemon."""
         agent, daemon = self.agents[pod.node], self.daemons[pod.node]

@@ -177,6 +177,50 @@ def test_a_cluster_ip_reaches_endpoints_on_other_nodes(mc: MultiCluster) -> None
         mc.write("services", [])
 
 
+def node_port_objects(name: str, cluster_ip: str, node_port: int, external: str,
+                      endpoints: list[PodProc]) -> list[dict[str, Any]]:
+    """An IPv4 NodePort Service (its external traffic policy ``external``) and its slice."""
+    ports = [{"name": "http", "port": PORT, "protocol": "TCP"}]
+    return [{"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "x", "name": name},
+             "spec": {"type": "NodePort", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                      "ipFamilies": ["IPv4"], "externalTrafficPolicy": external,
+                      "ports": [{**ports[0], "targetPort": PORT, "nodePort": node_port}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+             "metadata": {"namespace": "x", "name": f"{name}-ipv4",
+                          "labels": {"kubernetes.io/service-name": name}},
+             "endpoints": [{"addresses": [p.address(4)], "conditions": {"ready": True}, "nodeName": p.node}
+                           for p in endpoints],
+             "ports": ports}]
+
+
+def test_node_ports_from_outside_the_cluster(mc: MultiCluster) -> None:
+    """A client outside the cluster (the router) at a NodePort: with externalTrafficPolicy Cluster any
+    node sends it to endpoints on other nodes (masqueraded, so replies come back through that node);
+    with Local only a node with an endpoint answers, from that endpoint, which sees the real client."""
+    endpoints = [mc.pods["x/a-n2"], mc.pods["x/a-n4"]]
+    mc.write("services", [*node_port_objects("np-cluster", "10.96.0.11", 30080, "Cluster", endpoints),
+                          *node_port_objects("np-local", "10.96.0.12", 30081, "Local", endpoints)])
+    try:
+        for agent in mc.agents.values():
+            agent.wait(lambda s: s["services"]["proxied"] == 2
+                       and all(row["cluster_total"] == 2 for row in s["services"]["table"]), 10.0,
+                       "did not proxy the Services")
+        n1_addresses = {a["local"] for link in json.loads(mc.nodes["n1"].sh("ip -4 -j addr show"))
+                        for a in link.get("addr_info", [])}
+        answers = mc.outside([(node_ip(1), 30080)] * 16, 2.0)
+        assert all(answers), answers
+        assert {a.split()[0] for a in answers if a} == {p.key for p in endpoints}, answers
+        assert {a.split()[1] for a in answers if a} <= n1_addresses, answers  # masqueraded by n1
+        # Local: each node with an endpoint answers from its own, to the router's own address on
+        # that link; n1 (no endpoint) drops.
+        local = mc.outside([(node_ip(2), 30081)] * 4 + [(node_ip(4), 30081)] * 4 + [(node_ip(1), 30081)], 1.0)
+        assert local[:4] == ["x/a-n2 10.80.0.254"] * 4, local
+        assert local[4:8] == ["x/a-n4 10.81.0.254"] * 4, local
+        assert local[8] is None, local
+    finally:
+        mc.write("services", [])
+
+
 # ---- NetworkPolicy across nodes -------------------------------------------------------------------
 
 def pod_is(name: str) -> dict[str, str]:
