@@ -1,10 +1,15 @@
 """podnet on three nodes in namespaces (see ``cluster.py``): pods on every node reach each other
-over host-gw routes and the VXLAN overlay, Services and NetworkPolicy work across nodes, and a Node
-deleted from the cluster takes its routes with it everywhere. One cluster for the module."""
+over host-gw routes and the VXLAN overlay (IPv4 and IPv6, bridge and routed nodes); a Node deleted
+from the cluster takes its routes with it everywhere, and entries deleted by hand come back;
+ClusterIPs and NodePorts reach endpoints on other nodes; pods leave the cluster masqueraded and
+reach other pods and nodes as themselves; NetworkPolicy holds with client and server on different
+nodes. One cluster for the module; each test leaves it as it found it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,7 @@ from .cluster import (
     NODES,
     NS_LABEL,
     PERIOD,
+    PODPROC,
     PORT,
     PROTO,
     MultiCluster,
@@ -219,6 +225,30 @@ def test_node_ports_from_outside_the_cluster(mc: MultiCluster) -> None:
         assert local[8] is None, local
     finally:
         mc.write("services", [])
+
+
+def test_pods_leave_the_cluster_masqueraded_and_reach_nodes_as_themselves(mc: MultiCluster) -> None:
+    """A server outside the cluster (the router) sees each pod's node address; a server on another
+    node's own address (host network) sees the pod's."""
+    servers = {"outside": mc.underlay.router, "host-n2": mc.nodes["n2"]}
+    procs = {name: ns.popen([sys.executable, str(PODPROC), name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True) for name, ns in servers.items()}
+    try:
+        for proc in procs.values():
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        clients = [mc.pods["y/c-n1"], mc.pods["y/c-n4"], mc.pods["x/b-n2"]]
+        for client in clients:
+            node = int(client.node[1:])
+            # The router's address on the client node's link: outside every pod range and Node.
+            outside = "10.81.0.254" if node == 4 else "10.80.0.254"
+            got = client.probe([(outside, PORT), (node_ip(2), PORT)], 2.0)
+            assert got[0] == f"outside {node_ip(node)}", (client.key, got)
+            if client.node != "n2":
+                assert got[1] == f"host-n2 {client.address(4)}", (client.key, got)
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
 
 
 # ---- NetworkPolicy across nodes -------------------------------------------------------------------
