@@ -392,9 +392,16 @@ def build(stack: ExitStack, workdir: Path, names: Sequence[str] = NODES,
     return c
 
 
+def podproc(ns: Netns, name: str) -> subprocess.Popen[str]:
+    """``podproc.py NAME`` started in ``ns`` (ended with the namespace, by its PID)."""
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    proc: subprocess.Popen[str] = ns.popen([sys.executable, str(PODPROC), name],  # type: ignore[assignment]
+                                           text=True, bufsize=1, **pipes)
+    return proc
+
+
 def _pod_up(c: MultiCluster, pod: PodProc) -> None:
-    pod.proc = pod.netns.popen([sys.executable, str(PODPROC), pod.key], stdin=subprocess.PIPE,  # type: ignore[assignment]
-                               stdout=subprocess.PIPE, text=True, bufsize=1)
+    pod.proc = podproc(pod.netns, pod.key)
     done = c.cni(pod, "add")
     # The ADD named the pod and asked its node's agent (its socket through the daemon's call), which
     # listed the Pending pod already: confirmed at once.

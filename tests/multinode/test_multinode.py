@@ -8,8 +8,6 @@ nodes. One cluster for the module; each test leaves it as it found it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +27,6 @@ from .cluster import (
     NODES,
     NS_LABEL,
     PERIOD,
-    PODPROC,
     PORT,
     PROTO,
     MultiCluster,
@@ -39,6 +36,7 @@ from .cluster import (
     node_object,
     parallel,
     pod_cidrs,
+    podproc,
     routes,
     running_cluster,
 )
@@ -231,8 +229,7 @@ def test_pods_leave_the_cluster_masqueraded_and_reach_nodes_as_themselves(mc: Mu
     """A server outside the cluster (the router) sees each pod's node address; a server on another
     node's own address (host network) sees the pod's."""
     servers = {"outside": mc.underlay.router, "host-n2": mc.nodes["n2"]}
-    procs = {name: ns.popen([sys.executable, str(PODPROC), name], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True) for name, ns in servers.items()}
+    procs = {name: podproc(ns, name) for name, ns in servers.items()}
     try:
         for proc in procs.values():
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
