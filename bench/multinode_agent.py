@@ -44,7 +44,9 @@ class Agent:
         self.store = Store(name)
         self.store.register_source(SOURCE, [Kind.NODE])
         self.sync = RouteSync(self.store, RoutingOptions(check_period=CHECK_PERIOD, netns=netns))
-        self.mark = 0  # the count of passes before the last change
+        # The count of passes before the last change. A pass already running at the change would
+        # count too: the bench changes a node only once its controller is settled.
+        self.mark = 0
 
     def handle(self, cmd: list[Any]) -> str:
         op = cmd[0]
