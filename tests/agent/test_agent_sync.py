@@ -241,3 +241,20 @@ def test_another_controllers_commit_never_applies_half_of_a_policy_sync() -> Non
     other.join(5)
     result = seen[1]
     assert not result.changed, "another thread's commit applied part of a policy sync"  # type: ignore[attr-defined]
+
+
+def test_a_controller_is_current_after_changes_that_are_not_its_concern(world: World) -> None:
+    """Policy does not sync for a Service change, but it has put in force everything up to it: the
+    agent's status must say current (generation_applied == generation) without another policy sync."""
+    from podnet.agent.model import Service
+
+    world.list_all(Namespace("x"), pod("a", "10.60.0.5"))
+    wait_until(lambda: world.sync.current_up_to() == world.store.generation)
+    syncs = world.sync.stats.syncs
+    world.store.apply(Event(EventType.ADDED, Service("x", "web")), "test")
+    wait_until(lambda: world.sync.current_up_to() == world.store.generation)
+    assert world.sync.stats.syncs == syncs
+    world.store.apply(Event(EventType.ADDED, pod("b", "10.60.0.6")), "test")  # its concern: synced first
+    assert world.sync.current_up_to() < world.store.generation or world.sync.stats.syncs > syncs
+    wait_until(lambda: world.sync.current_up_to() == world.store.generation
+               and world.sync.stats.syncs > syncs)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.policy.agentproc import AgentError, current
+from agent.policy.agentproc import current
 from agent.policy.world import ING, peer, policy, rule, sel
 from agent.routes_cluster import node_ip, wait_until
 from podnet.agent.model import Protocol
@@ -73,10 +73,6 @@ def all_routed(c: MultiCluster) -> bool:
     return all(c.routing(n)["routes"] == 2 * (len(NODES) - 1) for n in NODES)
 
 
-@pytest.mark.xfail(strict=True, raises=AgentError,
-                   reason="agent/sync.py: generation_applied follows only Namespace, Pod and NetworkPolicy "
-                          "changes, so after a Node or Service change the status never says current until "
-                          "the next policy change")
 def test_the_agent_is_current_after_a_node_change(mc: MultiCluster) -> None:
     agent = mc.agents["n1"]
     since = agent.generation()

@@ -23,6 +23,8 @@ class SyncLoop:
         self._stopping = False
         self._requested = 0  # requests counted; a sync covers those made before it started
         self._done = -1
+        self._syncing = False
+        self.applied_generation = -1  # the store's generation when the last successful sync began
         self._thread: threading.Thread | None = None
 
     # ---- for subclasses ----
@@ -57,6 +59,16 @@ class SyncLoop:
                 self._cond.wait(left)
             return True
 
+    def current_up_to(self) -> int:
+        """The store generation this controller has put in force. Idle (nothing marked, nothing
+        under way) after a successful sync: every change told to it so far, since each was either
+        synced or of no concern to it; otherwise what its last successful sync started from."""
+        delivered = self.store.delivered_generation  # read first: told before the state below
+        with self._cond:
+            if self.applied_generation >= 0 and not (self._dirty or self._syncing):
+                return max(delivered, self.applied_generation)
+            return self.applied_generation
+
     # ---- the thread ----
 
     def start(self) -> None:
@@ -79,13 +91,17 @@ class SyncLoop:
                     return
                 due = self._dirty and self.store.synced
                 if due:
-                    self._dirty = False
+                    self._dirty, self._syncing = False, True
                     ticket = self._requested
+                    # Before the sync takes its snapshot: every change up to here is in it.
+                    generation = self.store.generation
             if due:
                 ok = self.sync_once()
                 with self._cond:
+                    self._syncing = False
                     if ok:
                         self._done = ticket
+                        self.applied_generation = generation
                         self._cond.notify_all()
                     else:
                         self._dirty = True

@@ -170,8 +170,8 @@ class Agent:
             "synced": self.store.synced,
             "pending_lists": sorted(f"{s}/{k.name}" for s, k in self.store.pending_lists()),
             "objects": self.store.counts(),
-            "generation": self.store.generation,  # the model's; equal to applied = the kernel is current
-            "generation_applied": self.sync.stats.generation_applied,
+            "generation": self.store.generation,  # the model's; equal to applied: the node is current
+            "generation_applied": self._applied(),
             "policy_sync": {"syncs": stats.syncs, "full": stats.full_syncs, "failed": stats.failed_syncs,
                             "last_seconds": round(stats.last_sync_seconds, 6),
                             "last_at": stats.last_sync_at, "last_error": stats.last_error},
@@ -194,6 +194,13 @@ class Agent:
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
+
+    def _applied(self) -> int:
+        """The store generation every controller has put in force (each counts as current when
+        no change to what it acts on came after its last sync): equal to ``generation`` when the
+        kernel holds the whole model."""
+        loops = [self.sync, self.services, self.nodeconf, self.routes, self.egress]
+        return min(loop.current_up_to() for loop in loops if loop is not None)
 
     def _service_rows(self) -> dict[str, Any]:
         """From the store the proxy compiles (its current model: while a sync is under way the

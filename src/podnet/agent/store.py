@@ -48,6 +48,7 @@ class Change:
     key: Key
     old: Object | None
     new: Object | None
+    generation: int = field(default=0, compare=False)  # the store's generation once it was made
 
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
@@ -93,6 +94,7 @@ class Store:
         self._registered = False
         self._synced = threading.Event()
         self._generation = 0
+        self._delivered = 0  # the generation of the last change every subscriber has been told
         self._subscribers: list[Subscriber] = []
         self._synced_callbacks: list[Callable[[], None]] = []
         self._queue: collections.deque[Change | Callable[[], None]] = collections.deque()
@@ -164,7 +166,7 @@ class Store:
         if kind is Kind.ENDPOINT_SLICE:
             self._index_slice(old, obj)
         self._generation += 1
-        self._queue.append(Change(kind, key, old, obj))
+        self._queue.append(Change(kind, key, old, obj, self._generation))
         return True
 
     def _delete(self, kind: Kind, key: Key) -> bool:
@@ -175,7 +177,7 @@ class Store:
         if kind is Kind.ENDPOINT_SLICE:
             self._index_slice(old, None)
         self._generation += 1
-        self._queue.append(Change(kind, key, old, None))
+        self._queue.append(Change(kind, key, old, None, self._generation))
         return True
 
     def _index_slice(self, old: Object | None, new: Object | None) -> None:
@@ -220,6 +222,7 @@ class Store:
             if isinstance(item, Change):
                 for callback in subscribers:
                     self._call(callback, item)
+                self._delivered = item.generation
             else:
                 self._call(item, None)
 
@@ -265,6 +268,11 @@ class Store:
         """Counts changes; equal generations mean equal contents."""
         with self._lock:
             return self._generation
+
+    @property
+    def delivered_generation(self) -> int:
+        """Every change up to this generation has been told to every subscriber."""
+        return self._delivered
 
     def pending_lists(self) -> frozenset[tuple[str, Kind]]:
         """(source, kind) pairs whose first full list has not completed yet."""
