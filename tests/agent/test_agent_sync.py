@@ -258,3 +258,23 @@ def test_a_controller_is_current_after_changes_that_are_not_its_concern(world: W
     assert world.sync.current_up_to() < world.store.generation or world.sync.stats.syncs > syncs
     wait_until(lambda: world.sync.current_up_to() == world.store.generation
                and world.sync.stats.syncs > syncs)
+
+
+def test_without_pod_cidr_the_nodes_own_pod_cidrs_are_held_back() -> None:
+    """On a cluster the DaemonSet gives no --pod-cidr: the range held back until classified is this
+    node's Node's spec.podCIDRs, followed as it is set; other Nodes' ranges are not this node's."""
+    from podnet.agent.model import Node
+
+    w = World()
+    w.sync = PolicySync(w.store, w.writer, retry_seconds=0.05)
+    w.list_all(Namespace("x"), pod("a", "10.60.0.5"))
+    w.sync.start()
+    try:
+        wait_until(lambda: w.sync.stats.syncs >= 1)
+        assert w.elements("pod-ranges4") == set()
+        w.store.apply(Event(EventType.ADDED, Node("other", (ip_network("10.61.0.0/24"),))), "test")
+        w.store.apply(Event(EventType.ADDED, Node(NODE, (RANGE,))), "test")
+        wait_until(lambda: w.elements("pod-ranges4") == {str(RANGE)})
+        assert w.elements("known-pods4") == {"10.60.0.5"} and w.sync.ranges == (RANGE,)
+    finally:
+        w.sync.stop()

@@ -186,7 +186,7 @@ class Agent:
                          "last_error": self.services.stats.last_error,
                          "udp_flows_cleared": self.services.stats.udp_flows_cleared,
                          **(self._service_rows() if service_rows else {})},
-            "pod_ranges": [str(r) for r in self.config.pod_ranges],
+            "pod_ranges": [str(r) for r in self.sync.ranges],  # --pod-cidr, else its Node's
             "bridge_filtering": self.bridge_filtering,
             "cni_config": self.nodeconf.status() if self.nodeconf is not None else None,
             "routing": self.routes.status() if self.routes is not None else None,

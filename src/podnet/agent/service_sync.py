@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from podnet.agent.loop import SyncLoop
 from podnet.agent.model import EndpointSlice, IPAddress, IPNetwork, Protocol
 from podnet.agent.objects import Kind
-from podnet.agent.services import OWNER, ServiceCompiler
+from podnet.agent.services import OWNER, EndpointKey, ServiceCompiler
 from podnet.agent.store import Change, ServiceKey, Snapshot, Store
 from podnet.dataplane.backends import NftError
 from podnet.dataplane.contribution import Contribution
@@ -62,7 +62,11 @@ class ServiceSync(SyncLoop):
                  retry_seconds: float = 1.0, observe: Callable[[bool, float], None] | None = None) -> None:
         super().__init__(store, retry_seconds=retry_seconds)
         self.writer = writer
-        self.compiler = ServiceCompiler(node_name=store.node_name, node_ips=node_ips, pod_cidrs=pod_ranges)
+        self.node_ips, self.pod_ranges = tuple(node_ips), tuple(pod_ranges)
+        # The pod ranges ClusterIP masquerade tells pods by: --pod-cidr, else every Node's pod CIDRs.
+        self.cluster_ranges: tuple[IPNetwork, ...] = self.pod_ranges
+        self.compiler = self._compiler(self.cluster_ranges)
+        self._gone_before: frozenset[EndpointKey] = frozenset()  # a replaced compiler's endpoints
         self.clean = clean
         self.observe = observe
         self.stats = ServiceStats()
@@ -125,13 +129,22 @@ class ServiceSync(SyncLoop):
             self.observe(result.full, seconds)
         return True
 
+    def _compiler(self, pod_ranges: Sequence[IPNetwork]) -> ServiceCompiler:
+        return ServiceCompiler(node_name=self.store.node_name, node_ips=self.node_ips, pod_cidrs=pod_ranges)
+
     def _compile(self, snap: Snapshot, changed: set[ServiceKey], everything: bool) -> Contribution:
+        ranges = self.pod_ranges or cluster_pod_cidrs(snap)
+        if ranges != self.cluster_ranges:  # the fixed part and every masquerade rule depend on them
+            self._gone_before |= self.compiler.endpoints()
+            self.compiler, self.cluster_ranges, everything = self._compiler(ranges), ranges, True
         if everything:
             return self.compiler.compile(snap.services.values(), snap.endpoint_slices.values())
         return self.compiler.update(changed, snap.services, snap.slices_for)
 
     def _clear_stale(self) -> None:
         gone, opened = self.compiler.take_stale()
+        gone |= self._gone_before - self.compiler.endpoints()
+        self._gone_before = frozenset()
         if self.clean is None or self._first:  # nothing is known of what the previous process programmed
             self._first = False
             return
@@ -142,3 +155,9 @@ class ServiceSync(SyncLoop):
                 self.stats.udp_flows_cleared += self.clean(orig_dst=vip, orig_dport=port)
         except KernelError as exc:
             log.warning("clearing stale UDP conntrack entries failed: %s", exc)
+
+
+def cluster_pod_cidrs(snap: Snapshot) -> tuple[IPNetwork, ...]:
+    """Every Node's pod CIDRs, in one order whatever the order of the Nodes."""
+    return tuple(sorted({c for node in snap.nodes.values() for c in node.pod_cidrs},
+                        key=lambda c: (c.version, c)))

@@ -22,7 +22,7 @@ from podnet.agent.model import IPAddress, IPNetwork, Pod
 from podnet.agent.objects import Kind
 from podnet.agent.policy.compile import OWNER_PREFIX, SHARED_OWNER, PolicyCompiler
 from podnet.agent.policy.inputs import PolicyInputs
-from podnet.agent.store import Change, Store
+from podnet.agent.store import Change, Snapshot, Store
 from podnet.dataplane.backends import NftError
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.writer import TableWriter
@@ -62,6 +62,8 @@ class PolicySync(SyncLoop):
         self.observe = observe  # (full, seconds) of each successful sync, for the metrics
         self.writer = writer
         self.pod_ranges = tuple(pod_ranges)
+        # The ranges held back until classified: --pod-cidr, else this node's Node's pod CIDRs.
+        self.ranges: tuple[IPNetwork, ...] = self.pod_ranges
         self.stats = SyncStats()
         self._admitted: dict[str, Admitted] = {}  # container ID -> addresses
         self._compiler = PolicyCompiler()
@@ -75,7 +77,10 @@ class PolicySync(SyncLoop):
         self.request()  # the last source may finish listing without changing anything
 
     def _on_change(self, change: Change) -> None:
-        if change.kind not in POLICY_KINDS:  # Services, slices, Nodes: not policy's concern
+        if change.kind is Kind.NODE and not self.pod_ranges and change.key == self.store.node_name:
+            self.request()  # this node's pod CIDRs are the ranges held back
+            return
+        if change.kind not in POLICY_KINDS:  # Services, slices, other Nodes: not policy's concern
             return
         if change.kind is Kind.POD and change.new is None:  # deleted: what its ADD said goes too
             with self._cond:
@@ -131,7 +136,8 @@ class PolicySync(SyncLoop):
         known = [ip for pod in inputs.live_pods() if pod.node_name == inputs.node_name for ip in pod.ips]
         try:
             changes = self._compiler.update(inputs)
-            held_back = admission_rules.contribution(self.pod_ranges, known)
+            self.ranges = self.pod_ranges or node_pod_cidrs(snap, self.store.node_name)
+            held_back = admission_rules.contribution(self.ranges, known)
             # All parts and the commit in one hold of the writer: another controller's commit
             # never applies half of them (a policy's chain gone while the shared part still jumps
             # to it, a pod isolated before its policy's rules are in).
@@ -171,6 +177,11 @@ class PolicySync(SyncLoop):
         for owner, part in changes.items():
             self.writer.contribute(owner, part)
         self._resend = False
+
+
+def node_pod_cidrs(snap: Snapshot, node_name: str) -> tuple[IPNetwork, ...]:
+    node = snap.nodes.get(node_name)
+    return tuple(node.pod_cidrs) if node is not None else ()
 
 
 def merge_admitted(pods: list[Pod], admitted: list[Admitted]) -> list[Pod]:

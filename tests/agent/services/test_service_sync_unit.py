@@ -98,3 +98,26 @@ def test_the_removed_endpoint_is_cleaned_once() -> None:
     assert [(str(c["reply_src"]), c["reply_sport"]) for c in cleaner.calls] == [("10.244.0.3", 5353)]
     assert sync.sync_once() and len(cleaner.calls) == 1  # told once
     assert sync.stats.endpoints == 1 and sync.stats.services == 1
+
+
+def test_without_pod_cidr_every_nodes_pod_cidrs_are_the_pod_ranges() -> None:
+    """ClusterIP traffic from outside the pod ranges is masqueraded; without --pod-cidr the ranges
+    are every Node's pod CIDRs, followed as Nodes come and go."""
+    from ipaddress import ip_network
+
+    s, w = store(), TableWriter(FakeNft(), "inet", "podnet")
+    sync = ServiceSync(s, w)
+    put(s, service("web", "10.96.0.10", tcp("http", 80)))
+    put(s, slice_("web", endpoint("10.244.1.2"), ports=PORTS))
+    assert sync.sync_once()
+    assert applied(w).get("svc-pod-cidrs4") is None  # none known: no ClusterIP masquerade rule
+    put(s, Node("node-a", (ip_network("10.244.1.0/24"),)))
+    put(s, Node("node-b", (ip_network("10.244.2.0/24"), ip_network("fd00:2::/64"))))
+    assert sync.sync_once()
+    assert applied(w)["svc-pod-cidrs4"] == {"10.244.1.0/24": None, "10.244.2.0/24": None}
+    assert applied(w)["svc-pod-cidrs6"] == {"fd00:2::/64": None}
+    rules = [r for chain in w.desired().rules.values() for r in chain]
+    assert "ip saddr != @svc-pod-cidrs4 jump services-mark-masq" in rules
+    put(s, Node("node-b"), DELETED)
+    assert sync.sync_once()
+    assert applied(w)["svc-pod-cidrs4"] == {"10.244.1.0/24": None} and sync.stats.endpoints == 1
