@@ -291,8 +291,8 @@ def cell(figures: dict[str, Any]) -> str:
 
 def report(out: dict[str, Any]) -> None:
     sizes, big = out["args"]["sizes"], str(out["args"]["sizes"][-1])
-    print(f"load average before / after ({os.cpu_count()} cores, shared): {out['loadavg_before'][0]:.2f} / "
-          f"{out['loadavg_after'][0]:.2f}")
+    print(f"load average before / after ({os.cpu_count()} cores, shared; after counts this bench's own "
+          f"work): {out['loadavg_before'][0]:.2f} / {out['loadavg_after'][0]:.2f}")
     sim = out["simulated"]
     print("simulated peers: Node added -> its entries in the kernel, p50 / p99 ms")
     print(f"  {'':34}{'host-gw':>20}{'vxlan':>20}")
@@ -322,7 +322,7 @@ def report(out: dict[str, Any]) -> None:
         for name, runs in t["gbit_s"].items():
             print(f"  {name:10} {' '.join(f'{x:6.2f}' for x in runs)}   median {t['median'][name]:6.2f}   "
                   f"ratio {t['ratio_to_same_node'][name]:.3f}")
-    busy = max(out["loadavg_before"][0], out["loadavg_after"][0])
+    busy = out["loadavg_before"][0]  # the figure after counts this bench's own agents and iperf3
     if busy > (os.cpu_count() or 1) / 2:
         print(f"  note: the machine was busy (load {busy:.1f} on {os.cpu_count()} cores): these figures move "
               "with other processes' load")
