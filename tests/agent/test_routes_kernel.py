@@ -198,6 +198,13 @@ metadata: {{name: n{i}}}
 spec: {{podCIDR: 10.90.{i}.0/24, podCIDRs: [10.90.{i}.0/24, "fd90:{i}::/64"]}}
 status:
   addresses: [{{type: InternalIP, address: {v4}}}, {{type: InternalIP, address: "{v6}"}}]
+---
+# Its pod, as the API lists it: the agent holds back addresses of its Node's pod CIDR it does not know.
+apiVersion: v1
+kind: Pod
+metadata: {{namespace: default, name: p{i}}}
+spec: {{nodeName: n{i}, containers: [{{name: c, image: pause}}]}}
+status: {{phase: Running, podIP: {p4}, podIPs: [{{ip: {p4}}}, {{ip: "{p6}"}}]}}
 """
 
 
@@ -205,7 +212,8 @@ def test_the_agent_routes_with_routing_auto(netns: NetnsFactory, tmp_path: Path)
     manifests, sock = tmp_path / "manifests", str(tmp_path / "agent.sock")
     manifests.mkdir()
     for i in range(1, 5):
-        (manifests / f"n{i}.yaml").write_text(NODE_YAML.format(i=i, v4=node_ip(i), v6=node_ip(i, 6)))
+        (manifests / f"n{i}.yaml").write_text(NODE_YAML.format(i=i, v4=node_ip(i), v6=node_ip(i, 6),
+                                                               p4=pod_ip(i), p6=pod_ip(i, 6)))
     argv = [PODNET, "agent", "--manifests", str(manifests), "--node-name", "n1", "--socket", sock,
             "--routing", "auto", "--route-check-period", "0.5"]
     with cluster(netns) as c, open(tmp_path / "agent.log", "wb") as log:

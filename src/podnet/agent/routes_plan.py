@@ -113,15 +113,44 @@ def plan(me: str, nodes: Mapping[str, Node], onlink: OnLink) -> Plan:
         overlay = Overlay(device_name(version), str(local), vxlan_mac(me))
         overlay.addresses = {f"{vtep_address(c)}/{c.max_prefixlen}" for c in (mine.pod_cidrs if mine else ())}
         out.overlays[overlay.device] = overlay
-    claimed = {c: me for c in (mine.pod_cidrs if mine else ())}
+    claimed = Claims()
+    for c in mine.pod_cidrs if mine else ():
+        claimed.claim(c, me)
     for name in sorted(nodes):
         if name != me:
             out.peers.append(_peer(out, nodes[name], my_ips, onlink, claimed))
     return out
 
 
+class Claims:
+    """Pod CIDRs already given a node, by family and prefix length, so that finding one that
+    overlaps a new CIDR costs the number of prefix lengths in use, not the number of nodes (two
+    networks overlap when one holds the other: a supernet of the new one at a claimed length, or,
+    rarer, a claimed longer one inside it)."""
+
+    def __init__(self) -> None:
+        self._by_length: dict[tuple[int, int], dict[IPNetwork, str]] = {}
+
+    def claim(self, cidr: IPNetwork, node: str) -> None:
+        self._by_length.setdefault((cidr.version, cidr.prefixlen), {})[cidr] = node
+
+    def holder(self, cidr: IPNetwork) -> str | None:
+        """The node whose claimed CIDR overlaps ``cidr``, if any."""
+        for (version, length), claimed in self._by_length.items():
+            if version != cidr.version:
+                continue
+            if length <= cidr.prefixlen:
+                found = claimed.get(cidr.supernet(new_prefix=length))
+            else:
+                inside = (n for c, n in claimed.items() if c.supernet(new_prefix=cidr.prefixlen) == cidr)
+                found = next(inside, None)
+            if found is not None:
+                return found
+        return None
+
+
 def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink,
-          claimed: dict[IPNetwork, str]) -> PeerState:
+          claimed: Claims) -> PeerState:
     """The peer's routes into ``out``; a pod CIDR that overlaps one this node or an earlier peer
     (in name order) has gets none: a route there would take another node's pods."""
     cidrs = tuple(str(c) for c in peer.pod_cidrs)
@@ -131,11 +160,11 @@ def _peer(out: Plan, peer: Node, my_ips: Mapping[int, IPAddress], onlink: OnLink
     modes: set[str] = set()
     problems: list[str] = []
     for cidr in peer.pod_cidrs:
-        holder = next((n for c, n in claimed.items() if c.version == cidr.version and c.overlaps(cidr)), None)
+        holder = claimed.holder(cidr)
         if holder is not None:
             problems.append(f"{cidr}: overlaps the pod CIDR of node {holder}")
             continue
-        claimed[cidr] = peer.name
+        claimed.claim(cidr, peer.name)
         ip = ips.get(cidr.version)
         oif = onlink(ip) if ip is not None else None
         if ip is not None and oif is not None:
