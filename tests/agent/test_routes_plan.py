@@ -137,3 +137,20 @@ def test_only_a_change_routes_depend_on_asks_for_a_sync() -> None:
     store.apply(Event(EventType.MODIFIED, node("p", "10.244.2.0/24", "10.0.0.7")), "t")
     assert sync.request() == ticket + 3
     sync.stop()
+
+
+def test_claims_find_an_overlap_either_way() -> None:
+    from ipaddress import ip_network
+
+    from podnet.agent.routes_plan import Claims
+
+    claims = Claims()
+    claims.claim(ip_network("10.1.2.0/24"), "a")
+    claims.claim(ip_network("10.2.0.0/16"), "b")
+    claims.claim(ip_network("fd00:1::/64"), "c")
+    assert claims.holder(ip_network("10.1.0.0/16")) == "a"  # holds a claimed longer one
+    assert claims.holder(ip_network("10.2.3.0/24")) == "b"  # inside a claimed shorter one
+    assert claims.holder(ip_network("10.1.2.0/24")) == "a"  # the same
+    assert claims.holder(ip_network("10.3.0.0/24")) is None
+    assert claims.holder(ip_network("fd00:1::/80")) == "c"
+    assert claims.holder(ip_network("fd00:2::/64")) is None
