@@ -1,5 +1,6 @@
-"""``podnet demo`` for real: the node agent, pods wired by podnet's plugins, the TCP matrix before,
-with and after a NetworkPolicy, and nothing left behind, also when the demo is interrupted."""
+"""``podnet demo`` for real: the three-node cluster (pods pinging across host-gw routes and VXLAN, a
+Service answered from two nodes, the TCP matrix before and with a NetworkPolicy), nothing left
+behind, also when the demo is interrupted; the single-node flow runs with Debian's Go plugins."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ PODS = ["frontend-br", "backend-br", "db-br", "frontend-rt", "backend-rt", "db-r
 # is dropped; a pod reaching itself never leaves it.
 BLOCKED = {("backend-br", "db-br"), ("backend-br", "db-rt"), ("db-br", "db-rt"),
            ("backend-rt", "db-br"), ("backend-rt", "db-rt"), ("db-rt", "db-br")}
+CLUSTER_PODS = ["frontend-n1", "db-n1", "backend-n2", "db-n2", "frontend-n3", "backend-n3"]
+CLUSTER_BLOCKED = {("db-n1", "db-n2"), ("db-n2", "db-n1"), ("backend-n2", "db-n1"), ("backend-n2", "db-n2"),
+                   ("backend-n3", "db-n1"), ("backend-n3", "db-n2")}
 
 
 def tables(out: str) -> list[dict[tuple[str, str], str]]:
@@ -61,9 +65,10 @@ def leftovers(pid: int, out: str) -> list[str]:
     marks = [re.compile(rf"-{pid}\b")] + ([re.compile(re.escape(work.group(1)))] if work else [])
     if work and os.path.exists(work.group(1)):
         left.append(f"directory {work.group(1)}")
-    agent = re.search(r"node agent running \(pid (\d+)\)", out)
-    if agent and os.path.exists(f"/proc/{agent.group(1)}"):
-        left.append(f"agent pid {agent.group(1)}")
+    # The single-node demo says "node agent running (pid N)", the cluster "agent pid N" per node.
+    for agent in re.findall(r"agent (?:running \()?pid (\d+)", out):
+        if os.path.exists(f"/proc/{agent}"):
+            left.append(f"agent pid {agent}")
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -93,9 +98,30 @@ def start(procs: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[st
     return proc
 
 
+def ping_matrix(out: str) -> dict[tuple[str, str], str]:
+    """The cluster demo's ping matrix: (source, destination) -> "✓ PATH" or "✗ PATH"."""
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("ping matrix (row pings column)"))
+    header = lines[at + 1].split()
+    cells = {}
+    for row in lines[at + 2:at + 2 + len(header)]:
+        src, *rest = row.split()
+        marks = [" ".join(rest[i:i + 2]) for i in range(0, len(rest), 2)]
+        assert len(marks) == len(header), row
+        cells.update({(src, dst): mark for dst, mark in zip(header, marks, strict=True)})
+    return cells
+
+
+def path(src: str, dst: str) -> str:
+    """n1 and n2 share the underlay (host-gw); n3 is behind the router (VXLAN)."""
+    a, b = src.rsplit("-", 1)[1], dst.rsplit("-", 1)[1]
+    return "local" if a == b else "vxlan" if "n3" in (a, b) else "host-gw"
+
+
 @pytest.mark.root
 @pytest.mark.slow
-def test_demo_shows_the_policy_in_the_matrix_and_leaves_nothing(demo: list[subprocess.Popen[str]]) -> None:
+def test_cluster_demo_pings_across_nodes_balances_the_service_and_enforces_the_policy(
+        demo: list[subprocess.Popen[str]]) -> None:
     before = root_state()
     t0 = time.monotonic()
     proc = start(demo)
@@ -103,25 +129,31 @@ def test_demo_shows_the_policy_in_the_matrix_and_leaves_nothing(demo: list[subpr
     took = time.monotonic() - t0
     assert proc.returncode == 0, out
     assert took < 60, f"the demo took {took:.0f} s"
+    for node, peers in (("n1", "n2 host-gw, n3 vxlan"), ("n2", "n1 host-gw, n3 vxlan"),
+                        ("n3", "n1 vxlan, n2 vxlan")):
+        assert re.search(rf"^  {node} .* routes to {peers}$", out, re.M), out
+    assert ping_matrix(out) == {(s, d): f"✓ {path(s, d)}" for s in CLUSTER_PODS for d in CLUSTER_PODS}, out
+    served = re.search(r"frontend-n3 \(on n3\) connects 12 times to 10.96.0.10:80; answered by (.*)", out)
+    assert served is not None, out
+    counts = dict(re.findall(r"(\S+) (\d+)x", served.group(1)))
+    assert set(counts) == {"db-n1", "db-n2"} and sum(map(int, counts.values())) == 12, served.group(0)
     found = tables(out)
-    assert len(found) == 3, out
-    open_all = {(s, d): "." for s in PODS for d in PODS}
-    with_policy = {cell: "X" if cell in BLOCKED else "." for cell in open_all}
-    assert found[0] == open_all, out
-    assert found[1] == with_policy, out
-    assert found[2] == open_all, out
-    assert "demo/backend-br (10.250.0.3) -> demo/db-br (10.250.0.4) TCP/80: DENIED" in out
+    assert len(found) == 2, out
+    assert found[0] == {(s, d): "." for s in CLUSTER_PODS for d in CLUSTER_PODS}, out
+    assert found[1] == {(s, d): "X" if (s, d) in CLUSTER_BLOCKED else "."
+                        for s in CLUSTER_PODS for d in CLUSTER_PODS}, out
+    assert "demo/backend-n3 (10.244.3.3) -> demo/db-n1 (10.244.1.3) TCP/80: DENIED" in out
     assert "isolated by demo/db-from-frontend; no rule allows it" in out
-    assert "demo/frontend-br (10.250.0.2) -> demo/db-br (10.250.0.4) TCP/80: ALLOWED" in out
-    assert "every pair pings" in out and "left behind: nothing" in out
+    assert "left behind: nothing" in out and "every pair pings" in out
+    assert "the Service answered from both nodes" in out
     assert leftovers(proc.pid, out) == []
     assert root_state() == before
 
 
 @pytest.mark.root
 @pytest.mark.parametrize(("sig", "after"), [
-    (signal.SIGINT, "with NetworkPolicy db-from-frontend"),  # agent, pods and their servers running
-    (signal.SIGTERM, "pods attached by"),  # the agent running, ADDs under way
+    (signal.SIGINT, "with NetworkPolicy db-from-frontend"),  # agents, daemons, pods and their servers
+    (signal.SIGTERM, "pod CIDR 10.244.3.0/24"),  # the last node's line: agents and daemons up, ADDs next
 ])
 def test_an_interrupted_demo_removes_everything(demo: list[subprocess.Popen[str]], sig: int,
                                                 after: str) -> None:
@@ -134,8 +166,9 @@ def test_an_interrupted_demo_removes_everything(demo: list[subprocess.Popen[str]
         assert line, f"the demo ended before {after!r}:\n{seen}"
         seen += line
     running = leftovers(proc.pid, seen)  # the check's negative control: it sees a live demo
-    assert any(x.startswith("netns pndemo-node-") for x in running), running
+    assert any(x.startswith("netns pndemo-n3-") for x in running), running
     assert any(x.startswith("agent pid") for x in running), running
+    assert any("podnet.cli.main daemon" in x for x in running), running
     os.kill(proc.pid, sig)
     rest, _ = proc.communicate(timeout=60)
     out = seen + rest
@@ -165,4 +198,8 @@ def test_go_plugins_pods_are_known_from_their_manifests(demo: list[subprocess.Po
     assert [len(t) for t in found] == [9, 9, 9], out
     assert found[1] == {(s, d): "X" if (s, d) in BLOCKED else "." for s in pods for d in pods}, out
     assert set(found[0].values()) == set(found[2].values()) == {"."}, out
+    assert "demo/backend-br (10.250.0.3) -> demo/db-br (10.250.0.4) TCP/80: DENIED" in out
+    assert "isolated by demo/db-from-frontend; no rule allows it" in out
+    assert "demo/frontend-br (10.250.0.2) -> demo/db-br (10.250.0.4) TCP/80: ALLOWED" in out
+    assert "every pair pings" in out and "left behind: nothing" in out
     assert leftovers(proc.pid, out) == []

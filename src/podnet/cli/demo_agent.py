@@ -39,12 +39,13 @@ def namespace_manifest() -> dict[str, Any]:
             "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}}
 
 
-def pod_manifest(name: str, labels: Mapping[str, str], ip: str | None = None) -> dict[str, Any]:
-    """A pod of this node; ``ip`` once its CNI ADD has handed one out (the kubelet's status update)."""
+def pod_manifest(name: str, labels: Mapping[str, str], ip: str | None = None,
+                 node: str = NODE_NAME) -> dict[str, Any]:
+    """A pod of ``node``; ``ip`` once its CNI ADD has handed one out (the kubelet's status update)."""
     pod: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": dict(labels)},
-        "spec": {"nodeName": NODE_NAME, "containers": [
+        "spec": {"nodeName": node, "containers": [
             {"name": "server", "image": "podnet-demo", "ports": [{"name": "http", "containerPort": 80}]}]},
         "status": {"phase": "Pending"}}
     if ip is not None:
@@ -68,20 +69,23 @@ def write_manifest(directory: Path, name: str, objects: Sequence[Mapping[str, An
 
 class AgentProcess:
     def __init__(self, node_ns: str, manifests: Path, pod_cidrs: Sequence[str], socket: Path,
-                 log: Path) -> None:
-        self.socket, self.log = str(socket), log
+                 log: Path, node_name: str = NODE_NAME, extra: Sequence[str] = ()) -> None:
+        self.socket, self.log, self.node_name = str(socket), log, node_name
         self.argv = ["ip", "netns", "exec", node_ns, sys.executable, "-m", "podnet.cli.main", "agent",
-                     "--manifests", str(manifests), "--node-name", NODE_NAME, "--socket", self.socket,
-                     "--log-level", "warning"]
+                     "--manifests", str(manifests), "--node-name", node_name, "--socket", self.socket,
+                     "--log-level", "warning", *extra]
         for cidr in pod_cidrs:
             self.argv += ["--pod-cidr", cidr]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def launch(self) -> None:
         with open(self.log, "wb") as log:
             # Its own session: a Ctrl-C reaches the demo alone, which stops the agent by PID.
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
+
+    def start(self) -> None:
+        self.launch()
         self.wait(lambda s: bool(s["synced"]) and s["generation_applied"] == s["generation"],
                   START_SECONDS, "list its manifests and program its table")
 
@@ -119,13 +123,14 @@ class AgentProcess:
         deadline = time.monotonic() + seconds
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                raise AgentError(f"the agent exited: {self.log_tail()}")
+                raise AgentError(f"the agent of {self.node_name} exited: {self.log_tail()}")
             with contextlib.suppress(OSError, ValueError):  # not listening yet
                 status = self.status()
                 if done(status):
                     return status
             if time.monotonic() > deadline:
-                raise AgentError(f"the agent did not {what} within {seconds:.0f} s: {self.log_tail()}")
+                raise AgentError(f"the agent of {self.node_name} did not {what} within {seconds:.0f} s: "
+                                 f"{self.log_tail()}")
             time.sleep(0.05)
 
     def applied_after(self, generation: int, what: str) -> dict[str, Any]:

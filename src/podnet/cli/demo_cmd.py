@@ -1,12 +1,18 @@
 """``podnet demo``: a live demonstration in throw-away namespaces on this machine.
 
-A "node" namespace stands in for the host; pod namespaces are attached to a bridge network, a
-routed network and a loopback network by podnet's runtime (``podnet cni``, run inside the node
-namespace) driving podnet's plugins (``--go``: Debian's Go reference plugins, bridge only). The
-node agent (``podnet agent``) runs in the node namespace on a manifest directory that lists the
-pods, as the Kubernetes API would. The demo prints each pod's address and a ping matrix, then a
-TCP connectivity matrix before, with and after a NetworkPolicy, checks and deletes every
-attachment, and removes everything it made (namespaces, the agent, temporary files), also when it
+By default, a three-node cluster (:mod:`podnet.cli.demo_cluster`): pods on every node, the ping
+matrix across nodes over host-gw routes and VXLAN, a Service with endpoints on two nodes and a
+NetworkPolicy, all through podnet's daemon and agent on each node.
+
+``--single-node``: one "node" namespace stands in for the host; pod namespaces are attached to a
+bridge network, a routed network and a loopback network by podnet's runtime (``podnet cni``, run
+inside the node namespace) driving podnet's plugins (``--go``: Debian's Go reference plugins,
+bridge only). The node agent (``podnet agent``) runs in the node namespace on a manifest directory
+that lists the pods, as the Kubernetes API would. The demo prints each pod's address and a ping
+matrix, then a TCP connectivity matrix before, with and after a NetworkPolicy, checks and deletes
+every attachment.
+
+Either way it removes everything it made (namespaces, processes, temporary files), also when it
 fails or is interrupted. The machine's own network namespace is never changed.
 """
 
@@ -21,11 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from podnet.cli.demo_agent import (
@@ -37,6 +42,8 @@ from podnet.cli.demo_agent import (
     running_agent,
     write_manifest,
 )
+from podnet.cli.demo_cluster import show_cluster
+from podnet.cli.demo_netns import namespace, signals
 from podnet.cli.demo_policy import ROLES, policy_tour
 from podnet.cli.demo_probe import ProbeError, probers
 
@@ -50,9 +57,14 @@ SHORT = {"demo-bridge": "br", "demo-routed": "rt"}
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="live demo in throw-away namespaces",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pods", type=_pod_count, default=3, help="pods per network, 1 to 9 (default 3)")
+    p.add_argument("--single-node", action="store_true",
+                   help="the one-node demo (bridge and routed pods, policy explain, CHECK and DEL) "
+                   "instead of the three-node cluster")
+    p.add_argument("--pods", type=_pod_count, default=3,
+                   help="pods per network, 1 to 9 (default 3; implies --single-node)")
     p.add_argument("--go", action="store_true",
-                   help=f"use Debian's Go reference plugins from {GO_PLUGINS} instead of podnet's own")
+                   help=f"use Debian's Go reference plugins from {GO_PLUGINS} instead of podnet's own "
+                   "(implies --single-node)")
     p.set_defaults(func=run)
 
 
@@ -68,20 +80,6 @@ class DemoPod:
     role: str  # its label app=ROLE
     netns: str
     network: str
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-@contextmanager
-def _namespace(name: str) -> Iterator[str]:
-    _ip("netns", "add", name)
-    try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def _go_networks(data_dir: Path) -> list[dict[str, Any]]:
@@ -212,7 +210,7 @@ def _make_pods(stack: ExitStack, networks: Sequence[str], per_network: int, tag:
     for net in networks:
         for i in range(per_network):
             role, n = ROLES[i % len(ROLES)], i // len(ROLES)
-            netns = stack.enter_context(_namespace(f"pndemo-{net[5:]}{i + 1}-{tag}"))
+            netns = stack.enter_context(namespace(f"pndemo-{net[5:]}{i + 1}-{tag}"))
             pods.append(DemoPod(f"{role}-{SHORT[net]}{n + 1 if n else ''}", role, netns, net))
     return pods
 
@@ -239,7 +237,7 @@ def _wire(stack: ExitStack, ns: argparse.Namespace,
     networks = _go_networks(work / "ipam") if ns.go else _podnet_networks(work / "ipam")
     _write_configs(work / "conf", networks)
     tag = str(os.getpid())
-    node = stack.enter_context(_namespace(f"pndemo-node-{tag}"))
+    node = stack.enter_context(namespace(f"pndemo-node-{tag}"))
     pods = _make_pods(stack, [n["name"] for n in networks if n["name"] != "demo-lo"], ns.pods, tag)
     _bridge_netfilter(node)
     manifests = work / "manifests"
@@ -258,7 +256,13 @@ def _wire(stack: ExitStack, ns: argparse.Namespace,
     return agent, demo, pods, addrs
 
 
+def _cluster(ns: argparse.Namespace) -> bool:
+    return not (ns.single_node or ns.go or ns.pods != 3)
+
+
 def _show(stack: ExitStack, ns: argparse.Namespace, work: Path) -> bool:
+    for sub in ("conf", "cache", "ipam", "manifests"):
+        (work / sub).mkdir()
     agent, demo, pods, addrs = _wire(stack, ns, work)
     types = _addr_assign_types(demo.node, _host_veths(demo.node))
     print("\nhost veth MAC origin (addr_assign_type): 1 = random, rewritten by udev's persistent "
@@ -276,24 +280,6 @@ def _show(stack: ExitStack, ns: argparse.Namespace, work: Path) -> bool:
     return all_ok and policy_ok and not leaked
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _signals() -> Iterator[None]:
-    """SIGTERM ends the demo like Ctrl-C does. Once the cleanup starts, neither stops it halfway
-    (a second Ctrl-C would otherwise leave namespaces or the agent behind)."""
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for s in signals:
-        signal.signal(s, _interrupt)
-    try:
-        yield
-    finally:
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
-
-
 def run(ns: argparse.Namespace) -> int:
     problem = _check_tools(ns.go)
     if problem:
@@ -304,10 +290,8 @@ def run(ns: argparse.Namespace) -> int:
     try:
         with ExitStack() as stack:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="podnet-demo-")))
-            for sub in ("conf", "cache", "ipam", "manifests"):
-                (work / sub).mkdir()
-            with _signals():
-                ok = _show(stack, ns, work)
+            with signals():
+                ok = show_cluster(stack, work, str(os.getpid())) if _cluster(ns) else _show(stack, ns, work)
     except KeyboardInterrupt:
         print("\npodnet demo: interrupted; everything it made is removed", file=sys.stderr)
         return 130

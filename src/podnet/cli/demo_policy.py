@@ -38,7 +38,7 @@ def expected(roles: Mapping[str, str], policy: bool) -> dict[Cell, bool]:
             for s in roles for d in roles}
 
 
-def _matrix(title: str, probers: Probers, roles: Mapping[str, str], policy: bool) -> bool:
+def check_matrix(title: str, probers: Probers, roles: Mapping[str, str], policy: bool) -> bool:
     got = probers.matrix()
     print(f"\n{title}\nTCP port {PORT}, client (row) -> server (column): . reachable, X blocked")
     print(truth_table(got, roles))
@@ -62,7 +62,7 @@ def _explain(agent: AgentProcess, roles: Mapping[str, str]) -> None:
 
 def policy_tour(agent: AgentProcess, manifests: Path, probers: Probers, roles: Mapping[str, str]) -> bool:
     """Returns whether every matrix matched the policy in force."""
-    ok = _matrix("no NetworkPolicy: every pod reaches every pod", probers, roles, False)
+    ok = check_matrix("no NetworkPolicy: every pod reaches every pod", probers, roles, False)
     generation = agent.status()["generation"]
     print(f"\nwriting a NetworkPolicy into the agent's manifest directory {manifests}:")
     text = yaml.safe_dump(policy_manifest(), sort_keys=False, default_flow_style=None)
@@ -71,11 +71,11 @@ def policy_tour(agent: AgentProcess, manifests: Path, probers: Probers, roles: M
     status = agent.applied_after(generation, "apply the policy")
     print(f"podnet status: generation {status['generation']} applied to table {status['table']['name']} "
           f"in {status['policy_sync']['last_seconds'] * 1000:.1f} ms")
-    ok &= _matrix(f"with NetworkPolicy {POLICY}: only app=frontend pods reach app=db pods",
+    ok &= check_matrix(f"with NetworkPolicy {POLICY}: only app=frontend pods reach app=db pods",
                   probers, roles, True)
     _explain(agent, roles)
     generation = agent.status()["generation"]
     os.unlink(path)
     agent.applied_after(generation, "remove the policy")
-    ok &= _matrix(f"NetworkPolicy {POLICY} deleted: open again", probers, roles, False)
+    ok &= check_matrix(f"NetworkPolicy {POLICY} deleted: open again", probers, roles, False)
     return ok

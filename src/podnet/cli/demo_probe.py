@@ -34,8 +34,10 @@ class Probers:
 
     def start(self) -> None:
         for pod, ns in self.netns.items():
-            # The namespace's name on its command line only says, to ps, whose process it is.
-            argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "podnet.cli.demo_pod", str(PORT), ns]
+            # The pod's name is what its server answers with; the namespace's name on its command
+            # line only says, to ps, whose process it is.
+            argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "podnet.cli.demo_pod",
+                    str(PORT), pod, ns]
             # A session of their own: a Ctrl-C meant for the demo reaches the demo alone, which
             # then ends these itself, by PID.
             self.procs[pod] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -57,18 +59,23 @@ class Probers:
                         stream.close()
         self.procs.clear()
 
-    def _row(self, src: str, dsts: Sequence[str]) -> dict[Cell, bool]:
+    def connect(self, src: str, addresses: Sequence[str]) -> list[str | None]:
+        """Pod ``src`` connects to each address's PORT at once: the answering pod's name, or None."""
         proc = self.procs[src]
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("".join(f"{i} {self.addrs[d]} {PORT} {TIMEOUT}\n" for i, d in enumerate(dsts)))
+        proc.stdin.write("".join(f"{i} {a} {PORT} {TIMEOUT}\n" for i, a in enumerate(addresses)))
         proc.stdin.flush()
-        got: dict[str, str] = {}
-        for _ in dsts:
+        got: dict[str, str | None] = {}
+        for _ in addresses:
             line = proc.stdout.readline().split()
-            if len(line) != 2:
+            if len(line) not in (2, 3):
                 raise ProbeError(f"the prober in pod {src} stopped answering")
-            got[line[0]] = line[1]
-        return {(src, d): got.get(str(i)) == "1" for i, d in enumerate(dsts)}
+            got[line[0]] = (line[2] if len(line) == 3 else "") if line[1] == "1" else None
+        return [got.get(str(i)) for i in range(len(addresses))]
+
+    def _row(self, src: str, dsts: Sequence[str]) -> dict[Cell, bool]:
+        got = self.connect(src, [self.addrs[d] for d in dsts])
+        return {(src, d): answer is not None for d, answer in zip(dsts, got, strict=True)}
 
     def matrix(self) -> dict[Cell, bool]:
         """Every pod connects to every pod's port, all rows at once."""
