@@ -12,12 +12,14 @@ was taken (an ExternalIP in the shared ``service-ips4`` set, its ``svc-ips4`` ve
 again by this controller's next sync.
 
 It offers what the sync loops use of :class:`podnet.dataplane.writer.TableWriter` (``contribute``,
-``withdraw``, ``owners``, ``commit``, ``maybe_verify``, ``verify_period``).
+``holding``, ``withdraw``, ``owners``, ``commit``, ``maybe_verify``, ``verify_period``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 from podnet.dataplane.contribution import EMPTY, Contribution
 from podnet.dataplane.diff import add_chain, add_set
@@ -34,7 +36,7 @@ class NaiveWriter:
         self.verify_period = 3600.0
         self.commits = 0
         self.copies = 0  # how many times the picture was taken from the kernel
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._union = Union()
         self._applied = Image()  # the own part written last time
         self._copy: dict[str, dict[str, str | None]] = {}  # set -> elements, as read back then
@@ -43,6 +45,11 @@ class NaiveWriter:
     def contribute(self, owner: str, c: Contribution) -> None:
         with self._lock:
             self._union.replace(owner, c)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        with self._lock:
+            yield
 
     def withdraw(self, owner: str) -> None:
         with self._lock:

@@ -24,15 +24,15 @@ from nsutil import Netns, namespaces
 
 from ..policy.agentproc import AgentProcess
 from ..policy.manifests import ManifestDir
+from . import bridged
+from .bridged import CLIENT, ENDPOINTS, PROBE
 
 pytestmark = pytest.mark.root
 
 HERE = Path(__file__).parent
-PROBE, LOOP = str(HERE / "netprobe.py"), str(HERE / "trafficloop.py")
+LOOP = str(HERE / "trafficloop.py")
 NODE = "node-1"
 NS = "default"
-ENDPOINTS = {"p0": "10.244.0.10", "p1": "10.244.0.11", "p2": "10.244.0.12"}
-CLIENT = ("c0", "10.244.0.20")
 WEB, EMPTY = "10.96.0.10", "10.96.0.12"
 
 
@@ -86,24 +86,8 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("agent-services")
     with namespaces() as make:
-        node = make("node")
-        node.sh("set -e; sysctl -qw net.ipv4.ip_forward=1; ip link add br0 type bridge mcast_snooping 0;"
-                "ip addr add 10.244.0.1/24 dev br0; ip link set br0 up;"
-                # A node always has some route for service addresses: without one its own
-                # connections fail (ENETUNREACH) before the output hook could DNAT them.
-                "ip link add up0 type veth peer name up1; ip link set up0 up; ip link set up1 up;"
-                "ip route add default dev up0")
-        pods = {name: make(name) for name in [*ENDPOINTS, CLIENT[0]]}
-        addresses = {**ENDPOINTS, CLIENT[0]: CLIENT[1]}
-        for i, (name, ns) in enumerate(pods.items()):
-            node.sh(f"set -e; ip link add vp{i} type veth peer name eth0 netns {ns.name};"
-                    f"ip link set vp{i} master br0 up")
-            ns.sh(f"set -e; ip addr add {addresses[name]}/24 dev eth0; ip link set eth0 up;"
-                  "ip route add default via 10.244.0.1")
-        for name in ENDPOINTS:
-            argv = [sys.executable, PROBE, "serve", name, "8080", "5353"]
-            proc = pods[name].popen(argv, stdout=subprocess.PIPE)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready", name
+        made = bridged.wire(make, node_default_route=True)
+        node, pods, addresses = made.node, made.pods, bridged.ADDRESSES
         manifests = ManifestDir(workdir / "manifests")
         manifests.write("pods", [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
                                  *(pod(n, a) for n, a in addresses.items())])

@@ -44,14 +44,14 @@ from podnet.dataplane.phases import phases
 from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import FakeNft, LibNftables, NftError, Transaction
 
+from . import bridged
+from .bridged import CLIENT, ENDPOINTS, PROBE
 from .world import endpoint, service, slice_, tcp
 
 HERE = Path(__file__).parent
-PROBE, FLOOD = str(HERE / "netprobe.py"), str(HERE / "synflood.py")
+FLOOD = str(HERE / "synflood.py")
 NODE = "node-1"
 EXTERNAL_IP = "192.0.2.10"
-ENDPOINTS = {"p0": "10.244.0.10", "p1": "10.244.0.11", "p2": "10.244.0.12"}
-CLIENT = ("c0", "10.244.0.20")
 POD_RANGE = ip_network("10.244.0.0/24")
 SECONDS = 10.0  # of SYNs: one transaction per change lost 1 to 11 in as many seconds (about 250 commits)
 
@@ -65,21 +65,8 @@ class World:
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     with namespaces() as make:
-        node = make("node")
-        node.sh("set -e; sysctl -qw net.ipv4.ip_forward=1; ip link add br0 type bridge mcast_snooping 0;"
-                "ip addr add 10.244.0.1/24 dev br0; ip link set br0 up")
-        pods = {name: make(name) for name in [*ENDPOINTS, CLIENT[0]]}
-        addresses = {**ENDPOINTS, CLIENT[0]: CLIENT[1]}
-        for i, (name, ns) in enumerate(pods.items()):
-            node.sh(f"set -e; ip link add vp{i} type veth peer name eth0 netns {ns.name};"
-                    f"ip link set vp{i} master br0 up")
-            ns.sh(f"set -e; ip addr add {addresses[name]}/24 dev eth0; ip link set eth0 up;"
-                  "ip route add default via 10.244.0.1")
-        for name in ENDPOINTS:
-            proc = pods[name].popen([sys.executable, PROBE, "serve", name, "8080", "5353"],
-                                    stdout=subprocess.PIPE)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready", name
-        yield World(node, pods[CLIENT[0]])
+        wired = bridged.wire(make)
+        yield World(wired.node, wired.client)
 
 
 def web_slice(with_p2: bool, name: str = "web") -> EndpointSlice:

@@ -44,19 +44,19 @@ from podnet.dataplane.writer import TableWriter
 from podnet.kernel.nft import LibNftables, NftError
 
 from ..policy.world import ING, peer, policy, port, rule, sel
+from . import bridged
+from .bridged import CLIENT, ENDPOINTS, PROBE
 from .naive_writer import NaiveWriter
 from .world import service, tcp
 
 pytestmark = pytest.mark.root
 
 HERE = Path(__file__).parent
-PROBE, LOOP = str(HERE / "netprobe.py"), str(HERE / "trafficloop.py")
+LOOP = str(HERE / "trafficloop.py")
 NODE = "node-1"
 NS = "default"
 CLUSTER_IP, EXTERNAL_IP, OTHER_IP = "10.96.0.10", "192.0.2.10", "192.0.2.11"
 POD_RANGE = ip_network("10.244.0.0/24")
-ENDPOINTS = {"p0": "10.244.0.10", "p1": "10.244.0.11", "p2": "10.244.0.12"}
-CLIENT = ("c0", "10.244.0.20")
 # The loops make about 100 syncs a second on a busy two-core machine, so 10,000 take ~100 s, more
 # than the suite's budget allows this test: the default is 2,000; PODNET_RACE_SYNCS=10000 runs all.
 SYNCS = int(os.environ.get("PODNET_RACE_SYNCS", "2000"))
@@ -74,21 +74,8 @@ class Node:
 @pytest.fixture(scope="module")
 def wired() -> Iterator[Node]:
     with namespaces() as make:
-        node = make("node")
-        node.sh("set -e; sysctl -qw net.ipv4.ip_forward=1; ip link add br0 type bridge mcast_snooping 0;"
-                "ip addr add 10.244.0.1/24 dev br0; ip link set br0 up")
-        pods = {name: make(name) for name in [*ENDPOINTS, CLIENT[0]]}
-        addresses = {**ENDPOINTS, CLIENT[0]: CLIENT[1]}
-        for i, (name, ns) in enumerate(pods.items()):
-            node.sh(f"set -e; ip link add vp{i} type veth peer name eth0 netns {ns.name};"
-                    f"ip link set vp{i} master br0 up")
-            ns.sh(f"set -e; ip addr add {addresses[name]}/24 dev eth0; ip link set eth0 up;"
-                  "ip route add default via 10.244.0.1")
-        for name in ENDPOINTS:
-            proc = pods[name].popen([sys.executable, PROBE, "serve", name, "8080", "5353"],
-                                    stdout=subprocess.PIPE)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready", name
-        yield Node(node, pods[CLIENT[0]])
+        made = bridged.wire(make)
+        yield Node(made.node, made.client)
 
 
 def web(external: bool) -> Service:
