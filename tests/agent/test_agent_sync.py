@@ -278,3 +278,30 @@ def test_without_pod_cidr_the_nodes_own_pod_cidrs_are_held_back() -> None:
         assert w.elements("known-pods4") == {"10.60.0.5"} and w.sync.ranges == (RANGE,)
     finally:
         w.sync.stop()
+
+
+def test_a_bug_in_a_sync_is_logged_and_retried_not_the_end_of_the_thread() -> None:
+    """A controller thread that died on an exception would leave the node unprogrammed with no
+    sign; the loop logs it, counts it and retries."""
+    from podnet.agent.loop import SyncLoop
+
+    class Flaky(SyncLoop):
+        calls = 0
+
+        def sync_once(self) -> bool:
+            self.calls += 1
+            if self.calls == 1:
+                raise AttributeError("a bug")
+            return True
+
+    store = Store(NODE)
+    store.register_source("test")
+    for kind in Kind:
+        store.replace(kind, "test", [])
+    loop = Flaky(store, retry_seconds=0.01)
+    loop.start()
+    try:
+        wait_until(lambda: loop.calls >= 2 and loop.applied_generation >= 0)
+        assert loop.crashes == 1 and loop._thread is not None and loop._thread.is_alive()
+    finally:
+        loop.stop()

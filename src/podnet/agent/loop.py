@@ -6,10 +6,16 @@ callbacks (which only mark dirty) never wait on a commit."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from podnet.agent.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SyncLoop:
@@ -24,6 +30,7 @@ class SyncLoop:
         self._requested = 0  # requests counted; a sync covers those made before it started
         self._done = -1
         self._syncing = False
+        self.crashes = 0  # steps that raised (bugs): logged, retried
         self.applied_generation = -1  # the store's generation when the last successful sync began
         self._thread: threading.Thread | None = None
 
@@ -71,6 +78,16 @@ class SyncLoop:
 
     # ---- the thread ----
 
+    def _guarded(self, step: Callable[[], T], failed: T) -> T:
+        """A bug in a step is logged and taken as a failed sync (retried after the pause), never the
+        end of the controller's thread: a dead thread would leave the node unprogrammed, silently."""
+        try:
+            return step()
+        except Exception:
+            log.exception("%s: %s failed", self.thread_name, getattr(step, "__name__", "step"))
+            self.crashes += 1
+            return failed
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
@@ -96,7 +113,7 @@ class SyncLoop:
                     # Before the sync takes its snapshot: every change up to here is in it.
                     generation = self.store.generation
             if due:
-                ok = self.sync_once()
+                ok = self._guarded(self.sync_once, False)
                 with self._cond:
                     self._syncing = False
                     if ok:
@@ -106,4 +123,4 @@ class SyncLoop:
                     else:
                         self._dirty = True
                         self._cond.wait(self.retry_seconds)
-            self.idle()
+            self._guarded(self.idle, None)

@@ -19,6 +19,7 @@ from podnet.agent import admission_rules, tables
 from podnet.agent.admission import AdmissionServer, parse_admit
 from podnet.agent.egress import OWNER as EGRESS_OWNER
 from podnet.agent.egress import EgressSync
+from podnet.agent.loop import SyncLoop
 from podnet.agent.model import IPNetwork
 from podnet.agent.nodeconf import NodeConfig, NodeConfigOptions
 from podnet.agent.policy.explain import ExplainError, explain, parse_port
@@ -191,16 +192,24 @@ class Agent:
             "cni_config": self.nodeconf.status() if self.nodeconf is not None else None,
             "routing": self.routes.status() if self.routes is not None else None,
             "egress_masquerade": self.egress.status() if self.egress is not None else None,
+            "crashes": self._crashes(),
             "sources": {type(s).__name__: s.status() for s in self.sources},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
+
+    def _loops(self) -> list[SyncLoop]:
+        return [loop for loop in (self.sync, self.services, self.nodeconf, self.routes, self.egress)
+                if loop is not None]
+
+    def _crashes(self) -> dict[str, int]:
+        """Controller steps that raised (a bug: logged with its traceback, the step retried)."""
+        return {loop.thread_name: loop.crashes for loop in self._loops() if loop.crashes}
 
     def _applied(self) -> int:
         """The store generation every controller has put in force (each counts as current when
         no change to what it acts on came after its last sync): equal to ``generation`` when the
         kernel holds the whole model."""
-        loops = [self.sync, self.services, self.nodeconf, self.routes, self.egress]
-        return min(loop.current_up_to() for loop in loops if loop is not None)
+        return min(loop.current_up_to() for loop in self._loops())
 
     def _service_rows(self) -> dict[str, Any]:
         """From the store the proxy compiles (its current model: while a sync is under way the

@@ -291,6 +291,8 @@ def _status_text(out: dict[str, Any], service_rows: int = SERVICE_ROWS) -> str:
     lines += _service_lines(a["services"], service_rows)
     lines += _cni_config_lines(a.get("cni_config"))
     lines += _routing_lines(a.get("routing"))
+    lines += [f"  {name}: {n} step(s) raised (a bug; see the log), retried"
+              for name, n in sorted((a.get("crashes") or {}).items())]
     lines += [f"  invalid policy {key} (its pods fail closed): {error}"
               for key, error in a["invalid_policies"].items()]
     return "\n".join(lines)
