@@ -144,7 +144,7 @@ def test_cluster_demo_pings_across_nodes_balances_the_service_and_enforces_the_p
                         for s in CLUSTER_PODS for d in CLUSTER_PODS}, out
     assert "demo/backend-n3 (10.244.3.3) -> demo/db-n1 (10.244.1.3) TCP/80: DENIED" in out
     assert "isolated by demo/db-from-frontend; no rule allows it" in out
-    assert "left behind: nothing" in out and "every pair pings" in out
+    assert "left behind: nothing" in out and "every pair pings, and every pod reaches the router" in out
     assert "the Service answered from both nodes" in out
     assert leftovers(proc.pid, out) == []
     assert root_state() == before
@@ -152,7 +152,7 @@ def test_cluster_demo_pings_across_nodes_balances_the_service_and_enforces_the_p
 
 @pytest.mark.root
 @pytest.mark.parametrize(("sig", "after"), [
-    (signal.SIGINT, "with NetworkPolicy db-from-frontend"),  # agents, daemons, pods and their servers
+    (signal.SIGINT, "Service demo/db: ClusterIP"),  # agents, daemons, pods and their servers running
     (signal.SIGTERM, "pod CIDR 10.244.3.0/24"),  # the last node's line: agents and daemons up, ADDs next
 ])
 def test_an_interrupted_demo_removes_everything(demo: list[subprocess.Popen[str]], sig: int,

@@ -30,6 +30,7 @@ from podnet.cli.demo_netns import namespace, netns_exec
 from podnet.cli.demo_nodes import (
     NETWORK,
     NODES,
+    ROUTER,
     ClusterNode,
     node_ip,
     node_manifest,
@@ -76,8 +77,15 @@ def _write_all(nodes: Mapping[str, ClusterNode], manifests: Path, name: str,
 
 # -- pods ------------------------------------------------------------------------------------------
 
+def _network(node: ClusterNode) -> str:
+    """The name of the network in the conflist the node's agent wrote."""
+    for path in node.conf_dir.glob("*.conflist"):
+        return str(json.loads(path.read_text())["name"])
+    raise RuntimeError(f"the agent of {node.name} wrote no CNI config into {node.conf_dir}")
+
+
 def _cni(node: ClusterNode, command: str, pod: ClusterPod) -> str:
-    network = json.loads(next(node.conf_dir.glob("*.conflist")).read_text())["name"]
+    network = _network(node)
     argv = netns_exec(node.netns, sys.executable, "-m", "podnet.cli.main", "cni", command, network,
                       f"/run/netns/{pod.netns}",
                       "--args", f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod.name}")
@@ -138,6 +146,16 @@ def _ping_matrix(pods: Sequence[ClusterPod], addrs: Mapping[str, str],
                  for d in pods]
         print((src.name.ljust(width) + "".join(cells)).rstrip())
     return all(got.values())
+
+
+def _leave_cluster(pods: Sequence[ClusterPod]) -> bool:
+    """Every pod pings the router, which has no route to any pod CIDR: an answer proves the node
+    masqueraded the pod's traffic leaving the cluster."""
+    got = _each(lambda p: _ping(p, ROUTER), pods)
+    print(f"\nevery pod pings the router {ROUTER}, outside the cluster (it has no route to the pods; "
+          "the nodes masquerade):")
+    print("  " + "  ".join(f"{p.name} {'✓' if ok else '✗'}" for p, ok in zip(pods, got, strict=True)))
+    return all(got)
 
 
 def _service_manifests(endpoints: Sequence[ClusterPod], addrs: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -215,14 +233,14 @@ def show_cluster(stack: ExitStack, work: Path, tag: str) -> bool:
     for p in pods:
         print(f"  {p.node}  {NAMESPACE}/{p.name:12} app={p.role:9} {addrs[p.name]}")
     _write_all(nodes, manifests, "pods", _manifests(pods, addrs), "read the pods' addresses")
-    pings_ok = _ping_matrix(pods, addrs, paths)
+    pings_ok = _ping_matrix(pods, addrs, paths) & _leave_cluster(pods)
     with probers({p.name: p.netns for p in pods}, addrs) as probe:
         service_ok = _service(nodes, manifests, pods, addrs, probe)
         policy_ok = _policy(nodes, manifests, pods, probe)
     _each(lambda p: _cni(nodes[p.node], "del", p), pods)
     leaked = _leftovers(nodes)
     print(f"\nDEL done for every pod; left behind: {', '.join(leaked) or 'nothing'}")
-    print("every pair pings" if pings_ok else "SOME PAIRS DO NOT PING")
+    print("every pair pings, and every pod reaches the router" if pings_ok else "SOME PINGS FAILED")
     print("the Service answered from both nodes" if service_ok else "THE SERVICE DID NOT ANSWER FROM BOTH")
     print("every TCP matrix matches the policy in force" if policy_ok else "SOME TCP CELLS ARE WRONG")
     print("stopping agents and daemons; removing namespaces and temporary files")

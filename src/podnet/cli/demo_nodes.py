@@ -30,6 +30,7 @@ NODES = ("n1", "n2", "n3")
 BEHIND_ROUTER = "n3"
 NETWORK = {"n1": "bridge", "n2": "routed", "n3": "bridge"}  # each agent's --cni-network
 UNDERLAY, FAR = "192.168.50", "192.168.51"  # n1 .1, n2 .2, router .254 | n3 .3, router .254
+ROUTER = f"{UNDERLAY}.254"
 ROUTE_CHECK_SECONDS = 1.0
 START_SECONDS = 30.0
 
