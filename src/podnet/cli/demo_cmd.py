@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--single-node", action="store_true",
                    help="the one-node demo (bridge and routed pods, policy explain, CHECK and DEL) "
                    "instead of the three-node cluster")
-    p.add_argument("--pods", type=_pod_count, default=3,
+    p.add_argument("--pods", type=_pod_count, default=None,
                    help="pods per network, 1 to 9 (default 3; implies --single-node)")
     p.add_argument("--go", action="store_true",
                    help=f"use Debian's Go reference plugins from {GO_PLUGINS} instead of podnet's own "
@@ -238,7 +238,7 @@ def _wire(stack: ExitStack, ns: argparse.Namespace,
     _write_configs(work / "conf", networks)
     tag = str(os.getpid())
     node = stack.enter_context(namespace(f"pndemo-node-{tag}"))
-    pods = _make_pods(stack, [n["name"] for n in networks if n["name"] != "demo-lo"], ns.pods, tag)
+    pods = _make_pods(stack, [n["name"] for n in networks if n["name"] != "demo-lo"], ns.pods or 3, tag)
     _bridge_netfilter(node)
     manifests = work / "manifests"
     write_manifest(manifests, "pods", _pod_manifests(pods))
@@ -257,7 +257,7 @@ def _wire(stack: ExitStack, ns: argparse.Namespace,
 
 
 def _cluster(ns: argparse.Namespace) -> bool:
-    return not (ns.single_node or ns.go or ns.pods != 3)
+    return not (ns.single_node or ns.go or ns.pods is not None)
 
 
 def _show(stack: ExitStack, ns: argparse.Namespace, work: Path) -> bool:

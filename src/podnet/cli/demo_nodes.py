@@ -106,8 +106,10 @@ def wire_underlay(stack: ExitStack, tag: str) -> dict[str, str]:
 class NodeDaemon:
     """``podnet daemon`` in a node namespace, serving the node's CNI calls warm; stopped by PID."""
 
-    def __init__(self, netns: str, sock: Path, log: Path, env: dict[str, str]) -> None:
-        self.sock, self.log, self.env = sock, log, env
+    def __init__(self, netns: str, sock: Path, log: Path, lock_dir: Path) -> None:
+        self.sock, self.log = sock, log
+        # The plugins' lock files go with the demo's other files, not into the machine's /run/podnet.
+        self.env = dict(os.environ, PODNET_LOCK_DIR=str(lock_dir))
         self.argv = netns_exec(netns, sys.executable, "-m", "podnet.cli.main", "daemon",
                                "--socket", str(sock), "--log-file", str(log), "--log-level", "warning")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -183,10 +185,8 @@ def _node(name: str, netns: str, work: Path, manifests: Path) -> ClusterNode:
              "--cni-data-dir", str(mine / "ipam"), "--routing", "auto",
              "--route-check-period", str(ROUTE_CHECK_SECONDS), "--masquerade", "on"]
     agent = AgentProcess(netns, manifests, (), mine / "agent.sock", mine / "agent.log", name, extra)
-    node = ClusterNode(name, netns, mine, agent, NodeDaemon(netns, mine / "podnet.sock", mine / "daemon.log",
-                                                             {}))
-    node.daemon.env = node.cni_env()
-    return node
+    daemon = NodeDaemon(netns, mine / "podnet.sock", mine / "daemon.log", mine / "locks")
+    return ClusterNode(name, netns, mine, agent, daemon)
 
 
 def _routing_everyone(status: dict[str, Any]) -> bool:
