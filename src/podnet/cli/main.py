@@ -25,9 +25,10 @@ podnet: pod networking for a Kubernetes node, in Python.
   podnet doctor [--fix] [--json] [--netns NAME] [--conf-dir DIR] [--cache-dir DIR]
       Find what crashes and udev leave behind on this node (torn cache files, orphaned IP
       reservations and nftables elements, MAC drift) and, with --fix, repair what is safe.
-  podnet demo
-      Build throw-away namespaces on this machine, wire them as pods, show a ping matrix and the
-      TCP matrix before, with and after a NetworkPolicy, and remove everything again.
+  podnet demo [--single-node]
+      Build a three-node cluster in throw-away namespaces on this machine, with pods on every
+      node: the ping matrix across nodes, a Service, the TCP matrix before and with a
+      NetworkPolicy; then remove everything again.
 
 Run 'podnet SUBCOMMAND --help' for the options of each.
 """
