@@ -133,10 +133,10 @@ def test_cluster_demo_pings_across_nodes_balances_the_service_and_enforces_the_p
                         ("n3", "n1 vxlan, n2 vxlan")):
         assert re.search(rf"^  {node} .* routes to {peers}$", out, re.M), out
     assert ping_matrix(out) == {(s, d): f"✓ {path(s, d)}" for s in CLUSTER_PODS for d in CLUSTER_PODS}, out
-    served = re.search(r"frontend-n3 \(on n3\) connects 12 times to 10.96.0.10:80; answered by (.*)", out)
+    served = re.search(r"frontend-n3 \(on n3\) connects 20 times to 10.96.0.10:80; answered by (.*)", out)
     assert served is not None, out
     counts = dict(re.findall(r"(\S+) (\d+)x", served.group(1)))
-    assert set(counts) == {"db-n1", "db-n2"} and sum(map(int, counts.values())) == 12, served.group(0)
+    assert set(counts) == {"db-n1", "db-n2"} and sum(map(int, counts.values())) == 20, served.group(0)
     found = tables(out)
     assert len(found) == 2, out
     assert found[0] == {(s, d): "." for s in CLUSTER_PODS for d in CLUSTER_PODS}, out

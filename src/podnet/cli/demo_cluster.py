@@ -42,7 +42,8 @@ from podnet.cli.demo_policy import POLICY, check_matrix, policy_manifest
 from podnet.cli.demo_probe import PORT, Probers, probers
 
 ROLES = {"n1": ("frontend", "db"), "n2": ("backend", "db"), "n3": ("frontend", "backend")}
-SERVICE, SERVICE_IP, SERVICE_TRIES = "db", "10.96.0.10", 12
+# Twenty tries: the chance that one of two endpoints gets none of them is about one in half a million.
+SERVICE, SERVICE_IP, SERVICE_TRIES = "db", "10.96.0.10", 20
 SERVICE_CLIENT = "frontend-n3"  # on the node without a db pod, behind the router
 T = TypeVar("T")
 
@@ -129,8 +130,13 @@ def _print_nodes(nodes: Mapping[str, ClusterNode]) -> dict[tuple[str, str], str]
 
 
 def _ping(pod: ClusterPod, addr: str) -> bool:
-    argv = netns_exec(pod.netns, "ping", "-n", "-q", "-c", "1", "-W", "2", addr)
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+    """One ping, and a second if it got no answer (on a busy machine a first packet that waits on
+    neighbour resolution can miss the deadline; a missing route misses both)."""
+    for _ in range(2):
+        argv = netns_exec(pod.netns, "ping", "-n", "-q", "-c", "1", "-W", "2", addr)
+        if subprocess.run(argv, capture_output=True, check=False).returncode == 0:
+            return True
+    return False
 
 
 def _ping_matrix(pods: Sequence[ClusterPod], addrs: Mapping[str, str],
