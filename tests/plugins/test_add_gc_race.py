@@ -25,7 +25,7 @@ from nsutil import Netns, NetnsFactory
 
 pytestmark = pytest.mark.root
 
-ROUNDS = 30  # without the network lock GC broke it at round 8
+ROUNDS = 20  # without the network lock GC broke it at round 8
 
 
 def _gc(node: Netns, plugin: VethPlugin, conf: dict[str, Any], socket: str) -> subprocess.Popen[bytes]:

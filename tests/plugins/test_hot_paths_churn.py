@@ -26,7 +26,7 @@ from nsutil import Netns, NetnsFactory
 
 pytestmark = pytest.mark.root
 
-ROUNDS = 20
+ROUNDS = 15
 CHURN = Path(__file__).resolve().parent.parent / "kernel" / "churn.py"
 CHURN_MODES = "addr+addr6+route+route6+neigh+veth"
 PLUGINS = ("podnet-bridge", "podnet-routed", "podnet-loopback")

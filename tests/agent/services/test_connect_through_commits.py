@@ -53,7 +53,7 @@ FLOOD = str(HERE / "synflood.py")
 NODE = "node-1"
 EXTERNAL_IP = "192.0.2.10"
 POD_RANGE = ip_network("10.244.0.0/24")
-SECONDS = 10.0  # of SYNs: one transaction per change lost 1 to 11 in as many seconds (about 250 commits)
+SECONDS = 7.0  # of SYNs: one transaction per change lost 1 to 11 in 10 s (about 250 commits)
 
 
 @dataclass
