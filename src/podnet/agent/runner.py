@@ -90,6 +90,7 @@ class Agent:
             "admit": self._admit, "release": self._release, "status": self._status,
             "explain": self._explain})
         self._stopped = threading.Event()
+        self._rows_cache: tuple[int, dict[str, Any]] | None = None  # (store generation, service rows)
         self.bridge_filtering = "not checked yet"
 
     def start(self) -> None:
@@ -214,9 +215,14 @@ class Agent:
     def _service_rows(self) -> dict[str, Any]:
         """From the store the proxy compiles (its current model: while a sync is under way the
         kernel may still lag it, as ``generation`` does ``generation_applied``)."""
+        cached = self._rows_cache
+        if cached is not None and cached[0] == self.store.generation:  # the same model, the same rows
+            return cached[1]
         snap = self.store.snapshot()
         table = service_table(snap.services.values(), snap.endpoint_slices.values(), self.store.node_name)
-        return {"table": table.rows, "table_truncated": table.truncated}
+        rows = {"table": table.rows, "table_truncated": table.truncated}
+        self._rows_cache = (snap.generation, rows)
+        return rows
 
     def _invalid_policies(self) -> dict[str, str]:
         """Each fails closed for the pods it selects; the others keep working."""

@@ -5,7 +5,10 @@ checked against the compiled maps themselves."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from podnet.agent.model import EndpointPort, Protocol, ServiceType, TrafficPolicy
 from podnet.agent.services import compile
@@ -201,3 +204,36 @@ def _map_entry(row: dict[str, Any], a: dict[str, Any]) -> tuple[str, str, str]:
         return (name, f"{proto} . {port}", value)
     host = a["address"].rsplit(":", 1)[0].strip("[]")
     return (vip_map(f) if a["verdict"] == "dnat" else no_endpoint_map(f), f"{host} . {proto} . {port}", value)
+
+
+def test_the_agent_builds_the_rows_once_per_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Status is asked often (tools poll it); the rows are made again only when the model changed."""
+    from podnet.agent import runner
+    from podnet.agent.objects import Kind
+    from podnet.agent.store import Event, EventType
+    from podnet.kernel.nft import FakeNft
+
+    class NoSource:
+        def start(self) -> None: ...
+
+        def stop(self, timeout: float = 5.0) -> None: ...
+
+        def status(self) -> None: ...
+
+    made: list[int] = []
+    real = runner.service_table
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        made.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(runner, "service_table", counting)
+    agent = runner.Agent(runner.AgentConfig(node_name="n1", socket_path=str(tmp_path / "a.sock"),
+                                            sources=[NoSource()]), nft=FakeNft())
+    agent.store.register_source("test")
+    for kind in Kind:
+        agent.store.replace(kind, "test", [])
+    first = agent.status(service_rows=True)["services"]["table"]
+    assert agent.status(service_rows=True)["services"]["table"] == first and len(made) == 1
+    agent.store.apply(Event(EventType.ADDED, service("web", "10.96.0.10")), "test")
+    assert len(agent.status(service_rows=True)["services"]["table"]) == 1 and len(made) == 2
