@@ -108,3 +108,18 @@ def test_remove_is_by_owner_not_by_key() -> None:
     assert [e.key for _, e in masq.elements(lambda c: True)] == ["10.1.0.5", "10.1.0.5 . 10.1.0.0/24"]
     with pytest.raises(InvalidArgument):
         Masquerade(nft, "bad name")
+
+
+def test_remove_on_a_node_without_nft() -> None:
+    """DEL and GC of a network whose config does not ask for the feature: no nftables, nothing to
+    remove; when the config asks for it, the missing nftables is an error."""
+    from podnet.kernel.nft import NftUnavailable
+
+    class NoNft(FakeNft):
+        def has_table(self, family: str, table: str) -> bool:
+            raise NftUnavailable("no nftables on this node", "")
+
+    masq = Masquerade(NoNft(), "podnet-bridge")
+    assert masq.remove(lambda _: True, missing_ok=True) == 0
+    with pytest.raises(NftUnavailable):
+        masq.remove(lambda _: True)

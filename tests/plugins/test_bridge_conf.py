@@ -12,6 +12,7 @@ import pytest
 from podnet.cni import skel
 from podnet.cni.errors import CNIError
 from podnet.cni.result import DNS, IPConfig, Result, Route
+from podnet.dataplane import plugin_elements
 from podnet.kernel.nft import FakeNft
 from podnet.plugins import attachment, bridge
 from podnet.plugins.identity import network_token, owner
@@ -124,9 +125,9 @@ class _NoLinks:
 
 def test_del_and_gc_pick_exactly_their_elements(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeNft()
-    monkeypatch.setattr(bridge, "nft_backend", lambda: fake)
+    monkeypatch.setattr(plugin_elements, "plugin_backend", lambda: fake)
     monkeypatch.setattr(attachment, "Netlink", _NoLinks)
-    masq, spoof = bridge._masq(), bridge._spoof()
+    masq, spoof = plugin_elements.bridge_masquerade(), plugin_elements.bridge_spoof_check()
     long_net = "n" * 80
     owners = {
         "a": owner("net", "a", "eth0"), "b": owner("net", "b", "eth0"),

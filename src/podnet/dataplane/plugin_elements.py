@@ -87,10 +87,16 @@ class OwnedElements:
     def owned_by(self, owner: str) -> list[tuple[str, Element]]:
         return self.elements(lambda c: c == owner)
 
-    def remove(self, owner_filter: Callable[[str], bool]) -> int:
+    def remove(self, owner_filter: Callable[[str], bool], *, missing_ok: bool = False) -> int:
         """Remove every element whose owner passes the filter; returns how many. Idempotent and
-        safe against a concurrent remover (see :meth:`Transaction.remove_element`)."""
-        found = self.elements(owner_filter)
+        safe against a concurrent remover (see :meth:`Transaction.remove_element`). With
+        ``missing_ok``, a node without nftables has none to remove (0) instead of an error."""
+        try:
+            found = self.elements(owner_filter)
+        except NftUnavailable:
+            if missing_ok:
+                return 0
+            raise
         if not found:
             return 0
         tx = Transaction(self.family, self.table)
@@ -217,6 +223,21 @@ def default_backend() -> Nft:
     return shared_backend()
 
 
+# What plugins write through (tests swap in a FakeNft): plugins never choose a backend themselves.
+plugin_backend: Callable[[], Nft] = default_backend
+
+# The bridge plugin's tables (inet for ipMasq, bridge for macspoofchk) have this one name.
+BRIDGE_TABLE = "podnet-bridge"
+
+
+def bridge_masquerade() -> Masquerade:
+    return Masquerade(plugin_backend(), BRIDGE_TABLE, description="podnet-bridge ipMasq")
+
+
+def bridge_spoof_check() -> SpoofCheck:
+    return SpoofCheck(plugin_backend(), BRIDGE_TABLE, description="podnet-bridge macspoofchk")
+
+
 def backend_in(netns: str | None) -> Nft:
     """For a one-shot look (podnet doctor): this process's context for its own namespace, the
     ``nft`` binary run in another one, so nothing (no context, no thread) stays behind."""
@@ -224,6 +245,7 @@ def backend_in(netns: str | None) -> Nft:
 
 
 __all__ = [
+    "BRIDGE_TABLE",
     "MASQ_CHAIN",
     "MASQ_SETS",
     "SPOOF_ALLOWED",
@@ -236,5 +258,8 @@ __all__ = [
     "OwnedElements",
     "SpoofCheck",
     "backend_in",
+    "bridge_masquerade",
+    "bridge_spoof_check",
     "default_backend",
+    "plugin_backend",
 ]

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from podnet.dataplane.plugin_elements import Masquerade, NftError, OwnedElements, SpoofCheck, backend_in
+from podnet.dataplane.plugin_elements import (
+    BRIDGE_TABLE,
+    Masquerade,
+    NftError,
+    OwnedElements,
+    SpoofCheck,
+    backend_in,
+)
 from podnet.doctor.context import Context
 from podnet.doctor.findings import Changed, Finding
 from podnet.doctor.live import LiveAttachments
 from podnet.doctor.scope import PodnetNetwork
-from podnet.plugins.bridge import NFT_TABLE
 from podnet.plugins.identity import network_token, owner
 
 HASHED = "#"
@@ -26,7 +32,7 @@ HASHED = "#"
 
 def tables(netns: str | None) -> list[OwnedElements]:
     nft = backend_in(netns)
-    return [Masquerade(nft, NFT_TABLE), SpoofCheck(nft, NFT_TABLE)]
+    return [Masquerade(nft, BRIDGE_TABLE), SpoofCheck(nft, BRIDGE_TABLE)]
 
 
 def _network_of(comment: str, nets: list[PodnetNetwork]) -> PodnetNetwork | None:

@@ -36,12 +36,12 @@ from podnet.cni.args import validate_ifname
 from podnet.cni.errors import CNIError, InternalError, InvalidNetworkConfig, UnsupportedField
 from podnet.cni.result import DNS, Interface, IPConfig, Result, Route
 from podnet.dataplane.plugin_elements import (
+    BRIDGE_TABLE,
     Masquerade,
-    Nft,
-    NftUnavailable,
     OwnedElements,
     SpoofCheck,
-    default_backend,
+    bridge_masquerade,
+    bridge_spoof_check,
 )
 from podnet.kernel.errors import NotSupported
 from podnet.kernel.model import Link
@@ -52,18 +52,11 @@ from podnet.plugins.identity import Attachment
 
 PLUGIN_NAME = "podnet-bridge"
 DEFAULT_BRIDGE = "cni0"
-# Both nftables tables (inet for ipMasq, bridge for macspoofchk) have this name.
-NFT_TABLE = "podnet-bridge"
 VLAN_MAX = 4094
 # Result.interfaces order, as in the reference plugin: bridge, host veth, pod interface.
 BRIDGE_IDX, HOST_IDX, POD_IDX = 0, 1, 2
 _ZERO_MAC = podconf.ZERO_MAC
 _IFF_PROMISC = 0x100
-
-# In-process libnftables (the binary as fallback); tests swap in a FakeNft. Plugins never run nft
-# themselves.
-nft_backend: Callable[[], Nft] = default_backend
-
 
 # ---- configuration (ADD, CHECK, STATUS; DEL and GC read none of it) ------------------------------
 
@@ -119,14 +112,6 @@ def load_conf(args: skel.CmdArgs) -> BridgeConf:
     if c.get("ipam") is not None and not conf.has_ipam:
         ipam_delegate.ipam_type(c)  # raises the "ipam has no 'type'" error
     return conf
-
-
-def _masq() -> Masquerade:
-    return Masquerade(nft_backend(), NFT_TABLE, description="podnet-bridge ipMasq")
-
-
-def _spoof() -> SpoofCheck:
-    return SpoofCheck(nft_backend(), NFT_TABLE, description="podnet-bridge macspoofchk")
 
 
 # ---- ADD helpers -------------------------------------------------------------------------------
@@ -269,8 +254,8 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink, att:
     pair = veth.create_pair(host, pod, host_name=att.host_name, pod_ifname=att.ifname, alias=att.alias,
                             mtu=conf.mtu, pod_mac=conf.mac)
     if conf.macspoofchk:  # before the port forwards anything
-        undo.push("remove spoof check", _spoof().remove, att.owner.__eq__)
-        _spoof().add(att.owner, att.host_name, pair.pod.mac or "")
+        undo.push("remove spoof check", bridge_spoof_check().remove, att.owner.__eq__)
+        bridge_spoof_check().add(att.owner, att.host_name, pair.pod.mac or "")
     setup_host_veth(host, conf, pair.host, bridge)
     if ips:
         setup_pod_veth(pod, pair.pod, ips, routes)
@@ -279,8 +264,8 @@ def _add(args: skel.CmdArgs, conf: BridgeConf, host: Netlink, pod: Netlink, att:
     if conf.is_gateway:
         setup_gateway(host, conf, bridge, ips)
     if conf.ip_masq and ips:
-        undo.push("remove masquerade", _masq().remove, att.owner.__eq__)
-        _masq().add(att.owner, [ip.address for ip in ips])
+        undo.push("remove masquerade", bridge_masquerade().remove, att.owner.__eq__)
+        bridge_masquerade().add(att.owner, [ip.address for ip in ips])
     return Result(cni_version=args.cni_version, ips=ips, routes=routes,
                   interfaces=_interfaces(host, pod, conf, att.host_name, args),
                   dns=podconf.result_dns(conf.dns, ipam.dns))
@@ -291,13 +276,10 @@ def _remove_elements(args: skel.CmdArgs) -> attachment.RemoveElements:
     since been turned off in the config. Without nft installed there can be none, unless the
     config asks for the feature (read leniently: DEL and GC validate nothing)."""
     def remove(which: Callable[[str], bool]) -> None:
-        tables: list[tuple[OwnedElements, str]] = [(_masq(), "ipMasq"), (_spoof(), "macspoofchk")]
+        tables: list[tuple[OwnedElements, str]] = [(bridge_masquerade(), "ipMasq"),
+                                                   (bridge_spoof_check(), "macspoofchk")]
         for table, key in tables:
-            try:
-                table.remove(which)
-            except NftUnavailable:
-                if args.conf.get(key) is True:
-                    raise
+            table.remove(which, missing_ok=args.conf.get(key) is not True)
     return remove
 
 
@@ -361,19 +343,20 @@ def check_host_veth(host: Netlink, name: str, bridge: Link, pod_link: Link) -> N
 
 
 def check_masquerade(own: str, addresses: Sequence[IPIface]) -> None:
-    have = {(name, e.key) for name, e in _masq().owned_by(own)}
+    have = {(name, e.key) for name, e in bridge_masquerade().owned_by(own)}
     for address in addresses:
         pods, pod_key, local, local_key = Masquerade.keys(address)
         if (pods, pod_key) not in have or (local, local_key) not in have:
-            raise CNIError(f"CHECK: masquerade for {address.ip} is missing from table inet {NFT_TABLE}")
+            raise CNIError(f"CHECK: masquerade for {address.ip} is missing from table inet "
+                           f"{BRIDGE_TABLE}")
 
 
 def check_spoof(own: str, host_name: str, prev: Result, args: skel.CmdArgs) -> None:
     mac = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), "")
-    have = {e.key for _, e in _spoof().owned_by(own)}
+    have = {e.key for _, e in bridge_spoof_check().owned_by(own)}
     if not mac or set(SpoofCheck.keys(host_name, mac)) - have:
         raise CNIError(f"CHECK: MAC spoof check for {host_name} ({mac}) is missing from table bridge "
-                       f"{NFT_TABLE}")
+                       f"{BRIDGE_TABLE}")
 
 
 def cmd_status(args: skel.CmdArgs) -> None:
