@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from podnet.cli.demo_netns import end_process
 from podnet.plugins.agent_notify import ask
 
 NAMESPACE = "demo"
@@ -97,16 +97,7 @@ class AgentProcess:
         """SIGTERM (the agent stops cleanly; its table stays, and goes with the node namespace),
         SIGKILL if it does not end in time."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_process(proc, 10)
 
     def request(self, request: dict[str, Any]) -> dict[str, Any]:
         return ask(self.socket, request, 5.0)

@@ -3,6 +3,8 @@ handling that turns SIGTERM into Ctrl-C and keeps a second one from stopping the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -48,3 +50,17 @@ def signals() -> Iterator[None]:
     finally:
         for s in caught:
             signal.signal(s, signal.SIG_IGN)
+
+
+def end_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM a process the demo started (it finishes what it is doing), SIGKILL after ``grace``."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -10,9 +10,7 @@ own conf dir and routes the other nodes' pod CIDRs.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet.cli.demo_agent import AgentProcess
-from podnet.cli.demo_netns import ip, namespace, netns_exec
+from podnet.cli.demo_netns import end_process, ip, namespace, netns_exec
 
 NODES = ("n1", "n2", "n3")
 BEHIND_ROUTER = "n3"
@@ -140,16 +138,7 @@ class NodeDaemon:
     def stop(self) -> None:
         """SIGTERM (it finishes calls in flight), SIGKILL if it does not end in time."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_process(proc, 15)
 
 
 @dataclass
